@@ -1,0 +1,225 @@
+"""The `sol-rl` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sol-RL: FP4 explore, BF16 train. Runs, inspects and verifies RL post-training runs of flow models.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _root(run_root: str | None) -> str:
+    return run_root or os.environ.get("SOLRL_RUN_ROOT") or "runs"
+
+
+def _open(run_id: str, run_root: str | None):
+    from storage.store import join
+    from tasks.steps import open_run
+
+    try:
+        return open_run(join(_root(run_root), run_id))
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, flux, sd35, sana"),
+    run_id: str = typer.Option(None, "--run-id", help="run id; an existing one is resumed (same config required). Default: <config>-<timestamp>"),
+    iterations: int = typer.Option(None, "--iterations", "-n", min=1, help="iterations to run (default: run.iterations of the config)"),
+    run_root: str = typer.Option(None, "--run-root", help="where runs live: a local folder or s3://bucket/prefix (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
+):
+    """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
+    from solrl.config import ConfigError, load_config
+    from storage.store import join
+    from tasks.steps import ConfigMismatch, open_run
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        _fail(str(e))
+    root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root
+    rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    try:
+        run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
+        from solrl.models import load_policy  # noqa: F401  (import errors surface here, not mid-flow)
+
+        if cfg.model.family != "shapes":
+            from solrl.models import resolve_weights
+
+            resolve_weights(cfg.model.family, cfg.model.weights)
+    except (ConfigMismatch, FileNotFoundError) as e:
+        _fail(str(e))
+    n = iterations or cfg.run.iterations
+    console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
+    _log_to_stderr()
+    if no_prefect:
+        from tasks.steps import run_steps
+
+        summaries = []
+        for i in range(n):
+            s = run_steps(run_, i)
+            summaries.append(s)
+            _print_iteration(s)
+    else:
+        _quiet_prefect()
+        from flows.sol_rl import sol_rl
+
+        summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root)
+        for s in summaries:
+            _print_iteration(s)
+    console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
+
+
+def _log_to_stderr() -> None:
+    """Our own progress lines on stderr (Prefect's and httpx's chatter stays at WARNING)."""
+    logger = logging.getLogger("solrl")
+    if not logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _print_iteration(s: dict) -> None:
+    parts = [f"iteration {s['iteration']}", f"train reward {s['train_reward']:.4f}"]
+    if "eval_reward" in s:
+        parts.append(f"eval reward {s['eval_reward']:.4f}")
+    if "fidelity" in s:
+        parts.append(f"kept-set Spearman {s['fidelity']['kept_spearman']:.3f}")
+    parts.append("stages " + ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items()))
+    console.print(" | ".join(parts))
+
+
+@app.command()
+def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)")):
+    """Iterations x stages: commit state and stage times."""
+    from tasks.steps import status as run_status
+
+    r = _open(run_id, run_root)
+    t = Table(title=f"{run_id} ({r.cfg.run.mode})")
+    t.add_column("iteration", justify="right")
+    for stage in ("explore", "select", "regenerate", "update", "eval"):
+        t.add_column(stage)
+    for row in run_status(r):
+        cells = []
+        for stage in ("explore", "select", "regenerate", "update", "eval"):
+            state, secs = row[stage]
+            colour = {"ok": "green", "partial": "yellow", "stale": "red"}.get(state, "dim")
+            cells.append(f"[{colour}]{state}[/]" + (f" {secs:.1f}s" if secs is not None else ""))
+        t.add_row(str(row["iteration"]), *cells)
+    console.print(t)
+
+
+@app.command()
+def inspect(
+    run_id: str,
+    iteration: int = typer.Option(..., "--iteration", "-i", help="iteration to show"),
+    prompt: int = typer.Option(None, "--prompt", "-p", help="only this prompt_id"),
+    run_root: str = typer.Option(None, "--run-root"),
+    limit: int = typer.Option(200, help="rows to print at most"),
+):
+    """The seed ranking of an iteration (DuckDB over the committed Parquet): seed, proxy rank,
+    proxy reward, regenerated reward, side."""
+    from storage.queries import seed_ranking
+
+    r = _open(run_id, run_root)
+    try:
+        table = seed_ranking(r.store, iteration, prompt).to_pylist()
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if not table:
+        _fail(f"iteration {iteration} of {run_id} has no rows for prompt {prompt}: prompt ids of this iteration are listed by `sol-rl inspect {run_id} -i {iteration}`")
+    t = Table(title=f"{run_id} iteration {iteration}: seed ranking")
+    for c in ("prompt_id", "seed", "proxy rank", "proxy reward", "regenerated", "side", "prompt"):
+        t.add_column(c)
+    for row in table[:limit]:
+        regen = "" if row["regenerated_reward"] is None else f"{row['regenerated_reward']:.4f}"
+        t.add_row(str(row["prompt_id"]), str(row["seed"]), str(row["proxy_rank"]), f"{row['proxy_reward']:.4f}", regen, row["side"] or "", row["prompt"])
+    console.print(t)
+    if len(table) > limit:
+        console.print(f"... {len(table) - limit} more rows (use --limit or --prompt)")
+
+
+@app.command()
+def verify(run_id: str, run_root: str = typer.Option(None, "--run-root")):
+    """Re-hash every committed file, re-run the selection SQL and compare, check that the
+    regenerated seeds are the selected seeds. Exit 1 on any mismatch."""
+    from storage.queries import read_stage, reselect
+
+    r = _open(run_id, run_root)
+    problems: list[str] = []
+    checked = 0
+    for i in r.store.iterations():
+        for stage in ("explore", "select", "regenerate", "update", "eval"):
+            if r.store.commit_record(i, stage) is None:
+                if r.store.data_files(i, stage):
+                    problems.append(f"iter={i:05d}/{stage}: uncommitted files (a crashed stage; the next resume removes them)")
+                continue
+            checked += 1
+            problems += r.store.verify(i, stage)
+        if r.cfg.run.mode != "diffusionnft" and r.store.commit_record(i, "select") and r.store.commit_record(i, "explore") and not r.store.verify(i, "explore"):
+            stored = read_stage(r.store, i, "select", "prompt_id, seed, side, proxy_rank, proxy_reward").to_pylist()
+            again, _ = reselect(r.store, i, r.cfg.select.k, r.cfg.select.on_short_prompt)
+            again = again.select(["prompt_id", "seed", "side", "proxy_rank", "proxy_reward"]).to_pylist()
+            if stored != again:
+                problems.append(f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows")
+        if r.store.commit_record(i, "regenerate") and r.store.commit_record(i, "select") and not r.store.verify(i, "regenerate"):
+            sel = sorted(read_stage(r.store, i, "select", "prompt_id, seed").to_pylist(), key=lambda d: (d["prompt_id"], d["seed"]))
+            reg = sorted(read_stage(r.store, i, "regenerate", "prompt_id, seed").to_pylist(), key=lambda d: (d["prompt_id"], d["seed"]))
+            if sel != reg:
+                problems.append(f"iter={i:05d}/regenerate: regenerated seeds are not exactly the selected seeds")
+    for p in problems:
+        console.print(f"[red]MISMATCH[/] {p}")
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {checked} committed stage(s) of {run_id}")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/] {checked} committed stage(s) of {run_id} verified")
+
+
+@app.command("pretrain-shapes")
+def pretrain_shapes(
+    hidden: int = typer.Option(128, help="transformer width (num_attention_heads x 32)"),
+    steps: int = typer.Option(3000, help="optimizer steps (batch 64)"),
+    seed: int = typer.Option(0, help="seed of initialisation and data"),
+    out: Path = typer.Option(None, help="output folder (default: the package's shipped weights folder)"),
+    compile: bool = typer.Option(True, help="torch.compile the training step (~1.4x faster on CPU after a ~1 min compile)"),
+):
+    """Rebuild the embedded shapes model from a seed (the shipped weights are its output)."""
+    from solrl.shapes import model as M
+    from solrl.shapes.pretrain import pretrain
+
+    target = out or M.WEIGHTS_DIR
+    console.print(f"pretraining hidden={hidden} for {steps} steps -> {target}")
+    meta = pretrain(M.ShapesModelConfig(hidden=hidden), steps, target, seed=seed, compile=compile, log=lambda s: console.print(s))
+    console.print(f"done in {meta['train_seconds']:.0f}s: {target / 'shapes.safetensors'}")
+
+
+def main():  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

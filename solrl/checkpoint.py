@@ -1,0 +1,62 @@
+"""Adapter, EMA and optimizer state as bytes (what the update stage commits, and resume reads).
+
+Files (under <run>/iter=i/update/state/):
+  policy/adapter_model.safetensors  the trainable adapter θ ("default")
+  old/adapter_model.safetensors     the sampling adapter ("old")
+  ema/adapter_model.safetensors     EMA of θ (evaluation and export)
+  */adapter_config.json             the peft LoraConfig, so peft/diffusers can load each adapter
+  optimizer.safetensors             AdamW moments and step counts, by parameter index
+  rng.json                          optimizer step count and the keyed streams the run uses
+Tensors are stored in float32 exactly, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load, save
+
+from .models.base import Policy
+from .stages import TrainState
+
+ADAPTER_FILES = {"policy": "default", "old": "old", "ema": None}
+
+
+def _peft_key(name: str) -> str:
+    # peft's on-disk names: "base_model.model.<module>.lora_A.weight" (no adapter name)
+    return name
+
+
+def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
+    cfg = policy.peft.peft_config["default"]
+    adapter_config = json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list).encode()
+    out: dict[str, bytes] = {}
+    for folder, adapter in ADAPTER_FILES.items():
+        tensors = state.ema if adapter is None else policy.adapter_state(adapter)
+        out[f"{folder}/adapter_model.safetensors"] = save({_peft_key(k): v.contiguous() for k, v in tensors.items()})
+        out[f"{folder}/adapter_config.json"] = adapter_config
+    opt = state.optimizer.state_dict()
+    flat = {}
+    for idx, s in opt["state"].items():
+        for k, v in s.items():
+            flat[f"{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    out["optimizer.safetensors"] = save(flat, metadata={"param_groups": json.dumps(opt["param_groups"])})
+    out["rng.json"] = json.dumps({"optimizer_step": state.step, "streams": "keyed by (run seed, iteration); nothing else to restore"}).encode()
+    return out
+
+
+def restore(policy: Policy, state: TrainState, files: dict[str, bytes]) -> None:
+    """Load adapters, EMA and optimizer state written by `state_files` into policy/state."""
+    policy.load_adapter("default", load(files["policy/adapter_model.safetensors"]))
+    policy.load_adapter("old", load(files["old/adapter_model.safetensors"]))
+    state.ema = {k: v.clone() for k, v in load(files["ema/adapter_model.safetensors"]).items()}
+    flat = load(files["optimizer.safetensors"])
+    per_param: dict[int, dict] = {}
+    for key, v in flat.items():
+        idx, name = key.split(".", 1)
+        per_param.setdefault(int(idx), {})[name] = v
+    sd = state.optimizer.state_dict()
+    sd["state"] = per_param
+    state.optimizer.load_state_dict(sd)
+    state.step = json.loads(files["rng.json"])["optimizer_step"]

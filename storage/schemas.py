@@ -1,0 +1,96 @@
+"""Arrow schemas of every artifact (DESIGN.md §4), declared once.
+
+Reward columns are dynamic: one `reward_<name>` float64 column per configured reward, after the
+fixed columns. Every file also carries `run_id` and `iteration`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+COMMON = [pa.field("run_id", pa.string()), pa.field("iteration", pa.int32())]
+
+EXPLORE = COMMON + [
+    pa.field("prompt_id", pa.int32()),
+    pa.field("prompt", pa.string()),
+    pa.field("candidate", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("precision", pa.string()),
+    pa.field("steps", pa.int16()),
+    pa.field("reward", pa.float64()),
+]
+# x0 / x0_shape are filled only in the naive_* modes, which train on the explore samples.
+EXPLORE_TAIL = [
+    pa.field("duration_ms", pa.float32()),
+    pa.field("worker", pa.string()),
+    pa.field("thumbnail", pa.binary()),
+    pa.field("x0", pa.binary()),
+    pa.field("x0_shape", pa.list_(pa.int32())),
+]
+
+SELECTED = COMMON + [
+    pa.field("prompt_id", pa.int32()),
+    pa.field("prompt", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("side", pa.string()),
+    pa.field("proxy_rank", pa.int32()),
+    pa.field("proxy_reward", pa.float64()),
+]
+
+REGENERATE = COMMON + [
+    pa.field("prompt_id", pa.int32()),
+    pa.field("prompt", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("side", pa.string()),
+    pa.field("proxy_rank", pa.int32()),
+    pa.field("proxy_reward", pa.float64()),
+    pa.field("precision", pa.string()),
+    pa.field("steps", pa.int16()),
+    pa.field("reward", pa.float64()),
+]
+REGENERATE_TAIL = [
+    pa.field("image", pa.binary()),
+    pa.field("x0", pa.binary()),
+    pa.field("x0_shape", pa.list_(pa.int32())),
+    pa.field("duration_ms", pa.float32()),
+    pa.field("worker", pa.string()),
+]
+
+EVAL = COMMON + [
+    pa.field("prompt_id", pa.int32()),
+    pa.field("prompt", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("reward", pa.float64()),
+]
+EVAL_TAIL = [pa.field("image", pa.binary())]
+
+
+def _with_rewards(head: list[pa.Field], tail: list[pa.Field], reward_names: list[str]) -> pa.Schema:
+    return pa.schema(head + [pa.field(f"reward_{n}", pa.float64()) for n in reward_names] + tail)
+
+
+def explore_schema(reward_names: list[str]) -> pa.Schema:
+    return _with_rewards(EXPLORE, EXPLORE_TAIL, reward_names)
+
+
+def selected_schema() -> pa.Schema:
+    return pa.schema(SELECTED)
+
+
+def regenerate_schema(reward_names: list[str]) -> pa.Schema:
+    return _with_rewards(REGENERATE, REGENERATE_TAIL, reward_names)
+
+
+def eval_schema(reward_names: list[str]) -> pa.Schema:
+    return _with_rewards(EVAL, EVAL_TAIL, reward_names)
+
+
+def to_table(columns: dict[str, list], schema: pa.Schema, run_id: str, iteration: int) -> pa.Table:
+    """Build a table in `schema` order from columns; missing optional columns become nulls."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    data = {"run_id": [run_id] * n, "iteration": [iteration] * n, **columns}
+    arrays = []
+    for f in schema:
+        values = data.get(f.name)
+        arrays.append(pa.array(values if values is not None else [None] * n, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
