@@ -152,13 +152,16 @@ def inspect(
         _fail(str(e))
     if not table:
         _fail(f"iteration {iteration} of {run_id} has no rows for prompt {prompt}: prompt ids of this iteration are listed by `sol-rl inspect {run_id} -i {iteration}`")
-    t = Table(title=f"{run_id} iteration {iteration}: seed ranking")
-    for c in ("prompt_id", "seed", "proxy rank", "proxy reward", "regenerated", "side", "prompt"):
-        t.add_column(c)
-    for row in table[:limit]:
-        regen = "" if row["regenerated_reward"] is None else f"{row['regenerated_reward']:.4f}"
-        t.add_row(str(row["prompt_id"]), str(row["seed"]), str(row["proxy_rank"]), f"{row['proxy_reward']:.4f}", regen, row["side"] or "", row["prompt"])
-    console.print(t)
+    shown = table[:limit]
+    for pid in dict.fromkeys(row["prompt_id"] for row in shown):
+        rows = [row for row in shown if row["prompt_id"] == pid]
+        t = Table(title=f"iteration {iteration}, prompt {pid}: {rows[0]['prompt']!r}", title_justify="left")
+        for c, justify in (("proxy rank", "right"), ("seed", "right"), ("proxy reward", "right"), ("regenerated", "right"), ("side", "left")):
+            t.add_column(c, justify=justify, no_wrap=True)
+        for row in rows:
+            regen = "" if row["regenerated_reward"] is None else f"{row['regenerated_reward']:.4f}"
+            t.add_row(str(row["proxy_rank"]), str(row["seed"]), f"{row['proxy_reward']:.4f}", regen, row["side"] or "")
+        console.print(t)
     if len(table) > limit:
         console.print(f"... {len(table) - limit} more rows (use --limit or --prompt)")
 

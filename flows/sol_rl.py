@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -69,10 +70,14 @@ def sol_rl_iteration(run_uri: str, iteration: int) -> dict:
 
 
 @flow(name="sol-rl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def sol_rl(config: str = "configs/shapes.yaml", run_id: str = "shapes", iterations: int | None = None, run_root: str | None = None, overrides: dict | None = None) -> list[dict]:
+def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, iterations: int | None = None, run_root: str | None = None, overrides: dict | None = None) -> list[dict]:
     """Run (or resume) a Sol-RL run: `iterations` iterations of explore -> select ->
-    regenerate -> update (-> evaluate), artifacts under `run_root/run_id`."""
+    regenerate -> update (-> evaluate), artifacts under `run_root/run_id`.
+
+    config: YAML path (relative to the checkout) or preset name; run_id: an existing id resumes
+    it (default: <config>-<timestamp>); overrides: dotted keys, e.g. {"explore.n": 16}."""
     cfg = load_config(config)
+    run_id = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root

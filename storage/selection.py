@@ -7,6 +7,7 @@ from importlib import resources
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SELECT_SQL = resources.files(__package__).joinpath("select.sql").read_text()
 
@@ -34,7 +35,8 @@ def select_seeds(explore: pa.Table, k: int, on_short_prompt: str = "error") -> t
             "raise explore.n, fix the reward, or set select.on_short_prompt: skip"
         )
     skip = {p for p, _ in short}
-    con.execute("CREATE VIEW explore AS SELECT * FROM explore_all WHERE NOT list_contains($skip, prompt_id)", {"skip": sorted(skip)}) if skip else con.execute("CREATE VIEW explore AS SELECT * FROM explore_all")
+    kept = explore.filter(pc.invert(pc.is_in(explore["prompt_id"], pa.array(sorted(skip), type=explore.schema.field("prompt_id").type)))) if skip else explore
+    con.register("explore", kept)
     selected = con.sql(SELECT_SQL, params={"half": k // 2}).to_arrow_table()
     con.close()
     stats = {"non_finite": int(sum(b for _, _, b in counts)), "skipped_prompts": sorted(skip)}

@@ -93,6 +93,8 @@ class RunStore:
         self.fs.mkdirs(path.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(path, "wb") as f:
             f.write(data)
+        if not path.endswith((COMMIT, "run.json")):
+            _pause_for_crash_tests()
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open(path, "rb") as f:
@@ -105,7 +107,6 @@ class RunStore:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         self.write_bytes(path, buf.getvalue())
-        _pause_for_crash_tests()
 
     def read_table(self, path: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(path)))

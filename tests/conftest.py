@@ -1,8 +1,16 @@
 import os
+import tempfile
 
-# Quiet, deterministic CPU runs for every test process.
+# Quiet, deterministic CPU runs for every test process (subprocesses inherit these).
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A private Prefect home (SQLite DB, settings) per test session, and room for a cold start.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="solrl-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# torch.compile of the NVFP4 activation kernel costs ~30 s per process; tests run the eager
+# kernel (bit-identical, checked in test_quant) except where they test the compiled one.
+os.environ.setdefault("SOLRL_NO_COMPILE", "1")
 
 import pytest
 import torch

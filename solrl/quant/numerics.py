@@ -75,12 +75,15 @@ def _fake_nvfp4(x: torch.Tensor) -> torch.Tensor:
 _compiled = None
 
 
-def fake_quantize_nvfp4(x: torch.Tensor) -> torch.Tensor:
-    """Quantise to NVFP4 and back (float32), per-tensor scale from this tensor's amax."""
+def fake_quantize_nvfp4(x: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
+    """Quantise to NVFP4 and back (float32), per-tensor scale from this tensor's amax.
+    `compiled` (default: unless SOLRL_NO_COMPILE=1) uses the torch.compile'd kernel."""
     if x.shape[-1] % BLOCK:
         raise ValueError(f"NVFP4 needs the last dimension to be a multiple of {BLOCK}, got shape {tuple(x.shape)}")
     global _compiled
-    if os.environ.get("SOLRL_NO_COMPILE") == "1":
+    if compiled is None:
+        compiled = os.environ.get("SOLRL_NO_COMPILE") != "1"
+    if not compiled:
         return _fake_nvfp4(x)
     if _compiled is None:
         # One fused kernel instead of ~12 elementwise passes: ~3x faster activation quantisation
