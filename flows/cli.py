@@ -62,13 +62,10 @@ def run(
     root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root
     rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
+        from solrl.models import check_weights
+
+        check_weights(cfg.model.family, cfg.model.weights)
         run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
-        from solrl.models import load_policy  # noqa: F401  (import errors surface here, not mid-flow)
-
-        if cfg.model.family != "shapes":
-            from solrl.models import resolve_weights
-
-            resolve_weights(cfg.model.family, cfg.model.weights)
     except (ConfigMismatch, FileNotFoundError) as e:
         _fail(str(e))
     n = iterations or cfg.run.iterations

@@ -42,6 +42,18 @@ def resolve_weights(family: str, weights: str | None) -> Path:
     )
 
 
+def check_weights(family: str, weights: str | None) -> None:
+    """Fail before any compute, in one sentence, when a model's weights are not on disk."""
+    if family == "shapes":
+        from ..shapes.model import WEIGHTS_DIR
+
+        path = Path(weights or WEIGHTS_DIR) / "shapes.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package")
+    elif family in DEFAULT_WEIGHTS:
+        resolve_weights(family, weights)
+
+
 def load_policy(family: str, **kw) -> Policy:
     # Trained weights produce denormal intermediates; on x86 CPUs they cost ~10x per op.
     # Flushing them to zero changes nothing measurable in the outputs (see shapes-probe notes).
@@ -59,4 +71,4 @@ def load_policy(family: str, **kw) -> Policy:
     raise ValueError(f"unknown model family {family!r}: choose shapes, flux, sd3 or sana")
 
 
-__all__ = ["Policy", "load_policy", "resolve_weights"]
+__all__ = ["Policy", "check_weights", "load_policy", "resolve_weights"]

@@ -1,0 +1,45 @@
+"""The command line: --help everywhere, bad input as one clear sentence before any compute."""
+
+import pytest
+
+from pipeline_helpers import cli, write_config
+
+COMMANDS = ["run", "status", "inspect", "verify", "pretrain-shapes"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command):
+    p = cli(*([command] if command else []), "--help")
+    assert "Usage" in p.stdout
+    if command:
+        assert command in p.stdout
+
+
+def _one_sentence_error(p):
+    assert p.returncode == 2, p.stdout + p.stderr
+    text = " ".join(p.stderr.split())
+    assert text.startswith("error:") and "Traceback" not in p.stderr
+    return text
+
+
+def test_bad_config_values(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", select={"k": 5})
+    text = _one_sentence_error(cli("run", bad, "--run-root", tmp_path, check=False))
+    assert "select.k" in text and "even" in text
+    bad = write_config(tmp_path / "bad2.yaml", explore={"n": 2})
+    text = _one_sentence_error(cli("run", bad, "--run-root", tmp_path, check=False))
+    assert "explore.n (2) must be >= select.k (4)" in text
+    bad = write_config(tmp_path / "bad3.yaml", reward={"weights": {"aesthetic": 1.0}})
+    assert "unknown rewards ['aesthetic']" in _one_sentence_error(cli("run", bad, "--run-root", tmp_path, check=False))
+    (tmp_path / "typo.yaml").write_text("explore: {nn: 3}\n")
+    assert "explore.nn" in _one_sentence_error(cli("run", tmp_path / "typo.yaml", "--run-root", tmp_path, check=False))
+    assert not list(tmp_path.glob("*/run.json"))  # nothing was created
+
+
+def test_missing_things(tmp_path):
+    assert "does not exist" in _one_sentence_error(cli("run", tmp_path / "nope.yaml", check=False))
+    assert "no run at" in _one_sentence_error(cli("status", "ghost", "--run-root", tmp_path, check=False))
+    text = _one_sentence_error(cli("run", "flux", "--run-root", tmp_path, check=False))
+    assert "flux weights are missing" in text and "model.weights" in text
+    weights = write_config(tmp_path / "w.yaml", model={"weights": str(tmp_path / "nowhere")})
+    assert "pretrain-shapes" in _one_sentence_error(cli("run", weights, "--run-root", tmp_path, check=False))

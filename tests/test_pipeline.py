@@ -1,0 +1,111 @@
+"""The pipeline end to end: the `sol-rl` flow in ephemeral Prefect, resume after SIGKILL in each
+stage, a corrupted commit, config mismatch, and the inspect/verify/status commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import REPO, SOL_RL, adapters, cli, row_counts, uncommitted, write_config
+
+pytestmark = pytest.mark.timeout(1500)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """(a) three iterations, uninterrupted, through the Prefect flow."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = write_config(root / "tiny.yaml")
+    p = cli("run", cfg, "--run-id", "base", "--run-root", root)
+    assert "iteration 2" in p.stdout
+    return root, cfg
+
+
+def test_uninterrupted_run(baseline):
+    root, _ = baseline
+    run = root / "base"
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["config"]["explore"]["n"] == 8 and len(meta["config_hash"]) == 64
+    counts = row_counts(run)
+    for i in range(3):
+        assert counts[f"iter={i:05d}/explore"] == 2 * 8
+        assert counts[f"iter={i:05d}/select"] == 2 * 4
+        assert counts[f"iter={i:05d}/regenerate"] == 2 * 4
+        assert counts[f"iter={i:05d}/update"] == 1
+    assert "iter=00000/eval" in counts and "iter=00002/eval" in counts and "iter=00001/eval" not in counts
+    assert uncommitted(run) == []
+    assert len(adapters(run, 2)) == 4  # policy, old, ema, optimizer
+    out = cli("verify", "base", "--run-root", root).stdout
+    assert "OK" in out
+    status = cli("status", "base", "--run-root", root).stdout
+    assert status.count("ok") >= 13
+    ranking = cli("inspect", "base", "-i", "1", "--run-root", root).stdout
+    assert "top" in ranking and "bottom" in ranking and "proxy rank" in ranking
+
+
+def _kill_when(args, watch: Path, env: dict) -> None:
+    """Start `sol-rl run`, SIGKILL its whole process group once `watch` exists."""
+    proc = subprocess.Popen([*SOL_RL, *map(str, args)], cwd=REPO, env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while not watch.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended before {watch} appeared:\n{proc.stdout.read().decode()[-3000:]}")
+            if time.time() > deadline:
+                raise AssertionError(f"{watch} never appeared")
+            time.sleep(0.05)  # polling the file system for the stage's first data file
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("stage,first_file", [
+    ("explore", "part-00000.parquet"),
+    ("regenerate", "part-00000.parquet"),
+    ("update", "state/policy/adapter_model.safetensors"),
+])
+def test_sigkill_then_resume_is_bit_identical(baseline, tmp_path, stage, first_file):
+    """(b) killed during a stage of iteration 1, resumed with `sol-rl run` on the same id."""
+    root, cfg = baseline
+    watch = tmp_path / "crash" / "iter=00001" / stage / first_file
+    # the pause holds the stage between its first data file and its commit, so the kill lands there
+    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, {"SOLRL_PAUSE_AFTER_WRITE_S": "2"})
+    stage_dir = tmp_path / "crash" / "iter=00001" / stage
+    assert watch.exists() and not (stage_dir / "_COMMITTED.json").exists()
+    assert cli("verify", "crash", "--run-root", tmp_path, check=False).returncode == 1  # the partial stage is reported
+    cli("run", cfg, "--run-id", "crash", "--run-root", tmp_path)
+    assert adapters(tmp_path / "crash", 2) == adapters(root / "base", 2)
+    assert row_counts(tmp_path / "crash") == row_counts(root / "base")
+    assert uncommitted(tmp_path / "crash") == []
+
+
+def test_corrupted_commit_is_reported_and_recomputed(baseline, tmp_path):
+    """(c) a committed file changed on disk: verify fails, the next resume recomputes it."""
+    root, cfg = baseline
+    run = tmp_path / "base"
+    shutil.copytree(root / "base", run)
+    target = run / "iter=00001" / "regenerate" / "part-00000.parquet"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    p = cli("verify", "base", "--run-root", tmp_path, check=False)
+    assert p.returncode == 1 and "iter=00001/regenerate/part-00000.parquet: sha256 mismatch" in p.stdout
+    cli("run", cfg, "--run-id", "base", "--run-root", tmp_path, "--no-prefect")
+    assert "OK" in cli("verify", "base", "--run-root", tmp_path).stdout
+    assert adapters(run, 2) == adapters(root / "base", 2)
+
+
+def test_resume_with_other_config_is_refused(baseline, tmp_path):
+    root, _ = baseline
+    other = write_config(tmp_path / "other.yaml", explore={"n": 12}, nft={"lr": 0.001})
+    p = cli("run", other, "--run-id", "base", "--run-root", root, check=False)
+    assert p.returncode == 2
+    msg = p.stderr.strip()
+    assert "differing keys: explore.n, nft.lr" in msg and msg.count("\n") <= 2
