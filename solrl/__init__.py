@@ -8,6 +8,9 @@ __version__ = "0.1.0"
 # torchao registers enums with torch's pytree at import and diffusers probes torchao's optional
 # kernels; both print warnings that say nothing about a user's run. Keep them out of the logs.
 _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
+_logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").setLevel(_logging.ERROR)
+# torchao tries its optional CUDA kernels (mxfp8, cutlass) at import; absent on CPU builds.
+_logging.getLogger("torchao").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message=".*is an Enum subclass and is now natively supported.*")
 _warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*is deprecated.*")
 _warnings.filterwarnings("ignore", message=".*should be kept in float32.*")

@@ -11,7 +11,6 @@ divides by S = 0 and returns NaN).
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 
@@ -19,14 +18,12 @@ import torch
 
 # torchao probes optional CUDA/C++ extensions at import and warns when they are absent; on a
 # CPU-only machine that is expected, so keep those messages out of users' logs.
+# (The "torchao" logger itself is set to ERROR in solrl/__init__.py.)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    _prev = logging.getLogger("torchao").level
-    logging.getLogger("torchao").setLevel(logging.ERROR)
     from torchao.prototype.mx_formats.constants import F4_E2M1_MAX, F8E4M3_MAX
     from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, f32_to_f4_unpacked
     from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
-    logging.getLogger("torchao").setLevel(_prev)
 
 BLOCK = 16
 E4M3_TINY = torch.finfo(torch.float8_e4m3fn).tiny

@@ -130,12 +130,14 @@ def dit_init_(transformer) -> None:
                 nn.init.zeros_(mod.bias)
 
 
-def save(directory: Path, cfg: ShapesModelConfig, transformer, text_encoder, meta: dict | None = None) -> None:
+def save(directory: Path, cfg: ShapesModelConfig, transformer, text_encoder, meta: dict | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Write shapes.safetensors (weights stored in `dtype`, bf16 by default: half the size;
+    `load` computes in float32 from them) and config.json."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {f"transformer.{k}": v.detach().contiguous() for k, v in transformer.state_dict().items()}
-    state.update({f"text_encoder.{k}": v.detach().contiguous() for k, v in text_encoder.state_dict().items()})
+    state = {f"transformer.{k}": v.detach().to(dtype).contiguous() for k, v in transformer.state_dict().items()}
+    state.update({f"text_encoder.{k}": v.detach().to(dtype).contiguous() for k, v in text_encoder.state_dict().items()})
     save_file(state, str(directory / "shapes.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
     (directory / "config.json").write_text(json.dumps({"model": asdict(cfg), **(meta or {})}, indent=2) + "\n")
 
