@@ -53,7 +53,7 @@ def run(
     """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
     from solrl.config import ConfigError, load_config
     from storage.store import join
-    from tasks.steps import ConfigMismatch, open_run
+    from tasks.steps import ConfigMismatch, StoreError, open_run
 
     try:
         cfg = load_config(config)
@@ -66,7 +66,7 @@ def run(
 
         check_weights(cfg.model.family, cfg.model.weights)
         run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
-    except (ConfigMismatch, FileNotFoundError) as e:
+    except (ConfigMismatch, FileNotFoundError, StoreError) as e:
         _fail(str(e))
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")

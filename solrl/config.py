@@ -102,6 +102,9 @@ class FidelitySection(_Strict):
 
 class StorageSection(_Strict):
     run_root: str = "runs"
+    # s3:// only; unset = the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION, ...)
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
 
 
 class RunConfig(_Strict):

@@ -76,6 +76,19 @@ class RunStore:
         self.uri = self.uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage_options(self.uri, self.options))
 
+    def check_writable(self) -> None:
+        """Write and delete a probe file under the run root; one sentence if that fails."""
+        probe = self.path(f".write-probe-{os.getpid()}")
+        try:
+            self.write_bytes(probe, b"ok")
+            self.fs.rm(probe)
+        except Exception as e:  # any backend error: permissions, no bucket, no endpoint
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(
+                f"the run store {self.uri} is not reachable or not writable ({type(e).__name__}: {reason}): "
+                "pass a writable --run-root (a local folder or s3://bucket/prefix with credentials set)"
+            ) from None
+
     # --- paths ---------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return join(self.root, *parts)

@@ -29,7 +29,7 @@ from solrl.progress import progress_bar
 from storage import schemas
 from storage.queries import read_stage
 from storage.selection import select_seeds
-from storage.store import RunStore, iter_dir, join
+from storage.store import RunStore, StoreError, iter_dir, join
 
 log = logging.getLogger("solrl")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -37,6 +37,9 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 class ConfigMismatch(ValueError):
     pass
+
+
+__all__ = ["ConfigMismatch", "StoreError", "open_run", "run_steps", "status"]
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -58,6 +61,11 @@ class Run:
 def open_run(run_uri: str, cfg: RunConfig | None = None) -> Run:
     """Create a run (writing run.json) or open an existing one. With `cfg` given for an
     existing run, its hash must match the stored one: otherwise one sentence names the keys."""
+    if cfg is not None:  # S3 settings of the config reach every store this process opens
+        if cfg.storage.s3_endpoint:
+            os.environ["SOLRL_S3_ENDPOINT"] = cfg.storage.s3_endpoint
+        if cfg.storage.s3_region:
+            os.environ["AWS_REGION"] = cfg.storage.s3_region
     store = RunStore(run_uri)
     run_id = run_uri.rstrip("/").rsplit("/", 1)[-1]
     meta_path = store.path("run.json")
@@ -73,6 +81,7 @@ def open_run(run_uri: str, cfg: RunConfig | None = None) -> Run:
         return Run(store, stored, run_id)
     if cfg is None:
         raise FileNotFoundError(f"no run at {run_uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
+    store.check_writable()
     store.write_json(meta_path, {
         "run_id": run_id,
         "config": cfg.model_dump(mode="json"),

@@ -43,3 +43,30 @@ def test_missing_things(tmp_path):
     assert "flux weights are missing" in text and "model.weights" in text
     weights = write_config(tmp_path / "w.yaml", model={"weights": str(tmp_path / "nowhere")})
     assert "pretrain-shapes" in _one_sentence_error(cli("run", weights, "--run-root", tmp_path, check=False))
+
+
+def test_unwritable_store_is_refused_before_compute(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = write_config(tmp_path / "c.yaml")
+    text = _one_sentence_error(cli("run", cfg, "--run-root", blocker / "runs", check=False))
+    assert "not reachable or not writable" in text and "--run-root" in text
+
+
+@pytest.mark.parametrize("section,values,fragment", [
+    ("rollout", {"steps": 0}, "rollout.steps"),
+    ("explore", {"steps": 0}, "explore.steps"),
+    ("select", {"k": 0}, "select.k"),
+    ("run", {"mode": "grpo"}, "run.mode"),
+    ("explore", {"precision": "int4"}, "explore.precision"),
+    ("model", {"family": "dalle"}, "model.family"),
+    ("rollout", {"solver": "heun"}, "rollout.solver"),
+    ("explore", {"precision": "high"}, "mode sol_rl explores in low precision"),
+])
+def test_config_validation_names_the_key(tmp_path, section, values, fragment):
+    from solrl.config import ConfigError, load_config
+
+    path = write_config(tmp_path / "bad.yaml", **{section: values})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert fragment in str(e.value) and str(e.value).startswith(str(path))
