@@ -218,9 +218,5 @@ def pretrain_shapes(
     console.print(f"done in {meta['train_seconds']:.0f}s: {target / 'shapes.safetensors'}")
 
 
-def main():  # pragma: no cover - console entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()

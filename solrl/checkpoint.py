@@ -23,18 +23,13 @@ from .stages import TrainState
 ADAPTER_FILES = {"policy": "default", "old": "old", "ema": None}
 
 
-def _peft_key(name: str) -> str:
-    # peft's on-disk names: "base_model.model.<module>.lora_A.weight" (no adapter name)
-    return name
-
-
 def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
     cfg = policy.peft.peft_config["default"]
     adapter_config = json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list).encode()
     out: dict[str, bytes] = {}
     for folder, adapter in ADAPTER_FILES.items():
         tensors = state.ema if adapter is None else policy.adapter_state(adapter)
-        out[f"{folder}/adapter_model.safetensors"] = save({_peft_key(k): v.contiguous() for k, v in tensors.items()})
+        out[f"{folder}/adapter_model.safetensors"] = save({k: v.contiguous() for k, v in tensors.items()})  # peft's names minus the adapter name
         out[f"{folder}/adapter_config.json"] = adapter_config
     opt = state.optimizer.state_dict()
     flat = {}

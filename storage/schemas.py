@@ -9,17 +9,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 COMMON = [pa.field("run_id", pa.string()), pa.field("iteration", pa.int32())]
+PROMPT_ID, PROMPT, SEED = pa.field("prompt_id", pa.int32()), pa.field("prompt", pa.string()), pa.field("seed", pa.int64())
+SAMPLE = [pa.field("precision", pa.string()), pa.field("steps", pa.int16()), pa.field("reward", pa.float64())]
 
-EXPLORE = COMMON + [
-    pa.field("prompt_id", pa.int32()),
-    pa.field("prompt", pa.string()),
-    pa.field("candidate", pa.int32()),
-    pa.field("seed", pa.int64()),
-    pa.field("precision", pa.string()),
-    pa.field("steps", pa.int16()),
-    pa.field("reward", pa.float64()),
-]
-# x0 / x0_shape are filled only in the naive_* modes, which train on the explore samples.
+EXPLORE = COMMON + [PROMPT_ID, PROMPT, pa.field("candidate", pa.int32()), SEED] + SAMPLE
 EXPLORE_TAIL = [
     pa.field("duration_ms", pa.float32()),
     pa.field("worker", pa.string()),
@@ -29,25 +22,15 @@ EXPLORE_TAIL = [
 ]
 
 SELECTED = COMMON + [
-    pa.field("prompt_id", pa.int32()),
-    pa.field("prompt", pa.string()),
-    pa.field("seed", pa.int64()),
+    PROMPT_ID,
+    PROMPT,
+    SEED,
     pa.field("side", pa.string()),
     pa.field("proxy_rank", pa.int32()),
     pa.field("proxy_reward", pa.float64()),
 ]
 
-REGENERATE = COMMON + [
-    pa.field("prompt_id", pa.int32()),
-    pa.field("prompt", pa.string()),
-    pa.field("seed", pa.int64()),
-    pa.field("side", pa.string()),
-    pa.field("proxy_rank", pa.int32()),
-    pa.field("proxy_reward", pa.float64()),
-    pa.field("precision", pa.string()),
-    pa.field("steps", pa.int16()),
-    pa.field("reward", pa.float64()),
-]
+REGENERATE = SELECTED + SAMPLE
 REGENERATE_TAIL = [
     pa.field("image", pa.binary()),
     pa.field("x0", pa.binary()),
@@ -56,12 +39,7 @@ REGENERATE_TAIL = [
     pa.field("worker", pa.string()),
 ]
 
-EVAL = COMMON + [
-    pa.field("prompt_id", pa.int32()),
-    pa.field("prompt", pa.string()),
-    pa.field("seed", pa.int64()),
-    pa.field("reward", pa.float64()),
-]
+EVAL = COMMON + [PROMPT_ID, PROMPT, SEED, pa.field("reward", pa.float64())]
 EVAL_TAIL = [pa.field("image", pa.binary())]
 
 

@@ -9,7 +9,6 @@ is in its folder and recomputes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -399,7 +398,3 @@ def status(run: Run) -> list[dict]:
                 row[stage] = ("-", None)
         rows.append(row)
     return rows
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

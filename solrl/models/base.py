@@ -75,9 +75,9 @@ class Policy(ABC):
         torch.manual_seed(seed)  # gaussian init of A is drawn from the global RNG: pin it
         self.peft = get_peft_model(transformer, cfg, adapter_name="default")
         self.peft.add_adapter("old", cfg)
+        self._pairs = self._param_pairs()
         self.load_adapter("old", self.adapter_state("default"))
         self.peft.set_adapter("default")
-        self._pairs = self._param_pairs()
 
     def _param_pairs(self) -> dict[str, dict[str, nn.Parameter]]:
         out: dict[str, dict[str, nn.Parameter]] = {a: {} for a in ADAPTERS}
@@ -90,15 +90,11 @@ class Policy(ABC):
 
     def adapter_state(self, adapter: str) -> dict[str, torch.Tensor]:
         """A copy of one adapter's LoRA tensors, keyed by adapter-free names."""
-        return {k: p.detach().clone() for k, p in self._pairs[adapter].items()} if hasattr(self, "_pairs") else {
-            n.replace(f".{adapter}.", "."): p.detach().clone() for n, p in self.peft.named_parameters() if "lora_" in n and f".{adapter}." in n
-        }
+        return {k: p.detach().clone() for k, p in self._pairs[adapter].items()}
 
     @torch.no_grad()
     def load_adapter(self, adapter: str, state: dict[str, torch.Tensor]) -> None:
-        params = self._pairs[adapter] if hasattr(self, "_pairs") else {
-            n.replace(f".{adapter}.", "."): p for n, p in self.peft.named_parameters() if "lora_" in n and f".{adapter}." in n
-        }
+        params = self._pairs[adapter]
         missing = set(params) - set(state)
         if missing:
             raise ValueError(f"adapter state for {adapter!r} lacks {len(missing)} tensors, e.g. {sorted(missing)[:2]}")
