@@ -96,10 +96,6 @@ class EvalSection(_Strict):
     seeds_per_prompt: int = Field(2, ge=1)
 
 
-class FidelitySection(_Strict):
-    audit_per_prompt: int = Field(0, ge=0)
-
-
 class StorageSection(_Strict):
     run_root: str = "runs"
     # s3:// only; unset = the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION, ...)
@@ -117,7 +113,6 @@ class RunConfig(_Strict):
     reward: RewardSection = RewardSection()
     nft: NFTSection = NFTSection()
     eval: EvalSection = EvalSection()
-    fidelity: FidelitySection = FidelitySection()
     storage: StorageSection = StorageSection()
 
     @model_validator(mode="after")
