@@ -202,7 +202,7 @@ def verify(run_id: str, run_root: str = typer.Option(None, "--run-root")):
 
 @app.command("pretrain-shapes")
 def pretrain_shapes(
-    hidden: int = typer.Option(128, help="transformer width (num_attention_heads x 32)"),
+    hidden: int = typer.Option(192, help="transformer width (num_attention_heads x 32); the shipped model is 192"),
     steps: int = typer.Option(3000, help="optimizer steps (batch 64)"),
     seed: int = typer.Option(0, help="seed of initialisation and data"),
     out: Path = typer.Option(None, help="output folder (default: the package's shipped weights folder)"),

@@ -93,6 +93,6 @@ def pretrain(
             history.append({"step": step, "loss": float(loss.detach()), "elapsed_s": round(elapsed, 1)})
             log(f"step {step:5d}/{steps}  loss {float(loss.detach()):.4f}  lr {lr_at(step):.2e}  {elapsed:7.1f}s")
     seconds = time.time() - t0
-    meta = {"recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "compile": compile}, "train_seconds": round(seconds, 1), "history": history}
+    meta = {"recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "compile": compile}, "train_seconds": round(seconds, 1), "stored_dtype": "bfloat16", "history": history}
     M.save(Path(out_dir), cfg, ema_t, ema_e, meta)
     return meta
