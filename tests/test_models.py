@@ -90,3 +90,19 @@ def test_shapes_weights_load_with_safetensors_only(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="pretrain-shapes"):
         M.load(tmp_path)
+
+
+def test_pretraining_is_reproducible_from_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from solrl.shapes import model as M
+    from solrl.shapes.pretrain import pretrain
+
+    cfg = M.ShapesModelConfig(hidden=64, num_layers=1, num_single_layers=1)
+    for name in ("a", "b"):
+        meta = pretrain(cfg, 3, tmp_path / name, batch=8, compile=False, log=lambda s: None)
+    a, b = load_file(str(tmp_path / "a" / "shapes.safetensors")), load_file(str(tmp_path / "b" / "shapes.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta["history"][-1]["step"] == 2 and meta["stored_dtype"] == "bfloat16"
+    loaded_cfg, _, _ = M.load(tmp_path / "a")
+    assert loaded_cfg == cfg
