@@ -200,6 +200,24 @@ def verify(run_id: str, run_root: str = typer.Option(None, "--run-root")):
     console.print(f"[green]OK[/] {checked} committed stage(s) of {run_id} verified")
 
 
+@app.command()
+def report(
+    run_id: str,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG figures and index.html"),
+    run_root: str = typer.Option(None, "--run-root"),
+):
+    """Figures of a run (rewards, fidelity, stage times, losses, image grids) as PNG plus an
+    index.html, from committed artifacts only; no notebook server needed."""
+    from storage.report import write_report
+
+    r = _open(run_id, run_root)
+    try:
+        pngs = write_report(r.store, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    console.print(f"wrote {len(pngs)} figures and {out / 'index.html'}")
+
+
 @app.command("pretrain-shapes")
 def pretrain_shapes(
     hidden: int = typer.Option(192, help="transformer width (num_attention_heads x 32); the shipped model is 192"),
