@@ -133,16 +133,20 @@ def fidelity_by_iteration(store: RunStore) -> dict[str, list]:
     return out
 
 
+def _iteration_axis(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def fig_fidelity(store: RunStore):
     f = fidelity_by_iteration(store)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.plot(f["iteration"], f["kept_spearman"], "o-", label="Spearman ρ")
     ax.plot(f["iteration"], f["kept_kendall"], "s-", label="Kendall τ")
     ax.set_ylim(-1, 1)
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("rank correlation, proxy vs regenerated (kept seeds)")
-    ax.set_title("Proxy fidelity per iteration")
+    _iteration_axis(ax, "rank correlation, proxy vs regenerated (kept seeds)", "Proxy fidelity per iteration")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -158,10 +162,7 @@ def fig_stage_times(store: RunStore):
         vals = np.array([v or 0.0 for v in m.get(f"seconds_{stage}", [0.0] * len(it))])
         ax.bar(it, vals, bottom=bottom, label=stage)
         bottom += vals
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("wall time (s)")
-    ax.set_title("Stage times per iteration")
+    _iteration_axis(ax, "wall time (s)", "Stage times per iteration")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
