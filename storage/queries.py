@@ -27,13 +27,15 @@ def committed_files(store: RunStore, iteration: int, stage: str) -> list[str]:
     return [store.url(join(d, name)) for name in sorted(rec["files"]) if name.endswith(".parquet")]
 
 
-def read_stage(store: RunStore, iteration: int, stage: str, columns: str = "*") -> pa.Table:
+def read_stage(store: RunStore, iteration: int, stage: str, columns: str = "*", prompt_id: int | None = None) -> pa.Table:
+    """A committed stage's rows (only the files its commit lists), optionally of one prompt."""
     files = committed_files(store, iteration, stage)
     if not files:
         raise FileNotFoundError(f"{store.uri}/{iter_dir(iteration)}/{stage} has no committed data: run or resume the run first")
     con = connect(store)
+    where, params = ("WHERE prompt_id = $pid", {"files": files, "pid": prompt_id}) if prompt_id is not None else ("", {"files": files})
     try:
-        return con.sql(f"SELECT {columns} FROM read_parquet($files, union_by_name = true)", params={"files": files}).to_arrow_table()
+        return con.sql(f"SELECT {columns} FROM read_parquet($files, union_by_name = true) {where}", params=params).to_arrow_table()
     finally:
         con.close()
 

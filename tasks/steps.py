@@ -174,12 +174,6 @@ def _url(run: Run, iteration: int, stage: str) -> str:
 
 
 # --- steps ----------------------------------------------------------------------------------------------
-def _serial(stage: str, iteration: int, shards: list[int], run: "Run") -> None:
-    fn = explore_shard if stage == "explore" else regenerate_shard
-    for shard in shards:
-        fn(run, iteration, shard)
-
-
 def begin_stage(run: Run, iteration: int, stage: str) -> float | None:
     """None if the stage is already done; else clear its folder and return the start time."""
     if is_done(run, iteration, stage):
@@ -286,7 +280,8 @@ def regenerate_shard(run: Run, iteration: int, shard: int) -> str:
             samples = S.regenerate(policy, run.cfg, selected, advance, model=model)
         cols = samples.columns
     else:
-        explore = read_stage(run.store, iteration, "explore").to_pydict()
+        # only this prompt's explore rows (they carry every candidate's x0 in these modes)
+        explore = read_stage(run.store, iteration, "explore", prompt_id=pid).to_pydict()
         index = {s: i for i, s in enumerate(explore["seed"])}
         picked = [index[s] for s in selected["seed"]]
         cols = {k: list(v) for k, v in selected.items()}
