@@ -30,8 +30,10 @@ def _open(run_id: str, run_root: str | None):
     from storage.store import join
     from tasks.steps import open_run
 
+    # A run id under --run-root, or the run's own location (an absolute path or an s3:// URL).
+    uri = run_id if ("://" in run_id or Path(run_id).is_absolute()) else join(_root(run_root), run_id)
     try:
-        return open_run(join(_root(run_root), run_id))
+        return open_run(uri)
     except FileNotFoundError as e:
         _fail(str(e))
 
@@ -62,9 +64,9 @@ def run(
     root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root
     rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
-        from solrl.models import check_weights
+        from solrl.models import check_model
 
-        check_weights(cfg.model.family, cfg.model.weights)
+        check_model(cfg)
         run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
     except (ConfigMismatch, FileNotFoundError, StoreError) as e:
         _fail(str(e))
@@ -216,6 +218,38 @@ def report(
     except FileNotFoundError as e:
         _fail(str(e))
     console.print(f"wrote {len(pngs)} figures and {out / 'index.html'}")
+
+
+@app.command("export-lora")
+def export_lora(
+    run_id: str,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for pytorch_lora_weights.safetensors"),
+    ema: bool = typer.Option(False, "--ema", help="export the EMA adapter (what evaluation uses) instead of the trained one"),
+    iteration: int = typer.Option(None, "--iteration", "-i", help="the committed update to export (default: the last)"),
+    run_root: str = typer.Option(None, "--run-root"),
+):
+    """Write a run's LoRA adapter in the diffusers format: load it with
+    `pipeline.load_lora_weights(OUT)` into the family's pipeline (shapes exports for FLUX)."""
+    import json as _json
+
+    from safetensors.torch import load
+
+    from solrl.models.diffusers_base import export_diffusers_lora
+    from storage.store import join
+
+    r = _open(run_id, run_root)
+    done = [i for i in r.store.iterations() if r.store.commit_record(i, "update")]
+    if not done:
+        _fail(f"run {run_id} has no committed update yet: run at least one iteration first")
+    i = done[-1] if iteration is None else iteration
+    if i not in done:
+        _fail(f"iteration {i} of run {run_id} has no committed update: choose one of {done}")
+    d = join(r.store.stage_dir(i, "update"), "state", "ema" if ema else "policy")
+    tensors = load(r.store.read_bytes(join(d, "adapter_model.safetensors")))
+    lora = _json.loads(r.store.read_bytes(join(d, "adapter_config.json")))
+    pipeline = {"shapes": "FluxPipeline", "flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "sana": "SanaPipeline"}[r.cfg.model.family]
+    path = export_diffusers_lora(pipeline, tensors, out, lora["r"], lora["lora_alpha"], sorted(lora["target_modules"]))
+    console.print(f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)")
 
 
 @app.command("pretrain-shapes")

@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from solrl.config import load_config  # noqa: E402
-from solrl.models import check_weights  # noqa: E402
+from solrl.models import check_model  # noqa: E402
 from storage.store import join  # noqa: E402
 from tasks import prefect_tasks as T  # noqa: E402
 from tasks import steps  # noqa: E402
@@ -79,9 +79,9 @@ def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, itera
     it (default: <config>-<timestamp>); overrides: dotted keys, e.g. {"explore.n": 16}."""
     cfg = load_config(config)
     run_id = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    check_weights(cfg.model.family, cfg.model.weights)  # missing weights: one sentence, before any run folder
     if overrides:
         cfg = cfg.with_overrides(**overrides)
+    check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder
     root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root
     run_uri = join(root, run_id)
     run = steps.open_run(run_uri, cfg)  # refuses a different config for an existing run id

@@ -29,10 +29,23 @@ class ModelSection(_Strict):
     weights: str | None = None  # a local path; None = the family's default location
     lora_rank: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
+    # Real families only (shapes ignores them): image side in pixels (None = the family's:
+    # flux 512, sd3/sana 1024), where and in which dtype the transformer runs (auto = bf16 on a
+    # GPU, float32 on the CPU), the text encoders' token budget, and whether the text encoders
+    # and VAE leave the GPU between uses.
+    resolution: int | None = Field(None, ge=16)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    max_sequence_length: int | None = Field(None, ge=1)
+    offload: bool = True
 
 
 class PromptSection(_Strict):
     per_iteration: int = Field(4, ge=1)
+    # Real families: a text file with one prompt per line (e.g. the PickScore prompt set), and
+    # optionally a held-out file (without it every 10th line of `file` is held out).
+    file: str | None = None
+    eval_file: str | None = None
 
 
 class ExploreSection(_Strict):

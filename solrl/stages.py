@@ -248,18 +248,19 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
     params = policy.trainable_parameters()
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
+    dev = policy.device  # samples and noise live on the CPU; each micro-batch moves to the model
     for j in range(n_times):
         for idx in chunks:
-            t = grid[times[idx, j]]
+            t = grid[times[idx, j]].to(dev)
             tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
-            x0 = samples.x0[idx]
-            x_t = (1 - tt) * x0 + tt * eps[j, idx]
+            x0 = samples.x0[idx].to(dev)
+            x_t = (1 - tt) * x0 + tt * eps[j, idx].to(dev)
             c = policy.select_cond(cond, idx)
             with torch.no_grad():
                 v_old = policy.velocity(x_t, t, c, "old")
                 v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
             v_theta = policy.velocity(x_t, t, c, "default")
-            loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r[idx], cfg.nft.beta, cfg.nft.kl_beta)
+            loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r[idx].to(dev), cfg.nft.beta, cfg.nft.kl_beta)
             (loss / (len(chunks) * n_times)).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)

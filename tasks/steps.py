@@ -23,7 +23,7 @@ from solrl import __version__
 from solrl import stages as S
 from solrl.checkpoint import restore, state_files
 from solrl.config import RunConfig, diff_keys
-from solrl.models import load_policy
+from solrl.models import load_policy, policy_kwargs
 from solrl.progress import progress_bar
 from storage import schemas
 from storage.queries import read_stage
@@ -98,9 +98,9 @@ _cache: dict = {}
 
 
 def _base_policy(cfg: RunConfig):
-    key = ("policy", cfg.model.family, cfg.model.weights, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.run.seed)
+    key = ("policy", cfg.run.seed, cfg.model.model_dump_json(), cfg.prompts.file, cfg.prompts.eval_file)
     if _cache.get("policy_key") != key:
-        policy = load_policy(cfg.model.family, weights=cfg.model.weights, lora_rank=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha, seed=cfg.run.seed)
+        policy = load_policy(cfg.model.family, **policy_kwargs(cfg))
         _cache.clear()
         _cache.update(policy_key=key, policy=policy, init=policy.adapter_state("default"))
     return _cache["policy"]

@@ -42,6 +42,9 @@ def resolve_weights(family: str, weights: str | None) -> Path:
     )
 
 
+FAMILIES = {"flux": ("flux", "FluxPolicy"), "sd3": ("sd3", "SD3Policy"), "sana": ("sana", "SanaPolicy")}
+
+
 def check_weights(family: str, weights: str | None) -> None:
     """Fail before any compute, in one sentence, when a model's weights are not on disk."""
     if family == "shapes":
@@ -54,6 +57,28 @@ def check_weights(family: str, weights: str | None) -> None:
         resolve_weights(family, weights)
 
 
+def check_model(cfg) -> None:
+    """Everything a run needs from disk before it computes: weights, then the prompt files."""
+    check_weights(cfg.model.family, cfg.model.weights)
+    if cfg.model.family != "shapes":
+        from .diffusers_base import split_prompts
+
+        try:
+            split_prompts(cfg.prompts.file, cfg.prompts.eval_file)
+        except ValueError as e:
+            raise FileNotFoundError(str(e)) from None
+
+
+def policy_kwargs(cfg) -> dict:
+    """What `load_policy` takes from a RunConfig."""
+    m = cfg.model
+    kw = dict(weights=m.weights, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, seed=cfg.run.seed)
+    if m.family != "shapes":
+        kw.update(resolution=m.resolution, device=m.device, dtype=m.dtype, max_sequence_length=m.max_sequence_length,
+                  prompt_file=cfg.prompts.file, eval_prompt_file=cfg.prompts.eval_file, offload=m.offload)
+    return kw
+
+
 def load_policy(family: str, **kw) -> Policy:
     # Trained weights produce denormal intermediates; on x86 CPUs they cost ~10x per op.
     # Flushing them to zero changes nothing measurable in the outputs (see shapes-probe notes).
@@ -62,13 +87,12 @@ def load_policy(family: str, **kw) -> Policy:
         from .shapes import ShapesPolicy
 
         return ShapesPolicy(**kw)
-    if family in DEFAULT_WEIGHTS:
-        path = resolve_weights(family, kw.get("weights"))
-        raise RuntimeError(
-            f"found {family} weights at {path}, but the {family} adapter is not part of this build yet: "
-            "use the shapes preset, or a build that ships solrl/models/{family}.py"
-        )
+    if family in FAMILIES:
+        import importlib
+
+        module, cls = FAMILIES[family]
+        return getattr(importlib.import_module(f".{module}", __name__), cls)(**kw)
     raise ValueError(f"unknown model family {family!r}: choose shapes, flux, sd3 or sana")
 
 
-__all__ = ["Policy", "check_weights", "load_policy", "resolve_weights"]
+__all__ = ["Policy", "check_model", "check_weights", "load_policy", "policy_kwargs", "resolve_weights"]

@@ -36,6 +36,7 @@ class Policy(ABC):
     quant_skip: tuple[str, ...] = ()
     quant_min_dim: int = 0
     sigma_kind: str = "linear"
+    device: torch.device = torch.device("cpu")  # where the transformer runs; samples come back to the CPU
 
     # --- family hooks --------------------------------------------------------------------
     @abstractmethod
@@ -137,10 +138,10 @@ class Policy(ABC):
     def sample(self, transformer: nn.Module, prompts: list[str], seeds: list[int], steps: int, solver: str = "euler", cond: Any = None) -> torch.Tensor:
         """Clean samples x0 for prompts[i] from noise(seeds[i]), deterministic ODE."""
         cond = self.encode(prompts) if cond is None else cond
-        x1 = noise_batch(seeds, self.latent_shape)
+        x1 = noise_batch(seeds, self.latent_shape).to(self.device)
 
         def v(x, sigma):
-            t = torch.full((x.shape[0],), sigma, dtype=x.dtype)
+            t = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
             return self.transformer_velocity(transformer, x, t, cond)
 
-        return solve(v, x1, self.sigmas(steps), solver)
+        return solve(v, x1, self.sigmas(steps), solver).cpu()

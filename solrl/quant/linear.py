@@ -42,8 +42,8 @@ class EmulatedLinear(nn.Module):
         self._act = fake_quantize_nvfp4 if fmt == "nvfp4" else fake_quantize_fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        y = F.linear(self._act(x), self.weight_hat)
+        dtype = x.dtype  # bf16 on a GPU: quantise and multiply in float32, hand back bf16
+        y = F.linear(self._act(x.float()), self.weight_hat)
         if self.bias is not None:
             y = y + self.bias
         return y.to(dtype)
