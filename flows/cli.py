@@ -65,10 +65,11 @@ def run(
     rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
         from solrl.models import check_model
+        from solrl.rewards import RewardUnavailable
 
         check_model(cfg)
         run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
-    except (ConfigMismatch, FileNotFoundError, StoreError) as e:
+    except (ConfigMismatch, FileNotFoundError, StoreError, RewardUnavailable) as e:
         _fail(str(e))
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")

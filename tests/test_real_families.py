@@ -215,6 +215,18 @@ def test_prompt_files_are_checked_before_compute(tmp_path, pipelines):
     check_model(RunConfig.model_validate({**base, "prompts": {"file": str(few), "eval_file": str(few)}}))
 
 
+def test_missing_reward_checkpoints_are_reported_before_compute(tmp_path, monkeypatch, pipelines, prompt_file):
+    from solrl.rewards import RewardUnavailable
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SOLRL_PICKSCORE_PATH", raising=False)
+    cfg = tiny_config("flux", pipelines["flux"], prompt_file, reward__weights={"pickscore": 1.0})
+    with pytest.raises(RewardUnavailable, match="pickscore") as e:
+        check_model(cfg)
+    assert "\n" not in str(e.value)
+
+
 def test_prompt_file_split_and_resolution_errors(tmp_path, pipelines, prompt_file):
     from solrl.models.diffusers_base import split_prompts
 

@@ -58,7 +58,10 @@ def check_weights(family: str, weights: str | None) -> None:
 
 
 def check_model(cfg) -> None:
-    """Everything a run needs from disk before it computes: weights, then the prompt files."""
+    """Everything a run needs from disk before it computes: weights, the prompt files, and
+    the packages and checkpoints of the configured rewards."""
+    from ..rewards import check as check_reward
+
     check_weights(cfg.model.family, cfg.model.weights)
     if cfg.model.family != "shapes":
         from .diffusers_base import split_prompts
@@ -67,6 +70,8 @@ def check_model(cfg) -> None:
             split_prompts(cfg.prompts.file, cfg.prompts.eval_file)
         except ValueError as e:
             raise FileNotFoundError(str(e)) from None
+    for name in dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]):
+        check_reward(name)
 
 
 def policy_kwargs(cfg) -> dict:
