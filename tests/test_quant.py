@@ -191,3 +191,20 @@ def test_swap_is_atomic_when_a_factory_fails():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown quantisation backend"):
         NVFP4Config(backend="int4")
+
+
+def test_pointwise_convolutions_quantise_like_the_same_linear():
+    """diffusers' SANA FFN is 1x1 convolutions: they are selected and run as the equivalent Linear."""
+    from solrl.quant.linear import PointwiseConv, as_linear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=64), torch.nn.Conv2d(64, 32, 1))
+    cfg = NVFP4Config()
+    assert select_linears(model, cfg) == ["0", "2"]  # the depthwise 3x3 is not a Linear
+    x = torch.randn(2, 32, 4, 4)
+    lin = as_linear(model[0])
+    torch.testing.assert_close(lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), model[0](x), rtol=1e-5, atol=1e-5)
+    ref = EmulatedLinear(as_linear(model[0]))
+    report = quantize_(model, cfg)
+    assert report.modules == ["0", "2"] and isinstance(model[0], PointwiseConv) and report.weights == 32 * 64 + 64 * 32
+    assert torch.equal(model[0](x), ref(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))

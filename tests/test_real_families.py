@@ -158,7 +158,7 @@ def test_explore_copy_quantises_exactly_the_filtered_layers(family, pipelines, p
     assert report.modules == expected and expected
     for name, module in model.named_modules():
         if name in expected:
-            assert type(module).__name__ == "EmulatedLinear"
+            assert type(module).__name__ in ("EmulatedLinear", "PointwiseConv")
         elif isinstance(module, torch.nn.Linear):
             assert name not in expected
     assert not any(p in m for m in expected for p in policy.quant_skip)
@@ -198,7 +198,9 @@ def test_presets_quantise_the_layers_the_official_code_does(family):
     elif family == "sd3":
         assert leaf == ["ff.net.0.proj", "ff.net.2"] and len(names) == 2 * 38  # only the image-stream FFN
     else:
-        assert leaf == ["attn2.to_k", "attn2.to_v"] and len(names) == 2 * 20  # cross-attention K/V (official kv_linear)
+        # cross-attention K/V (the official kv_linear) and the FFN's two pointwise convolutions
+        # (the official LinearFFN's Linear layers); the depthwise 3x3 stays bf16
+        assert leaf == ["attn2.to_k", "attn2.to_v", "ff.conv_inverted", "ff.conv_point"] and len(names) == 4 * 20
 
 
 # --- inputs the real families need -----------------------------------------------------------------

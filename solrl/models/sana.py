@@ -9,8 +9,10 @@
 - decode: x / scaling_factor, DC-AE (float32);
 - LoRA on the self- and cross-attention projections. NVFP4 (ALGORITHM §10, "embedders, final
   layer, attn qkv"): in diffusers' layout the official rule keeps the embedders, the final layer
-  and the self-attention in bf16, and quantises the cross-attention K/V projections. diffusers' SANA FFN is built of convolutions, not Linear
-  layers, so it stays in bf16 here (the official LinearFFN variant quantised its FFN).
+  and the self-attention in bf16 and quantises the cross-attention K/V and the FFN. diffusers'
+  SANA FFN is 1×1 convolutions around a depthwise 3×3 where the official LinearFFN variant has
+  Linear layers: the 1×1 convolutions are quantised as the Linear layers they are
+  (solrl/quant PointwiseConv); the depthwise one stays bf16.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class SanaPolicy(DiffusersPolicy):
     default_max_sequence_length = 300
     lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
     # Official: per block only cross_attn.kv_linear and the (Linear) FFN; self-attention q/k/v/proj
-    # and the cross-attention q/proj stay bf16. The same Linear layers in diffusers' names:
+    # and the cross-attention q/proj stay bf16. The same layers in diffusers' names:
     quant_skip = ("patch_embed", "time_embed", "caption_projection", "caption_norm", "norm_out", "proj_out", "attn1.", "attn2.to_q", "attn2.to_out")
 
     def _latent_shape(self, resolution: int) -> tuple[int, int, int]:

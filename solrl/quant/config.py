@@ -12,7 +12,7 @@ Backend = Literal["emulated", "transformer_engine", "fp8", "none"]
 
 @dataclass(frozen=True)
 class NVFP4Config:
-    """Which Linear layers to quantise and how.
+    """Which Linear layers (and 1×1 convolutions, treated as Linear) to quantise and how.
 
     A Linear is selected iff no `skip` pattern is a substring of its qualified name,
     max(in, out) > `min_dim`, and in_features % 16 == 0 (NVFP4 blocks run along the input
@@ -28,15 +28,37 @@ class NVFP4Config:
             raise ValueError(f"unknown quantisation backend {self.backend!r}: use emulated, transformer_engine, fp8 or none")
 
 
+def is_pointwise_conv(mod: nn.Module) -> bool:
+    """A 1×1 convolution (stride 1, no padding, no groups) is a Linear over channels: diffusers'
+    SANA builds its FFN from these where the official SANA LinearFFN has Linear layers."""
+    return (
+        type(mod) is nn.Conv2d
+        and mod.kernel_size == (1, 1)
+        and mod.stride == (1, 1)
+        and mod.padding == (0, 0)
+        and mod.dilation == (1, 1)
+        and mod.groups == 1
+    )
+
+
+def _dims(mod: nn.Module) -> tuple[int, int] | None:
+    if type(mod) is nn.Linear:
+        return mod.in_features, mod.out_features
+    if is_pointwise_conv(mod):
+        return mod.in_channels, mod.out_channels
+    return None
+
+
 def select_linears(model: nn.Module, cfg: NVFP4Config) -> list[str]:
-    """Qualified names of the Linear layers `cfg` quantises, in module order."""
+    """Qualified names of the Linear (and 1×1 convolution) layers `cfg` quantises, in module order."""
     out = []
     for name, mod in model.named_modules():
-        if type(mod) is not nn.Linear:
+        dims = _dims(mod)
+        if dims is None:
             continue
         if any(p in name for p in cfg.skip):
             continue
-        if max(mod.in_features, mod.out_features) <= cfg.min_dim or mod.in_features % 16:
+        if max(dims) <= cfg.min_dim or dims[0] % 16:
             continue
         out.append(name)
     return out

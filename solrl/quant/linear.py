@@ -52,6 +52,34 @@ class EmulatedLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}"
 
 
+class PointwiseConv(nn.Module):
+    """A 1×1 Conv2d run as a (quantised) Linear over the channel axis: [B, C, H, W] -> [B, H, W, C]
+    -> Linear -> back. The inner Linear is what the backend built (emulated or TE)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.in_features, self.out_features = inner.in_features, inner.out_features
+        self.packed_bytes = getattr(inner, "packed_bytes", 0)
+        self.dense_bytes = getattr(inner, "dense_bytes", 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def as_linear(conv: nn.Conv2d) -> nn.Linear:
+    lin = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.reshape(conv.out_channels, conv.in_channels))
+        if conv.bias is not None:
+            lin.bias.copy_(conv.bias)
+    return lin
+
+
+def _pointwise_aware(factory: Callable[[nn.Linear], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+    return lambda mod: PointwiseConv(factory(as_linear(mod))) if isinstance(mod, nn.Conv2d) else factory(mod)
+
+
 def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module]) -> list[nn.Module]:
     """Build every replacement first, then swap them in: a failing factory leaves `model` as it was."""
     built = []
@@ -77,7 +105,7 @@ def quantize_(model: nn.Module, config: NVFP4Config) -> QuantReport:
     else:
         fmt = "nvfp4" if config.backend == "emulated" else "fp8"
         factory = lambda lin: EmulatedLinear(lin, fmt)  # noqa: E731
-    for new in _swap(model, names, factory):
+    for new in _swap(model, names, _pointwise_aware(factory)):
         report.packed_bytes += getattr(new, "packed_bytes", 0)
         report.dense_bytes += getattr(new, "dense_bytes", 0)
         report.weights += new.in_features * new.out_features
