@@ -123,6 +123,7 @@ def plot(result, out_dir: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     groups = {}
     for r in result["runs"]:
@@ -142,6 +143,7 @@ def plot(result, out_dir: Path):
         ax.set_ylabel("held-out reward (EMA)")
         ax.grid(alpha=0.3)
     axes[0].legend()
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle("shapes: the four modes (thin: one training seed; thick: mean)")
     fig.tight_layout()
     fig.savefig(out_dir / "convergence_modes.png", dpi=110)
@@ -155,6 +157,7 @@ def plot(result, out_dir: Path):
             it, t, y = mean_curve(groups[g], "iteration")
             axes[0].plot(it, y, color=plt.cm.viridis(i / max(1, len(pools) - 1)), lw=2, label=f"N = {n}")
         axes[0].set_xlabel("iteration")
+        axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[0].set_ylabel("held-out reward (EMA), mean of seeds")
         axes[0].legend()
         axes[0].grid(alpha=0.3)
@@ -223,7 +226,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, 1 seed, 1 prompt, N 24/48, tiny eval")
     ap.add_argument("--out", default="benchmarks/results/convergence")
+    ap.add_argument("--replot", metavar="JSON", help="only re-summarise and re-plot a (possibly partial) convergence.json into --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        result = json.loads(Path(args.replot).read_text())
+        result["summary"] = summarise(result)
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot(result, out_dir)
+        print_summary(result)
+        return result
     if args.quick:
         args.iterations, args.seeds, args.pool_seeds, args.pools, args.prompts = 2, [0], [0], [24, 48], 1
         args.eval_every, args.eval_prompts, args.eval_seeds = 1, 2, 1
