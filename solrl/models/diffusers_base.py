@@ -61,7 +61,8 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 class DiffusersPolicy(Policy):
     """A real family over its diffusers pipeline. Subclasses set the class attributes and
-    implement `encode`, `transformer_velocity`, `_latent_shape`, `_decode_latents`."""
+    implement `_encode`, `transformer_velocity`, `_decode_latents` (and `_latent_shape`, `sigmas`
+    where the default does not fit)."""
 
     pipeline_class: str = ""  # diffusers class name
     default_resolution: int = 1024
@@ -150,6 +151,14 @@ class DiffusersPolicy(Policy):
         return latents / cfg.scaling_factor + shift
 
     # --- shared helpers for the families -------------------------------------------------------
+    def _latent_shape(self, resolution: int) -> tuple[int, ...]:
+        """C × H/f × W/f, unpacked (SD3, SANA: the transformer patchifies); FLUX overrides."""
+        f = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
+        if resolution % f:
+            raise ValueError(f"model.resolution {resolution} must be a multiple of {f} for {self.family} (VAE factor × patch size)")
+        side = resolution // self.pipe.vae_scale_factor
+        return (self.pipe.transformer.config.in_channels, side, side)
+
     def _model_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, self.dtype)
 

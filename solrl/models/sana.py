@@ -33,13 +33,6 @@ class SanaPolicy(DiffusersPolicy):
     # and the cross-attention q/proj stay bf16. The same layers in diffusers' names:
     quant_skip = ("patch_embed", "time_embed", "caption_projection", "caption_norm", "norm_out", "proj_out", "attn1.", "attn2.to_q", "attn2.to_out")
 
-    def _latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
-        if resolution % f:
-            raise ValueError(f"model.resolution {resolution} must be a multiple of {f} for SANA (VAE factor × patch size)")
-        side = resolution // self.pipe.vae_scale_factor
-        return (self.pipe.transformer.config.in_channels, side, side)
-
     def sigmas(self, steps: int):
         return sigma_grid("linear", steps)
 

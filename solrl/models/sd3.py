@@ -32,13 +32,6 @@ class SD3Policy(DiffusersPolicy):
         c = self.pipe.transformer.config
         return c.num_attention_heads * c.attention_head_dim  # 2432 on SD3.5-L
 
-    def _latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
-        if resolution % f:
-            raise ValueError(f"model.resolution {resolution} must be a multiple of {f} for SD3 (VAE factor × patch size)")
-        side = resolution // self.pipe.vae_scale_factor
-        return (self.pipe.transformer.config.in_channels, side, side)
-
     def sigmas(self, steps: int):
         return sigma_grid("sd3", steps, shift=self.pipe.scheduler.config.get("shift", 3.0))
 
