@@ -116,7 +116,7 @@ def explore(policy: Policy, cfg: RunConfig, iteration: int, prompts: list[tuple[
     for pid, text in prompts:
         seeds = [candidate_seed(cfg.run.seed, iteration, pid, c) for c in range(cfg.explore.n)]
         texts = [text] * len(seeds)
-        cond = policy.encode(texts)
+        cond = policy.encode_rows(texts)
         x0, dur = _sample_batched(policy, model, texts, seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond, progress)
         total, scores = _score(policy, cfg, x0, texts)
         cols["prompt_id"] += [pid] * len(seeds)
@@ -180,7 +180,7 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], progre
     x0_parts, durs = [], []
     for pid in dict.fromkeys(selected["prompt_id"]):  # one conditioning per prompt
         idx = [i for i, p in enumerate(selected["prompt_id"]) if p == pid]
-        cond = policy.encode([texts[i] for i in idx])
+        cond = policy.encode_rows([texts[i] for i in idx])
         x0, d = _sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, cond, progress)
         x0_parts.append((idx, x0))
         durs.append((idx, d))
@@ -243,7 +243,7 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
     # A random subset of distinct grid times per sample, and fresh noise per (time, sample).
     times = torch.stack([torch.randperm(len(grid), generator=g)[:n_times] for _ in range(n)])
     eps = torch.randn((n_times, n, *policy.latent_shape), generator=g)
-    cond = policy.encode(samples.prompts)
+    cond = policy.encode_rows(samples.prompts)
     chunks = [torch.arange(lo, min(lo + cfg.nft.micro_batch, n)) for lo in range(0, n, cfg.nft.micro_batch)]
     params = policy.trainable_parameters()
     state.optimizer.zero_grad(set_to_none=True)

@@ -64,6 +64,13 @@ class Policy(ABC):
 
         return sigma_grid(self.sigma_kind, steps)
 
+    def encode_rows(self, prompts: list[str]) -> Any:
+        """Conditioning for each row of `prompts`, running the text encoders once per distinct
+        prompt (an explore batch repeats one prompt N times)."""
+        distinct = list(dict.fromkeys(prompts))
+        where = {p: i for i, p in enumerate(distinct)}
+        return self.select_cond(self.encode(distinct), torch.tensor([where[p] for p in prompts], dtype=torch.long))
+
     def select_cond(self, cond: Any, index: torch.Tensor) -> Any:
         """Rows `index` of a conditioning (a tuple of batch-first tensors by default)."""
         return tuple(c[index] for c in cond)
@@ -137,7 +144,7 @@ class Policy(ABC):
     @torch.no_grad()
     def sample(self, transformer: nn.Module, prompts: list[str], seeds: list[int], steps: int, solver: str = "euler", cond: Any = None) -> torch.Tensor:
         """Clean samples x0 for prompts[i] from noise(seeds[i]), deterministic ODE."""
-        cond = self.encode(prompts) if cond is None else cond
+        cond = self.encode_rows(prompts) if cond is None else cond
         x1 = noise_batch(seeds, self.latent_shape).to(self.device)
 
         def v(x, sigma):
