@@ -25,13 +25,11 @@ that relative cost (a Blackwell GPU); its measured CPU counterpart is also print
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
+import bench_common as C
 import numpy as np
 import torch
 
@@ -118,6 +116,33 @@ def parity(groups, clock):
     return out
 
 
+def pool_groups(result):
+    """{N: runs} for the pool-size comparison. The preset-N sol_rl runs are cut down to the
+    pool seeds, so every N is compared over the same training seeds (and eval draws)."""
+    pool_seeds = set(result["args"]["pool_seeds"])
+    out = {}
+    for r in result["runs"]:
+        if r["group"].startswith("sol_rl_N"):
+            out.setdefault(r["n"], []).append(r)
+        elif r["group"] == "sol_rl" and r["seed"] in pool_seeds:
+            out.setdefault(r["n"], []).append(r)
+    return dict(sorted(out.items())) if len(out) > 1 else {}
+
+
+def _final_stats(runs):
+    last = [r["eval"][-1]["reward"] for r in runs]
+    # Late mean: every eval in the second half of training, all seeds. One eval of a few
+    # dozen images is noisy; this is the steadier figure to compare groups by.
+    half = max(e["iteration"] for e in runs[0]["eval"]) / 2
+    late = [e["reward"] for r in runs for e in r["eval"] if e["iteration"] > half]
+    return {
+        "r0": float(np.mean([r["eval"][0]["reward"] for r in runs])),
+        "final_mean": float(np.mean(last)),
+        "late_mean": float(np.mean(late)) if late else float("nan"),
+        "final_spread": float((max(last) - min(last)) / 2),
+    }
+
+
 def plot(result, out_dir: Path):
     import matplotlib
 
@@ -149,23 +174,24 @@ def plot(result, out_dir: Path):
     fig.savefig(out_dir / "convergence_modes.png", dpi=110)
     plt.close(fig)
 
-    pools = sorted([g for g in groups if g.startswith("sol_rl_N")] + (["sol_rl"] if "sol_rl" in groups else []), key=lambda g: int(g[8:]) if g.startswith("sol_rl_N") else result["args"]["n"])
-    if len(pools) > 1:
+    pools = pool_groups(result)
+    if pools:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-        for i, g in enumerate(pools):
-            n = int(g[8:]) if g.startswith("sol_rl_N") else result["args"]["n"]
-            it, t, y = mean_curve(groups[g], "iteration")
+        for i, (n, runs) in enumerate(pools.items()):
+            it, t, y = mean_curve(runs, "iteration")
             axes[0].plot(it, y, color=plt.cm.viridis(i / max(1, len(pools) - 1)), lw=2, label=f"N = {n}")
         axes[0].set_xlabel("iteration")
         axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set_ylabel("held-out reward (EMA), mean of seeds")
+        axes[0].set_ylabel("held-out reward (EMA), mean of pool seeds")
         axes[0].legend()
         axes[0].grid(alpha=0.3)
         summ = result["summary"]["pool_size"]
         ns = [row["n"] for row in summ]
-        axes[1].errorbar(ns, [row["final_mean"] for row in summ], yerr=[row["final_spread"] for row in summ], marker="o", capsize=4)
+        axes[1].errorbar(ns, [row["final_mean"] for row in summ], yerr=[row["final_spread"] for row in summ], marker="o", capsize=4, label="final eval")
+        axes[1].plot(ns, [row["late_mean"] for row in summ], marker="s", ls="--", label="mean of 2nd-half evals")
         axes[1].set_xlabel("pool size N (K = 24 kept)")
-        axes[1].set_ylabel("final held-out reward (mean, ± half-range of seeds)")
+        axes[1].set_ylabel("held-out reward (mean of pool seeds)")
+        axes[1].legend()
         axes[1].grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "convergence_pool_size.png", dpi=110)
@@ -178,19 +204,12 @@ def summarise(result):
         groups.setdefault(r["group"], []).append(r)
     finals = {}
     for g, runs in groups.items():
-        last = [r["eval"][-1]["reward"] for r in runs]
         finals[g] = {
-            "r0": runs[0]["eval"][0]["reward"],
-            "final_mean": float(np.mean(last)),
-            "final_spread": float((max(last) - min(last)) / 2),
+            **_final_stats(runs),
             "seconds_per_iteration": float(np.mean([np.mean(r["seconds_per_iteration"]) for r in runs])),
             "denoiser_equiv_per_iteration": runs[0]["denoiser_equiv_per_iteration"],
         }
-    pool = []
-    for g in groups:
-        if g == "sol_rl" or g.startswith("sol_rl_N"):
-            n = int(g[8:]) if g.startswith("sol_rl_N") else result["args"]["n"]
-            pool.append({"n": n, **finals[g]})
+    pool = [{"n": n, "seeds": [r["seed"] for r in runs], **_final_stats(runs)} for n, runs in pool_groups(result).items()]
     return {
         "final": finals,
         "parity_seconds": parity(groups, "seconds"),
@@ -199,12 +218,39 @@ def summarise(result):
     }
 
 
+def merge_results(results):
+    """One result from several runs of this script that differ only in which runs they hold."""
+    first = results[0]
+    same = ("iterations", "eval_every", "eval_prompts", "eval_seeds", "fp4_cost", "n", "prompts", "threads")
+    for other in results[1:]:
+        diff = [k for k in same if other["args"].get(k) != first["args"].get(k)]
+        if diff:
+            raise SystemExit(f"cannot merge: these results differ in {', '.join(diff)}; rerun with the same settings.")
+    names = [r["name"] for res in results for r in res["runs"]]
+    if len(names) != len(set(names)):
+        raise SystemExit("cannot merge: the same run (mode/seed) appears in two results.")
+    merged = dict(first)
+    merged["args"] = dict(first["args"])
+    for key in ("seeds", "pool_seeds", "modes", "pools"):
+        merged["args"][key] = sorted({v for res in results for v in res["args"][key]}, key=str)
+    merged["partial"] = any(res["partial"] for res in results)
+    merged["runs"] = [r for res in results for r in res["runs"]]
+    merged["merged_from"] = len(results)
+    return merged
+
+
 def print_summary(result):
     s = result["summary"]
-    print("\n| run group | reward before | final reward (mean ± half-range) | s / iteration (CPU) | denoiser-equiv / iteration |")
-    print("|---|---|---|---|---|")
+    print("\n| run group | reward before | final reward (mean ± half-range) | late mean (2nd half) | s / iteration (CPU) | denoiser-equiv / iteration |")
+    print("|---|---|---|---|---|---|")
     for g, f in s["final"].items():
-        print(f"| {g} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
+        print(f"| {g} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f.get('late_mean', float('nan')):.4f} "
+              f"| {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
+    if s["pool_size"]:
+        print("\n| pool size N | seeds | final reward | late mean (2nd half) |")
+        print("|---|---|---|---|")
+        for row in s["pool_size"]:
+            print(f"| {row['n']} | {row['seeds']} | {row['final_mean']:.4f} | {row['late_mean']:.4f} |")
     for clock in ("parity_denoiser_equiv", "parity_seconds"):
         for b, d in s[clock].items():
             cells = " | ".join("never" if r["speedup"] is None else f"{r['speedup']:.2f}x" for r in d["rows"])
@@ -212,7 +258,7 @@ def print_summary(result):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.parser(__doc__)
     ap.add_argument("--iterations", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (run.seed)")
     ap.add_argument("--modes", nargs="+", default=["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"])
@@ -226,10 +272,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, 1 seed, 1 prompt, N 24/48, tiny eval")
     ap.add_argument("--out", default="benchmarks/results/convergence")
-    ap.add_argument("--replot", metavar="JSON", help="only re-summarise and re-plot a (possibly partial) convergence.json into --out")
+    ap.add_argument("--replot", metavar="JSON", nargs="+",
+                    help="only re-summarise and re-plot (possibly partial) convergence.json files into --out; several files "
+                         "(e.g. more training seeds run later with the same settings) are merged run by run")
     args = ap.parse_args(argv)
     if args.replot:
-        result = json.loads(Path(args.replot).read_text())
+        result = merge_results([json.loads(Path(f).read_text()) for f in args.replot])
         result["summary"] = summarise(result)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,8 +346,7 @@ def _write(runs, args, out_dir, partial):
     keep = ("name", "mode", "seed", "n", "group", "eval", "seconds_per_iteration", "stage_seconds", "train_reward", "denoiser_equiv_per_iteration")
     result = {
         "args": {k: v for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": C.machine(),
         "partial": partial,
         "runs": [{k: r[k] for k in keep} for r in runs],
     }
