@@ -130,11 +130,25 @@ def pyplot():
     return plt
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """The script's argument parser: the docstring's first line as description, the rest as epilog."""
+def parser(doc: str, name: str | None = None, quick: str | None = None) -> argparse.ArgumentParser:
+    """The script's argument parser: the docstring's first line as description, the rest as epilog;
+    with `name`, also --out (default benchmarks/out/<name>) and --quick (help: `quick`)."""
     head, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(description=head.splitlines()[0], epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=head.splitlines()[0], epilog=rest or None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if name:
+        ap.add_argument("--out", default=f"benchmarks/out/{name}", help="output folder (JSON, markdown, PNG)")
+        ap.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    return ap
+
+
+def save_figure(fig, out: Path, name: str) -> list[Path]:
+    """Save and close a figure as <out>/<name>.png; the list of written files."""
+    fig.tight_layout()
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return [path]
 
 
 def finish(out: Path, name: str, res: dict, text: str, pngs: list[Path], what: str = "") -> dict:

@@ -275,17 +275,11 @@ def plot(res: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7) if ax.get_legend_handles_labels()[0] else None
     fig.suptitle("shapes explore cost (emulated low precision on CPU)", fontsize=11)
-    fig.tight_layout()
-    path = out / "cost.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return C.save_figure(fig, out, "cost")
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__)
-    ap.add_argument("--out", default="benchmarks/out/cost", help="output folder (JSON, markdown, PNG)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: batch 8, steps 2 4, 2 repeats, 10k selection rows")
+    ap = C.parser(__doc__, "cost", quick="batch 8, steps 2 4, 2 repeats, 10k selection rows")
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 4 6 8 10; quick 2 4)")
     ap.add_argument("--batch", type=int, default=None, help="candidates per sampling call (default explore.batch = 96; quick 8)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timing repeats (default 5; quick 2)")

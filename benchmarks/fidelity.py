@@ -233,10 +233,7 @@ def plot(res: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"shapes explore-proxy fidelity: {cfg['prompts']} prompts × {n} seeds", fontsize=11)
-    fig.tight_layout()
-    p1 = out / "fidelity.png"
-    fig.savefig(p1, dpi=110)
-    plt.close(fig)
+    pngs = C.save_figure(fig, out, "fidelity")
 
     cols = [f"{p}/{s}" for p in PRECISIONS for s in steps]
     mat = np.array([[r["metrics"][c]["spearman"] for c in cols] for r in res["per_prompt"]] + [[res["overall"][c.split("/")[0]][c.split("/")[1]]["spearman"] for c in cols]])
@@ -249,17 +246,11 @@ def plot(res: dict, out: Path) -> list[Path]:
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_title("Spearman ρ, explore proxy vs full-precision rollout", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    p2 = out / "fidelity_heatmap.png"
-    fig.savefig(p2, dpi=110)
-    plt.close(fig)
-    return [p1, p2]
+    return pngs + C.save_figure(fig, out, "fidelity_heatmap")
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__)
-    ap.add_argument("--out", default="benchmarks/out/fidelity", help="output folder (JSON, markdown, PNGs)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 prompts x 12 seeds, K = 4, steps 2 and 4")
+    ap = C.parser(__doc__, "fidelity", quick="2 prompts x 12 seeds, K = 4, steps 2 and 4")
     ap.add_argument("--prompts", type=int, default=None, help="prompts P (default 8; quick 2)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds N per prompt (default 96; quick 12)")
     ap.add_argument("--k", type=int, default=None, help="K kept per prompt: top/bottom K/2 (default 24; quick 4)")

@@ -259,17 +259,11 @@ def plot(res: dict, out: Path) -> list[Path]:
     axes[1].set(ylabel="% of the flow's wall time", title="overhead share (median; bars: min..max over repeats)")
     for ax in axes:
         ax.grid(alpha=0.3, axis="x" if ax is axes[0] else "y")
-    fig.tight_layout()
-    path = out / "overhead.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return C.save_figure(fig, out, "overhead")
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__)
-    ap.add_argument("--out", default="benchmarks/out/overhead", help="output folder (JSON, markdown, PNG)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: the tests' tiny iteration, 1 repeat")
+    ap = C.parser(__doc__, "overhead", quick="the tests' tiny iteration, 1 repeat")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; quick 1)")
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)
