@@ -86,11 +86,12 @@ def first_crossing(times, rewards, target):
     return None
 
 
-def mean_curve(runs, clock):
-    """Seed-averaged (time, reward) at the common eval points: time and reward averaged."""
+def mean_curve(runs, clock, gain=False):
+    """Seed-averaged (time, reward) at the common eval points: time and reward averaged. With
+    `gain`, each run's reward before training is subtracted first (its eval draws set that level)."""
     k = min(len(r["eval"]) for r in runs)
     t = np.mean([[e[clock] for e in r["eval"][:k]] for r in runs], axis=0)
-    y = np.mean([[e["reward"] for e in r["eval"][:k]] for r in runs], axis=0)
+    y = np.mean([[e["reward"] - (r["eval"][0]["reward"] if gain else 0.0) for e in r["eval"][:k]] for r in runs], axis=0)
     it = [e["iteration"] for e in runs[0]["eval"][:k]]
     return it, t.tolist(), y.tolist()
 
@@ -160,16 +161,17 @@ def plot(result, out_dir: Path):
             continue
         for ax, clock in zip(axes, ("iteration", "seconds", "denoiser_equiv")):
             for r in runs:
-                ax.plot([e[clock] for e in r["eval"]], [e["reward"] for e in r["eval"]], color=colors[g], alpha=0.25, lw=0.8)
-            it, t, y = mean_curve(runs, clock)
-            ax.plot(t, y, color=colors[g], lw=2, label=g)
+                ax.plot([e[clock] for e in r["eval"]], [e["reward"] - r["eval"][0]["reward"] for e in r["eval"]], color=colors[g], alpha=0.25, lw=0.8)
+            it, t, y = mean_curve(runs, clock, gain=True)
+            ax.plot(t, y, color=colors[g], lw=2, label=f"{g} ({len(runs)} seeds)")
     for ax, lab in zip(axes, ("iteration", "training wall time on this CPU (s)", "denoiser-forward equivalents (NVFP4 = %.2f)" % result["args"]["fp4_cost"])):
         ax.set_xlabel(lab)
-        ax.set_ylabel("held-out reward (EMA)")
+        ax.set_ylabel("held-out reward gain over iteration 0 (EMA)")
+        ax.axhline(0, color="k", lw=0.6)
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.suptitle("shapes: the four modes (thin: one training seed; thick: mean)")
+    fig.suptitle("shapes: the four modes, reward gain of each run over its own start (thin: one training seed; thick: mean)")
     fig.tight_layout()
     fig.savefig(out_dir / "convergence_modes.png", dpi=110)
     plt.close(fig)
@@ -178,11 +180,11 @@ def plot(result, out_dir: Path):
     if pools:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
         for i, (n, runs) in enumerate(pools.items()):
-            it, t, y = mean_curve(runs, "iteration")
+            it, t, y = mean_curve(runs, "iteration", gain=True)
             axes[0].plot(it, y, color=plt.cm.viridis(i / max(1, len(pools) - 1)), lw=2, label=f"N = {n}")
         axes[0].set_xlabel("iteration")
         axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set_ylabel("held-out reward (EMA), mean of pool seeds")
+        axes[0].set_ylabel("held-out reward gain over iteration 0, mean of pool seeds")
         axes[0].legend()
         axes[0].grid(alpha=0.3)
         summ = result["summary"]["pool_size"]
@@ -239,22 +241,28 @@ def merge_results(results):
     return merged
 
 
-def print_summary(result):
+def print_summary(result, out_dir: Path | None = None):
+    lines = []
+    emit = lines.append  # collected, then printed and kept as convergence.md
     s = result["summary"]
-    print("\n| run group | reward before | final reward (mean ± half-range) | late mean (2nd half) | s / iteration (CPU) | denoiser-equiv / iteration |")
-    print("|---|---|---|---|---|---|")
+    emit("\n| run group | reward before | final reward (mean ± half-range) | late mean (2nd half) | s / iteration (CPU) | denoiser-equiv / iteration |")
+    emit("|---|---|---|---|---|---|")
     for g, f in s["final"].items():
-        print(f"| {g} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f.get('late_mean', float('nan')):.4f} "
+        emit(f"| {g} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f.get('late_mean', float('nan')):.4f} "
               f"| {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
     if s["pool_size"]:
-        print("\n| pool size N | seeds | final reward | late mean (2nd half) |")
-        print("|---|---|---|---|")
+        emit("\n| pool size N | seeds | final reward | late mean (2nd half) |")
+        emit("|---|---|---|---|")
         for row in s["pool_size"]:
-            print(f"| {row['n']} | {row['seeds']} | {row['final_mean']:.4f} | {row['late_mean']:.4f} |")
+            emit(f"| {row['n']} | {row['seeds']} | {row['final_mean']:.4f} | {row['late_mean']:.4f} |")
     for clock in ("parity_denoiser_equiv", "parity_seconds"):
         for b, d in s[clock].items():
             cells = " | ".join("never" if r["speedup"] is None else f"{r['speedup']:.2f}x" for r in d["rows"])
-            print(f"\nsol_rl vs {b} ({clock}): speed-up at 25/50/75/100 % of {b}'s progress ({d['r0']:.4f} -> {d['baseline_best']:.4f}): {cells}")
+            emit(f"\nsol_rl vs {b} ({clock}): speed-up at 25/50/75/100 % of {b}'s progress ({d['r0']:.4f} -> {d['baseline_best']:.4f}): {cells}")
+    text = "\n".join(lines)
+    print(text)
+    if out_dir is not None:
+        (out_dir / "convergence.md").write_text(text + "\n")
 
 
 def main(argv=None):
@@ -283,7 +291,7 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
         plot(result, out_dir)
-        print_summary(result)
+        print_summary(result, out_dir)
         return result
     if args.quick:
         args.iterations, args.seeds, args.pool_seeds, args.pools, args.prompts = 2, [0], [0], [24, 48], 1
@@ -338,7 +346,7 @@ def main(argv=None):
         _write(runs, args, out_dir, partial=it + 1 < args.iterations)
     result = _write(runs, args, out_dir, partial=False)
     plot(result, out_dir)
-    print_summary(result)
+    print_summary(result, out_dir)
     return result
 
 

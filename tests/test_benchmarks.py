@@ -121,6 +121,7 @@ def test_convergence_quick_and_replot(tmp_path):
     d = json.loads((tmp_path / "run" / "convergence.json").read_text())
     assert d["args"]["quick"] is True and d["partial"] is False
     assert d["machine"]["torch_threads"] == 1
+    assert (tmp_path / "run" / "convergence.md").read_text().count("|---|") >= 2
     for png in ("convergence_modes.png", "convergence_pool_size.png"):
         assert (tmp_path / "run" / png).read_bytes()[:8] == PNG_MAGIC, png
     groups = {r["group"] for r in d["runs"]}
