@@ -166,7 +166,7 @@ def plot(result, out_dir: Path):
             ax.plot(t, y, color=colors[g], lw=2, label=f"{g} ({len(runs)} seeds)")
     for ax, lab in zip(axes, ("iteration", "training wall time on this CPU (s)", "denoiser-forward equivalents (NVFP4 = %.2f)" % result["args"]["fp4_cost"])):
         ax.set_xlabel(lab)
-        ax.set_ylabel("held-out reward gain over iteration 0 (EMA)")
+        ax.set_ylabel("held-out reward gain over iteration 0")
         ax.axhline(0, color="k", lw=0.6)
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -184,7 +184,7 @@ def plot(result, out_dir: Path):
             axes[0].plot(it, y, color=plt.cm.viridis(i / max(1, len(pools) - 1)), lw=2, label=f"N = {n}")
         axes[0].set_xlabel("iteration")
         axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set_ylabel("held-out reward gain over iteration 0, mean of pool seeds")
+        axes[0].set_ylabel("held-out reward gain (mean of pool seeds)")
         axes[0].legend()
         axes[0].grid(alpha=0.3)
         summ = result["summary"]["pool_size"]
