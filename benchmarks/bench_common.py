@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -72,10 +71,6 @@ def set_threads(n: int | None) -> None:
 
     if n:
         torch.set_num_threads(n)
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def median(xs) -> float:

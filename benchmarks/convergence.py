@@ -133,27 +133,35 @@ def pool_groups(result):
 def _final_stats(runs):
     last = [r["eval"][-1]["reward"] for r in runs]
     # Late mean: every eval in the second half of training, all seeds. One eval of a few
-    # dozen images is noisy; this is the steadier figure to compare groups by.
+    # dozen images is noisy; this is the steadier figure to compare groups by. Gains are taken
+    # run by run against the run's own start: the eval draws follow the training seed.
     half = max(e["iteration"] for e in runs[0]["eval"]) / 2
-    late = [e["reward"] for r in runs for e in r["eval"] if e["iteration"] > half]
+    late = [(e["reward"], e["reward"] - r["eval"][0]["reward"]) for r in runs for e in r["eval"] if e["iteration"] > half]
+    nan = float("nan")
     return {
+        "seeds": len(runs),
         "r0": float(np.mean([r["eval"][0]["reward"] for r in runs])),
         "final_mean": float(np.mean(last)),
-        "late_mean": float(np.mean(late)) if late else float("nan"),
+        "late_mean": float(np.mean([x for x, _ in late])) if late else nan,
+        "final_gain": float(np.mean([r["eval"][-1]["reward"] - r["eval"][0]["reward"] for r in runs])),
+        "late_gain": float(np.mean([g for _, g in late])) if late else nan,
         "final_spread": float((max(last) - min(last)) / 2),
     }
 
 
-def plot(result, out_dir: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
+def groups_of(result) -> dict[str, list]:
+    """Runs by group (a mode, or sol_rl_N<n>), in run order."""
     groups = {}
     for r in result["runs"]:
         groups.setdefault(r["group"], []).append(r)
+    return groups
+
+
+def plot(result, out_dir: Path):
+    import matplotlib.ticker
+
+    plt = C.pyplot()
+    groups = groups_of(result)
     colors = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     for g, runs in groups.items():
@@ -172,9 +180,7 @@ def plot(result, out_dir: Path):
     axes[0].legend()
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle("shapes: the four modes, reward gain of each run over its own start (thin: one training seed; thick: mean)")
-    fig.tight_layout()
-    fig.savefig(out_dir / "convergence_modes.png", dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, out_dir, "convergence_modes")
 
     pools = pool_groups(result)
     if pools:
@@ -195,15 +201,11 @@ def plot(result, out_dir: Path):
         axes[1].set_ylabel("held-out reward (mean of pool seeds)")
         axes[1].legend()
         axes[1].grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "convergence_pool_size.png", dpi=110)
-        plt.close(fig)
+        C.save_figure(fig, out_dir, "convergence_pool_size")
 
 
 def summarise(result):
-    groups = {}
-    for r in result["runs"]:
-        groups.setdefault(r["group"], []).append(r)
+    groups = groups_of(result)
     finals = {}
     for g, runs in groups.items():
         finals[g] = {
@@ -211,7 +213,7 @@ def summarise(result):
             "seconds_per_iteration": float(np.mean([np.mean(r["seconds_per_iteration"]) for r in runs])),
             "denoiser_equiv_per_iteration": runs[0]["denoiser_equiv_per_iteration"],
         }
-    pool = [{"n": n, "seeds": [r["seed"] for r in runs], **_final_stats(runs)} for n, runs in pool_groups(result).items()]
+    pool = [{"n": n, **_final_stats(runs), "seeds": [r["seed"] for r in runs]} for n, runs in pool_groups(result).items()]
     return {
         "final": finals,
         "parity_seconds": parity(groups, "seconds"),
@@ -245,11 +247,11 @@ def print_summary(result, out_dir: Path | None = None):
     lines = []
     emit = lines.append  # collected, then printed and kept as convergence.md
     s = result["summary"]
-    emit("\n| run group | reward before | final reward (mean ± half-range) | late mean (2nd half) | s / iteration (CPU) | denoiser-equiv / iteration |")
-    emit("|---|---|---|---|---|---|")
+    emit("\n| run group | seeds | reward before | final reward (mean ± half-range) | gain, final | gain, 2nd half | s / iteration (CPU) | denoiser-equiv / iteration |")
+    emit("|---|---|---|---|---|---|---|---|")
     for g, f in s["final"].items():
-        emit(f"| {g} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f.get('late_mean', float('nan')):.4f} "
-              f"| {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
+        emit(f"| {g} | {f['seeds']} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f['final_gain']:+.4f} | {f['late_gain']:+.4f} "
+             f"| {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
     if s["pool_size"]:
         emit("\n| pool size N | seeds | final reward | late mean (2nd half) |")
         emit("|---|---|---|---|")
@@ -262,7 +264,7 @@ def print_summary(result, out_dir: Path | None = None):
     text = "\n".join(lines)
     print(text)
     if out_dir is not None:
-        (out_dir / "convergence.md").write_text(text + "\n")
+        C.write_summary(out_dir, "convergence", text)
 
 
 def main(argv=None):
@@ -288,8 +290,7 @@ def main(argv=None):
         result = merge_results([json.loads(Path(f).read_text()) for f in args.replot])
         result["summary"] = summarise(result)
         out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
+        C.write_json(out_dir, "convergence", result)
         plot(result, out_dir)
         print_summary(result, out_dir)
         return result
@@ -359,7 +360,7 @@ def _write(runs, args, out_dir, partial):
         "runs": [{k: r[k] for k in keep} for r in runs],
     }
     result["summary"] = summarise(result)
-    (out_dir / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
+    C.write_json(out_dir, "convergence", result)
     return result
 
 

@@ -99,12 +99,12 @@ def time_sampling(args, cfg, policy, models) -> dict:
 
     # decode + reward, per candidate (the same for every variant)
     x0 = policy.sample(models["none"][0], [prompt] * args.batch, seeds, 1, cond=cond_full)
-    from solrl.rewards import score_all, weighted_sum
+    from solrl.stages import score
 
     score_ms = []
-    for _ in range(max(3, args.repeats)):
+    for _ in range(max(3, args.repeats)):  # as an iteration scores: decode, weighted and report rewards
         t = time.perf_counter()
-        weighted_sum(score_all(list(cfg.reward.weights), policy.decode(x0), [prompt] * args.batch), cfg.reward.weights)
+        score(policy, cfg, x0, [prompt] * args.batch)
         score_ms.append(1000.0 * (time.perf_counter() - t) / args.batch)
 
     out = {"warmup_seconds": warmup, "variants": vs, "by_threads": {}, "score_ms_per_candidate": C.median(score_ms)}

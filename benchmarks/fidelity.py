@@ -62,21 +62,15 @@ def explore_models(policy, cfg) -> dict:
 
 
 def rewards_of(policy, cfg, x0, prompts):
-    from solrl.rewards import score_all, weighted_sum
+    from solrl.stages import score
 
-    names = list(cfg.reward.weights)
-    return weighted_sum(score_all(names, policy.decode(x0), prompts), cfg.reward.weights).numpy()
+    return score(policy, cfg, x0, prompts)[0].numpy()
 
 
 def sample_all(policy, model, prompt, seeds, steps, cfg, cond):
-    import torch
+    from solrl.stages import sample_batched
 
-    b = cfg.explore.batch
-    parts = []
-    for lo in range(0, len(seeds), b):
-        idx = torch.arange(lo, min(lo + b, len(seeds)))
-        parts.append(policy.sample(model, [prompt] * len(idx), seeds[lo : lo + b], steps, cfg.rollout.solver, cond=policy.select_cond(cond, idx)))
-    return torch.cat(parts)
+    return sample_batched(policy, model, [prompt] * len(seeds), seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond)[0]
 
 
 def run(args) -> dict:

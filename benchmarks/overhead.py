@@ -124,8 +124,7 @@ def run(args) -> dict:
         def via_direct(name):
             policy.load_adapter("default", init)
             policy.load_adapter("old", init)
-            state = TrainState.fresh(policy, cfg)
-            state.ema = {k: v.clone() for k, v in init.items()}
+            state = TrainState.fresh(policy, cfg)  # EMA = a copy of the adapter just reset
             t, res = C.timed(run_iteration, policy, state, cfg, 0)
             ev = res.eval["reward"] if res.eval else None
             return t, {"train_reward": res.metrics["reward_mean"], "eval_reward": sum(ev) / len(ev) if ev else None}, dict(res.seconds)

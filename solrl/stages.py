@@ -51,7 +51,8 @@ def explore_steps(cfg: RunConfig) -> int:
     return cfg.rollout.steps if cfg.run.mode in ("naive_scaling", "naive_quant") else cfg.explore.steps
 
 
-def _score(policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def score(policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted reward, every reward scored: the weighted ones and the report-only ones) of decoded x0."""
     images = policy.decode(x0)
     names = list(dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]))
     scores = score_all(names, images, prompts)
@@ -79,7 +80,8 @@ def tensor_from_bytes(b: bytes) -> torch.Tensor:
     return load(b)["x0"]
 
 
-def _sample_batched(policy, model, prompts, seeds, steps, solver, batch, cond, progress: Progress | None):
+def sample_batched(policy, model, prompts, seeds, steps, solver, batch, cond, progress: Progress | None = None):
+    """policy.sample in chunks of `batch` candidates; (x0, per-candidate milliseconds)."""
     outs, durations = [], []
     for lo in range(0, len(seeds), batch):
         idx = torch.arange(lo, min(lo + batch, len(seeds)))
@@ -117,8 +119,8 @@ def explore(policy: Policy, cfg: RunConfig, iteration: int, prompts: list[tuple[
         seeds = [candidate_seed(cfg.run.seed, iteration, pid, c) for c in range(cfg.explore.n)]
         texts = [text] * len(seeds)
         cond = policy.encode_rows(texts)
-        x0, dur = _sample_batched(policy, model, texts, seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond, progress)
-        total, scores = _score(policy, cfg, x0, texts)
+        x0, dur = sample_batched(policy, model, texts, seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond, progress)
+        total, scores = score(policy, cfg, x0, texts)
         cols["prompt_id"] += [pid] * len(seeds)
         cols["prompt"] += texts
         cols["candidate"] += list(range(len(seeds)))
@@ -181,7 +183,7 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], progre
     for pid in dict.fromkeys(selected["prompt_id"]):  # one conditioning per prompt
         idx = [i for i, p in enumerate(selected["prompt_id"]) if p == pid]
         cond = policy.encode_rows([texts[i] for i in idx])
-        x0, d = _sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, cond, progress)
+        x0, d = sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, cond, progress)
         x0_parts.append((idx, x0))
         durs.append((idx, d))
     x0 = torch.empty(len(seeds), *policy.latent_shape)
@@ -190,7 +192,7 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], progre
         x0[idx] = part
         for i, v in zip(idx, d):
             duration[i] = v
-    total, scores = _score(policy, cfg, x0, texts)
+    total, scores = score(policy, cfg, x0, texts)
     cols = {k: list(selected[k]) for k in ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_reward")}
     cols["precision"] = ["high"] * len(seeds)
     cols["steps"] = [cfg.rollout.steps] * len(seeds)
@@ -314,7 +316,7 @@ def evaluate(policy: Policy, state: TrainState, cfg: RunConfig, with_media: bool
             seeds.append(stream_seed(cfg.run.seed, i, j, name="eval"))
             pids.append(i)
     x0 = policy.sample(model, texts, seeds, cfg.eval.steps, "euler")
-    total, scores = _score(policy, cfg, x0, texts)
+    total, scores = score(policy, cfg, x0, texts)
     cols = {"prompt_id": pids, "prompt": texts, "seed": seeds, "reward": total.tolist()}
     for name, s in scores.items():
         cols[f"reward_{name}"] = s.tolist()
