@@ -1,10 +1,18 @@
-"""The `sol-rl` command."""
+"""The `sol-rl` command.
+
+Every failure a user can cause or meet is one sentence (tasks/errors.py) with exit code 2
+(bad input) or 1 (environment); `--debug` shows the traceback. Ctrl-C / SIGTERM stop a run at
+the next safe point (within a solver step or a training micro-batch), commit nothing half-done
+and say how to resume.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -15,81 +23,58 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sol-RL: FP4 explore, BF16 train. Runs, inspects and verifies RL post-training runs of flow models.")
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+STATE = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="show full tracebacks instead of one-sentence errors (also SOLRL_DEBUG=1)")):
+    """Sol-RL: FP4 explore, BF16 train."""
+    from solrl.settings import settings
+
+    STATE["debug"] = debug or settings().debug
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
+@contextmanager
+def _errors(resume: str = ""):
+    """Known failures as one sentence and exit code 2/1; bugs keep their traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - classified below, re-raised when unknown
+        from tasks.errors import explain
+
+        known = explain(e, resume)
+        if known is None or STATE["debug"]:
+            raise
+        _fail(known[1], known[0])
+
+
 def _root(run_root: str | None) -> str:
-    return run_root or os.environ.get("SOLRL_RUN_ROOT") or "runs"
+    from solrl.settings import settings
+
+    return run_root or settings().run_root or "runs"
 
 
 def _open(run_id: str, run_root: str | None):
     from storage.store import join
-    from tasks.steps import open_run
+    from tasks.run import open_run
 
     # A run id under --run-root, or the run's own location (an absolute path or an s3:// URL).
     uri = run_id if ("://" in run_id or Path(run_id).is_absolute()) else join(_root(run_root), run_id)
-    try:
+    with _errors():
         return open_run(uri)
-    except FileNotFoundError as e:
-        _fail(str(e))
 
 
 def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-@app.command()
-def run(
-    config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, flux, sd35, sana"),
-    run_id: str = typer.Option(None, "--run-id", help="run id; an existing one is resumed (same config required). Default: <config>-<timestamp>"),
-    iterations: int = typer.Option(None, "--iterations", "-n", min=1, help="iterations to run (default: run.iterations of the config)"),
-    run_root: str = typer.Option(None, "--run-root", help="where runs live: a local folder or s3://bucket/prefix (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
-    no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
-):
-    """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
-    from solrl.config import ConfigError, load_config
-    from storage.store import join
-    from tasks.steps import ConfigMismatch, StoreError, open_run
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as e:
-        _fail(str(e))
-    root = run_root or os.environ.get("SOLRL_RUN_ROOT") or cfg.storage.run_root
-    rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    try:
-        from solrl.models import check_model
-        from solrl.rewards import RewardUnavailable
-
-        check_model(cfg)
-        run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
-    except (ConfigMismatch, FileNotFoundError, StoreError, RewardUnavailable) as e:
-        _fail(str(e))
-    n = iterations or cfg.run.iterations
-    console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
-    _log_to_stderr()
-    if no_prefect:
-        from tasks.steps import run_steps
-
-        summaries = []
-        for i in range(n):
-            s = run_steps(run_, i)
-            summaries.append(s)
-            _print_iteration(s)
-    else:
-        _quiet_prefect()
-        from flows.sol_rl import sol_rl
-
-        summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root)
-        for s in summaries:
-            _print_iteration(s)
-    console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
 
 
 def _log_to_stderr() -> None:
@@ -104,34 +89,119 @@ def _log_to_stderr() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _print_iteration(s: dict) -> None:
-    parts = [f"iteration {s['iteration']}", f"train reward {s['train_reward']:.4f}"]
-    if "eval_reward" in s:
-        parts.append(f"eval reward {s['eval_reward']:.4f}")
-    if "fidelity" in s:
-        parts.append(f"kept-set Spearman {s['fidelity']['kept_spearman']:.3f}")
-    parts.append("stages " + ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items()))
-    console.print(" | ".join(parts))
+def _stop_on_signals() -> None:
+    """SIGINT/SIGTERM ask the compute loops to stop at their next safe point; a second signal
+    exits at once (nothing uncommitted is ever read as committed, so that is safe too)."""
+    from solrl import interrupt
+
+    def handler(signum, frame):
+        if interrupt.requested():
+            os._exit(128 + signum)
+        interrupt.request(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, shapes-long, flux, sd35, sana"),
+    run_id: str = typer.Option(None, "--run-id", help="run id; an existing one is resumed (same config required). Default: <config>-<timestamp>"),
+    iterations: int = typer.Option(None, "--iterations", "-n", min=1, help="iterations to run (default: run.iterations of the config)"),
+    run_root: str = typer.Option(None, "--run-root", help="where runs live: a local folder or s3://bucket/prefix (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
+    take_over: bool = typer.Option(False, "--take-over", help="take over the run's lease when its holder looks gone (stale heartbeat)"),
+    cluster: str = typer.Option(None, "--cluster", help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address"),
+):
+    """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
+    from solrl.config import load_config
+
+    with _errors():
+        cfg = load_config(config)  # torch-free: a bad key is reported in about a second
+        if cluster:
+            cfg = cfg.with_overrides(**{"cluster.address": cluster, "cluster.workers": 0})
+    from solrl.settings import settings
+
+    root = run_root or settings().run_root or cfg.storage.run_root
+    rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    resume = f"sol-rl run {config} --run-id {rid} --run-root {root}"
+    from solrl import interrupt
+    from solrl.models import check_model
+    from storage.store import join
+    from tasks.run import open_run
+
+    with _errors(resume):
+        check_model(cfg)
+        run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
+    n = iterations or cfg.run.iterations
+    console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
+    _log_to_stderr()
+    _stop_on_signals()
+    summaries = []
+    try:
+        with _errors(resume):
+            if no_prefect:
+                from tasks.status import format_summary
+                from tasks.steps import run_steps
+
+                run_.acquire(take_over)
+                try:
+                    for i in range(n):
+                        summaries.append(run_steps(run_, i))
+                        console.print(format_summary(summaries[-1]))
+                finally:
+                    run_.release()
+            else:
+                _quiet_prefect()
+                from flows.sol_rl import sol_rl
+                from tasks.status import format_summary
+
+                summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over,
+                                   overrides={"cluster.address": cluster, "cluster.workers": 0} if cluster else None)
+                for s in summaries:
+                    console.print(format_summary(s))
+    except interrupt.StopRequested as e:
+        from tasks.status import status as run_status
+
+        where = next(((r["iteration"], k) for r in run_status(run_) for k, v in r.items() if k != "iteration" and v[0] != "ok" and v[0] != "-"), None)
+        at = f" in iteration {where[0]} ({where[1]})" if where else ""
+        err.print(f"stopped by {e}{at}: nothing half-done was committed; resume with: {resume}", highlight=False)
+        raise typer.Exit(130 if str(e) == "SIGINT" else 143)
+    console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
 
 
 @app.command()
 def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)")):
-    """Iterations x stages: commit state and stage times."""
-    from tasks.steps import status as run_status
+    """Iterations x stages: commit state, stage times and the worker that committed each."""
+    from storage.stages import ITERATION_STAGES
+    from tasks.status import iteration_summary
+    from tasks.status import status as run_status
 
     r = _open(run_id, run_root)
+    rows = run_status(r)
     t = Table(title=f"{run_id} ({r.cfg.run.mode})")
     t.add_column("iteration", justify="right")
-    for stage in ("explore", "select", "regenerate", "update", "eval"):
+    stages = [s for s in ITERATION_STAGES if any(row[s][0] != "-" for row in rows)]
+    for stage in stages:
         t.add_column(stage)
-    for row in run_status(r):
+    t.add_column("eval gain (± SE)")
+    for row in rows:
         cells = []
-        for stage in ("explore", "select", "regenerate", "update", "eval"):
-            state, secs = row[stage]
-            colour = {"ok": "green", "partial": "yellow", "stale": "red"}.get(state, "dim")
+        for stage in stages:
+            state, secs, _ = row[stage]
+            colour = {"ok": "green", "partial": "yellow", "stale": "red", "damaged": "red"}.get(state, "dim")
             cells.append(f"[{colour}]{state}[/]" + (f" {secs:.1f}s" if secs is not None else ""))
-        t.add_row(str(row["iteration"]), *cells)
+        gains = ""
+        if row["update"][0] == "ok" and row["eval"][0] == "ok":
+            s = iteration_summary(r, row["iteration"])
+            gains = "; ".join(f"{k} {g['gain']:+.4f}±{g['se']:.4f}" for k, g in s.get("eval", {}).items())
+            if "audit" in s:
+                gains += f"; audit ρ {s['audit']['spearman']:.2f}"
+        t.add_row(str(row["iteration"]), *cells, gains)
     console.print(t)
+    workers = sorted({v[2] for row in rows for k, v in row.items() if k != "iteration" and v[2]})
+    if workers:
+        console.print(f"committed by: {', '.join(workers)}")
 
 
 @app.command()
@@ -141,16 +211,15 @@ def inspect(
     prompt: int = typer.Option(None, "--prompt", "-p", help="only this prompt_id"),
     run_root: str = typer.Option(None, "--run-root"),
     limit: int = typer.Option(200, help="rows to print at most"),
+    images: Path = typer.Option(None, "--images", help="also write, per prompt, a PNG of every explored preview in proxy-rank order (selected marked) beside the regenerations, into this folder"),
 ):
     """The seed ranking of an iteration (DuckDB over the committed Parquet): seed, proxy rank,
     proxy reward, regenerated reward, side."""
     from storage.queries import seed_ranking
 
     r = _open(run_id, run_root)
-    try:
+    with _errors():
         table = seed_ranking(r.store, iteration, prompt).to_pylist()
-    except FileNotFoundError as e:
-        _fail(str(e))
     if not table:
         _fail(f"iteration {iteration} of {run_id} has no rows for prompt {prompt}: prompt ids of this iteration are listed by `sol-rl inspect {run_id} -i {iteration}`")
     shown = table[:limit]
@@ -165,38 +234,27 @@ def inspect(
         console.print(t)
     if len(table) > limit:
         console.print(f"... {len(table) - limit} more rows (use --limit or --prompt)")
+    if images is not None:
+        from storage.report import fig_previews, save
+
+        images.mkdir(parents=True, exist_ok=True)
+        for pid in dict.fromkeys(row["prompt_id"] for row in table):
+            path = images / f"iter{iteration:05d}-prompt{pid}.png"
+            save(fig_previews(r.store, iteration, pid), path)
+            console.print(f"wrote {path}")
 
 
 @app.command()
 def verify(run_id: str, run_root: str = typer.Option(None, "--run-root")):
-    """Re-hash every committed file, re-run the selection SQL and compare, check that the
-    regenerated seeds are the selected seeds. Exit 1 on any mismatch."""
-    from storage.queries import read_stage, reselect
+    """Re-hash every committed file, check no commit is stale, re-run the selection SQL and
+    compare, check that the regenerated seeds are the selected seeds. Exit 1 on any mismatch."""
+    from tasks.status import verify as run_verify
 
     r = _open(run_id, run_root)
-    problems: list[str] = []
-    checked = 0
-    for i in r.store.iterations():
-        for stage in ("explore", "select", "regenerate", "update", "eval"):
-            if r.store.commit_record(i, stage) is None:
-                if r.store.data_files(i, stage):
-                    problems.append(f"iter={i:05d}/{stage}: uncommitted files (a crashed stage; the next resume removes them)")
-                continue
-            checked += 1
-            problems += r.store.verify(i, stage)
-        if r.cfg.run.mode != "diffusionnft" and r.store.commit_record(i, "select") and r.store.commit_record(i, "explore") and not r.store.verify(i, "explore"):
-            stored = read_stage(r.store, i, "select", "prompt_id, seed, side, proxy_rank, proxy_reward").to_pylist()
-            again, _ = reselect(r.store, i, r.cfg.select.k, r.cfg.select.on_short_prompt)
-            again = again.select(["prompt_id", "seed", "side", "proxy_rank", "proxy_reward"]).to_pylist()
-            if stored != again:
-                problems.append(f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows")
-        if r.store.commit_record(i, "regenerate") and r.store.commit_record(i, "select") and not r.store.verify(i, "regenerate"):
-            sel = sorted(read_stage(r.store, i, "select", "prompt_id, seed").to_pylist(), key=lambda d: (d["prompt_id"], d["seed"]))
-            reg = sorted(read_stage(r.store, i, "regenerate", "prompt_id, seed").to_pylist(), key=lambda d: (d["prompt_id"], d["seed"]))
-            if sel != reg:
-                problems.append(f"iter={i:05d}/regenerate: regenerated seeds are not exactly the selected seeds")
+    with _errors():
+        checked, problems = run_verify(r)
     for p in problems:
-        console.print(f"[red]MISMATCH[/] {p}")
+        console.print(f"[red]MISMATCH[/] {p}", highlight=False)
     if problems:
         console.print(f"{len(problems)} problem(s) in {checked} committed stage(s) of {run_id}")
         raise typer.Exit(1)
@@ -209,15 +267,13 @@ def report(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG figures and index.html"),
     run_root: str = typer.Option(None, "--run-root"),
 ):
-    """Figures of a run (rewards, fidelity, stage times, losses, image grids) as PNG plus an
-    index.html, from committed artifacts only; no notebook server needed."""
+    """Figures of a run (rewards and paired gains, fidelity, stage times, losses, image grids) as
+    PNG plus an index.html, from committed artifacts only; no notebook server needed."""
     from storage.report import write_report
 
     r = _open(run_id, run_root)
-    try:
+    with _errors():
         pngs = write_report(r.store, out)
-    except FileNotFoundError as e:
-        _fail(str(e))
     console.print(f"wrote {len(pngs)} figures and {out / 'index.html'}")
 
 
@@ -236,19 +292,20 @@ def export_lora(
     from safetensors.torch import load
 
     from solrl.models.diffusers_base import export_diffusers_lora
-    from storage.store import join
+    from solrl.registry import family_class
 
     r = _open(run_id, run_root)
-    done = [i for i in r.store.iterations() if r.store.commit_record(i, "update")]
+    done = [i for i in r.store.iterations() if r.stage(i, "update").record]
     if not done:
         _fail(f"run {run_id} has no committed update yet: run at least one iteration first")
     i = done[-1] if iteration is None else iteration
     if i not in done:
         _fail(f"iteration {i} of run {run_id} has no committed update: choose one of {done}")
-    d = join(r.store.stage_dir(i, "update"), "state", "ema" if ema else "policy")
-    tensors = load(r.store.read_bytes(join(d, "adapter_model.safetensors")))
-    lora = _json.loads(r.store.read_bytes(join(d, "adapter_config.json")))
-    pipeline = {"shapes": "FluxPipeline", "flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "sana": "SanaPipeline"}[r.cfg.model.family]
+    h = r.stage(i, "update")
+    folder = "state/ema" if ema else "state/policy"
+    tensors = load(r.store.read_bytes(h.file(f"{folder}/adapter_model.safetensors")))
+    lora = _json.loads(r.store.read_bytes(h.file(f"{folder}/adapter_config.json")))
+    pipeline = family_class(r.cfg.model.family).pipeline_class
     path = export_diffusers_lora(pipeline, tensors, out, lora["r"], lora["lora_alpha"], sorted(lora["target_modules"]))
     console.print(f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)")
 
@@ -260,15 +317,19 @@ def pretrain_shapes(
     seed: int = typer.Option(0, help="seed of initialisation and data"),
     out: Path = typer.Option(None, help="output folder (default: the package's shipped weights folder)"),
     compile: bool = typer.Option(True, help="torch.compile the training step (~1.4x faster on CPU after a ~1 min compile)"),
+    stats: bool = typer.Option(True, help="afterwards, measure every training prompt's base reward (prompt_stats.json: what a training pool's headroom rule reads)"),
 ):
     """Rebuild the embedded shapes model from a seed (the shipped weights are its output)."""
     from solrl.shapes import model as M
-    from solrl.shapes.pretrain import pretrain
+    from solrl.shapes.pretrain import pretrain, write_prompt_stats
 
     target = out or M.WEIGHTS_DIR
     console.print(f"pretraining hidden={hidden} for {steps} steps -> {target}")
     meta = pretrain(M.ShapesModelConfig(hidden=hidden), steps, target, seed=seed, compile=compile, log=lambda s: console.print(s))
     console.print(f"done in {meta['train_seconds']:.0f}s: {target / 'shapes.safetensors'}")
+    if stats:
+        path = write_prompt_stats(target, log=lambda s: console.print(s))
+        console.print(f"per-prompt base rewards: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

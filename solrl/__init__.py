@@ -14,3 +14,18 @@ _logging.getLogger("torchao").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message=".*is an Enum subclass and is now natively supported.*")
 _warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*is deprecated.*")
 _warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+
+
+
+class _DropMessage(_logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+# diffusers warns on every `.to(dtype)` of a model that lists no float32-only modules (an empty
+# list: nothing is lost); the shapes model is cast to bf16 that way on purpose.
+_logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropMessage("should be kept in float32: []"))

@@ -25,7 +25,9 @@ ADAPTER_FILES = {"policy": "default", "old": "old", "ema": None}
 
 def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
     cfg = policy.peft.peft_config["default"]
-    adapter_config = json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list).encode()
+    # peft keeps target_modules as a set: sort it, or the file's bytes would follow the
+    # process's string-hash order and differ between two identical runs.
+    adapter_config = json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=sorted).encode()
     out: dict[str, bytes] = {}
     for folder, adapter in ADAPTER_FILES.items():
         tensors = state.ema if adapter is None else policy.adapter_state(adapter)

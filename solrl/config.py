@@ -1,4 +1,9 @@
-"""Run configuration: one YAML file = one experiment, validated before any compute."""
+"""Run configuration: one YAML file = one experiment, validated before any compute.
+
+Torch-free: a bad key is reported in about a second, before torch or a model is imported.
+Names of modes, model families and rewards are checked against solrl/modes.py and
+solrl/registry.py, the only places that list them.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Mode = Literal["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"]
+from .modes import MODES, Mode
+from .registry import FAMILIES, REWARDS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Keys that never change what a run computes: a resumed run may change them freely
+# (extend a run, move it, scale it out).
+NOT_HASHED = {"run": ("iterations",), "storage": "*", "cluster": "*"}
 
 
 class _Strict(BaseModel):
@@ -20,32 +30,52 @@ class _Strict(BaseModel):
 
 class RunSection(_Strict):
     seed: int = 0
-    mode: Mode = "sol_rl"
+    mode: str = "sol_rl"  # a key of solrl.modes.MODES
     iterations: int = Field(3, ge=1)
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        if v not in MODES:
+            raise ValueError(f"unknown mode {v!r}: choose one of {', '.join(MODES)}")
+        return v
 
 
 class ModelSection(_Strict):
-    family: Literal["shapes", "flux", "sd3", "sana"] = "shapes"
+    family: str = "shapes"  # a key of solrl.registry.FAMILIES
     weights: str | None = None  # a local path; None = the family's default location
     lora_rank: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
-    # Real families only (shapes ignores them): image side in pixels (None = the family's:
-    # flux 512, sd3/sana 1024), where and in which dtype the transformer runs (auto = bf16 on a
-    # GPU, float32 on the CPU), the text encoders' token budget, and whether the text encoders
-    # and VAE leave the GPU between uses.
+    # Image side in pixels (None = the family's: flux 512, sd3/sana 1024; shapes is 32 px).
     resolution: int | None = Field(None, ge=16)
+    # Where and in which dtype the transformer runs. auto: a GPU if there is one; bf16 on a GPU
+    # and on a CPU with bf16 matrix instructions (avx512_bf16 or AMX), float32 elsewhere. The
+    # resolved values are stored in run.json and are part of the resume hash.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_sequence_length: int | None = Field(None, ge=1)
-    offload: bool = True
+    offload: bool = True  # real families: text encoders and VAE leave the GPU between uses
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r}: choose one of {', '.join(FAMILIES)}")
+        return v
 
 
 class PromptSection(_Strict):
     per_iteration: int = Field(4, ge=1)
-    # Real families: a text file with one prompt per line (e.g. the PickScore prompt set), and
-    # optionally a held-out file (without it every 10th line of `file` is held out).
+    # A text file with one prompt per line: the training prompts (real families need one;
+    # shapes takes prompts of its grammar, default: its training split). `eval_file`: held-out
+    # prompts (default: shapes' held-out split; real families hold out every 10th line).
     file: str | None = None
     eval_file: str | None = None
+    # The training pool: this many prompts, chosen once per run (not per seed) from the training
+    # prompts; every iteration draws `per_iteration` of them (all of them when equal). For shapes
+    # the draw prefers prompts with headroom (two-object prompts below the median base reward).
+    # None = the whole training set.
+    pool: int | None = Field(None, ge=1)
 
 
 class ExploreSection(_Strict):
@@ -53,9 +83,16 @@ class ExploreSection(_Strict):
     steps: int = Field(6, ge=1)
     precision: Literal["nvfp4", "fp8", "high"] = "nvfp4"
     backend: Literal["emulated", "transformer_engine"] = "emulated"
+    # SVDQuant-style low-rank high-precision branch of rank r beside the 4-bit residual (nvfp4
+    # only; 0 = plain NVFP4).
+    lowrank: int = Field(0, ge=0)
     skip: tuple[str, ...] | None = None  # None = the family's default skip patterns
     min_dim: int | None = None
     batch: int = Field(96, ge=1)
+    # A small PNG preview of every explored candidate (the decoded low-precision x0), side in px
+    # (None: the model's own size up to 64 px).
+    thumbnails: bool = True
+    thumbnail_px: int | None = Field(None, ge=8)
 
 
 class SelectSection(_Strict):
@@ -83,11 +120,17 @@ class RewardSection(_Strict):
     @field_validator("weights")
     @classmethod
     def _known(cls, v: dict[str, float]) -> dict[str, float]:
-        from .rewards import KNOWN
-
-        bad = [k for k in v if k not in KNOWN]
+        bad = [k for k in v if k not in REWARDS]
         if bad or not v:
-            raise ValueError(f"reward.weights names unknown rewards {bad}: choose from {list(KNOWN)}")
+            raise ValueError(f"reward.weights names unknown rewards {bad}: choose from {list(REWARDS)}")
+        return v
+
+    @field_validator("report")
+    @classmethod
+    def _known_report(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [k for k in v if k not in REWARDS]
+        if bad:
+            raise ValueError(f"reward.report names unknown rewards {bad}: choose from {list(REWARDS)}")
         return v
 
 
@@ -100,20 +143,69 @@ class NFTSection(_Strict):
     timestep_fraction: float = Field(0.6, gt=0, le=1)
     decay_type: Literal[0, 1, 2] = 1
     micro_batch: int = Field(48, ge=1)
+    # Optimizer steps per iteration (the official gradient_step_per_epoch): the kept samples are
+    # split into this many parts; "old" stays fixed within the iteration, the EMA follows every step.
+    steps_per_iteration: int = Field(1, ge=1)
 
 
 class EvalSection(_Strict):
-    every: int = Field(1, ge=0)  # 0 = never
+    every: int = Field(1, ge=0)  # 0 = never (and no baseline)
     steps: int = Field(20, ge=1)
-    prompts: int = Field(8, ge=1)
     seeds_per_prompt: int = Field(2, ge=1)
+    # The `train` set is the training pool (at most `train_prompts` of it); `held_out` is a
+    # stratified sample of the held-out prompts (one per held-out pairing for shapes), at most
+    # `held_out_prompts`. None = all of them.
+    train_prompts: int | None = Field(None, ge=1)
+    held_out_prompts: int | None = Field(None, ge=1)
+    sets: tuple[Literal["train", "held_out"], ...] = ("train", "held_out")
+
+
+class GuardSection(_Strict):
+    """When the audited proxy stops ranking, explore differently until it recovers."""
+
+    enabled: bool = False
+    metric: Literal["top_hit", "spearman", "kendall"] = "top_hit"
+    threshold: float = 0.5  # switch to the fallback when the window's mean falls below this
+    recover: float | None = None  # switch back when it rises above this (None = threshold)
+    window: int = Field(2, ge=1)  # audits averaged
+    fallback_precision: Literal["nvfp4", "fp8", "high"] | None = "fp8"
+    fallback_steps: int | None = Field(None, ge=1)
+
+
+class FidelitySection(_Strict):
+    # Every `every` iterations, the first `audit_prompts` prompts have all N explored seeds
+    # regenerated in high precision (not trained on): unbiased proxy-fidelity metrics.
+    audit_prompts: int = Field(0, ge=0)
+    every: int = Field(1, ge=1)
+    guard: GuardSection = GuardSection()
+    # Ablation / test hook: Gaussian noise of this standard deviation added to every proxy
+    # reward (a proxy made worse on purpose).
+    proxy_noise: float = Field(0.0, ge=0)
+
+
+class ClusterSection(_Strict):
+    """Where explore and regenerate shards run. Default: in this process, one after another."""
+
+    address: str | None = None  # an existing Dask scheduler, tcp://host:8786
+    workers: int = Field(0, ge=0)  # > 0: a local Dask cluster of this many worker processes, started by the run
+    threads_per_worker: int = Field(1, ge=1)
+    gpus_per_worker: int = Field(0, ge=0)
 
 
 class StorageSection(_Strict):
     run_root: str = "runs"
-    # s3:// only; unset = the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION, ...)
+    # s3:// only; unset = the environment (SOLRL_S3_ENDPOINT, AWS_ENDPOINT_URL, AWS_REGION, ...)
     s3_endpoint: str | None = None
     s3_region: str | None = None
+
+
+class Resolved(_Strict):
+    """What `auto` and the prompt sets turned into on the machine that created a run."""
+
+    device: str
+    dtype: str
+    prompts_digest: str  # sha256 of the training and held-out prompt lists
+    pool: tuple[str, ...] | None = None  # the training pool, when prompts.pool is set
 
 
 class RunConfig(_Strict):
@@ -126,30 +218,73 @@ class RunConfig(_Strict):
     reward: RewardSection = RewardSection()
     nft: NFTSection = NFTSection()
     eval: EvalSection = EvalSection()
+    fidelity: FidelitySection = FidelitySection()
+    cluster: ClusterSection = ClusterSection()
     storage: StorageSection = StorageSection()
+
+    @property
+    def mode(self) -> Mode:
+        return MODES[self.run.mode]
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
-        if self.run.mode != "diffusionnft" and self.explore.n < self.select.k:
+        m = self.mode
+        if m.explores and self.explore.n < self.select.k:
             raise ValueError(f"explore.n ({self.explore.n}) must be >= select.k ({self.select.k}): explore at least as many seeds as you keep")
-        if self.run.mode == "sol_rl" and self.explore.precision == "high":
-            raise ValueError("mode sol_rl explores in low precision: set explore.precision to nvfp4 or fp8 (or use mode naive_scaling)")
+        if m.explore_precision == "low" and self.explore.precision == "high":
+            raise ValueError(f"mode {m.name} explores in low precision: set explore.precision to nvfp4 or fp8 (or use mode naive_scaling)")
+        if m.explore_precision == "high" and self.explore.precision != "high":
+            raise ValueError(f"mode {m.name} explores in high precision: set explore.precision: high (or use mode naive_quant)")
+        if self.explore.lowrank and self.explore.precision != "nvfp4":
+            raise ValueError(f"explore.lowrank ({self.explore.lowrank}) is a branch beside NVFP4 weights: set explore.precision: nvfp4 or explore.lowrank: 0")
+        if self.fidelity.audit_prompts and self.fidelity.audit_prompts > self.prompts.per_iteration:
+            raise ValueError(f"fidelity.audit_prompts ({self.fidelity.audit_prompts}) exceeds prompts.per_iteration ({self.prompts.per_iteration}): audit at most every prompt")
+        if self.fidelity.guard.enabled and not self.fidelity.audit_prompts:
+            raise ValueError("fidelity.guard needs audits to watch: set fidelity.audit_prompts >= 1")
+        if self.prompts.pool is not None and self.prompts.pool < self.prompts.per_iteration:
+            raise ValueError(f"prompts.pool ({self.prompts.pool}) must be >= prompts.per_iteration ({self.prompts.per_iteration}): an iteration draws from the pool")
+        if self.cluster.address and self.cluster.workers:
+            raise ValueError("set either cluster.address (an existing Dask scheduler) or cluster.workers (a local cluster), not both")
         return self
 
-    def hash(self) -> str:
-        """sha256 of the canonical JSON of every setting (what resume compares)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    def hashed(self) -> dict:
+        """The settings that determine what a run computes (the config minus NOT_HASHED)."""
+        data = self.model_dump(mode="json")
+        for section, keys in NOT_HASHED.items():
+            if keys == "*":
+                data.pop(section, None)
+            else:
+                for k in keys:
+                    data[section].pop(k, None)
+        return data
+
+    def hash(self, resolved: Resolved | None = None) -> str:
+        """sha256 of the canonical JSON of the hashed settings (and what `auto` resolved to):
+        what resume compares and every commit records."""
+        data = {"config": self.hashed(), "resolved": resolved.model_dump(mode="json") if resolved else None}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def with_overrides(self, **dotted) -> "RunConfig":
+        """A copy with dotted keys replaced, e.g. with_overrides(**{"explore.n": 16})."""
         data = self.model_dump(mode="json")
         for key, value in dotted.items():
-            section, _, field = key.partition(".")
-            data[section][field] = value
+            *path, last = key.split(".")
+            node = data
+            for part in path:
+                node = node[part]
+            node[last] = value
         return RunConfig.model_validate(data)
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _sentence(e: ValidationError, where: str) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {key}: {msg} (fix that key and run again)"
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -158,25 +293,33 @@ def load_config(path: str | Path) -> RunConfig:
     if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
         p = CONFIG_DIR / f"{path}.yaml"
     if not p.exists():
-        raise ConfigError(f"config file {path} does not exist: pass a YAML path or a preset name (shapes, flux, sd35, sana)")
+        raise ConfigError(f"config file {path} does not exist: pass a YAML path or a preset name ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        raise ConfigError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    return validate(data, str(p))
+
+
+def validate(data: dict, where: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise ConfigError(f"{p}: {where}: {err['msg']} (fix that key and run again)") from None
+        raise ConfigError(_sentence(e, where)) from None
 
 
-def diff_keys(a: RunConfig, b: RunConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
-    out = []
-    for section in da:
-        for k in set(da[section]) | set(db[section]):
-            if da[section].get(k) != db[section].get(k):
-                out.append(f"{section}.{k}")
-    return sorted(out)
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and not key.startswith("reward.weights"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def diff_keys(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (configs, resolved values)."""
+    fa, fb = _flatten(a), _flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))

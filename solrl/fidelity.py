@@ -60,3 +60,25 @@ def kept_set_metrics(proxy, truth, side) -> dict[str, float]:
         "kept_kendall": float(stats.kendalltau(proxy, truth, variant="b").statistic),
         "top_above_median": float((truth[top] > med).mean()) if top.any() else float("nan"),
     }
+
+
+def audit_metrics(rows: dict[str, list], k: int, primary: bool = False) -> dict[str, float]:
+    """Mean over audited prompts of `ranking_metrics` plus the regret (true reward of the best
+    seed minus the best true reward among the proxy's top-K/2), from audit rows (the audit
+    stage's columns). `primary`: measure the configured explore (rows of proxy "primary" when
+    the guard ran a fallback, else "explore"), which is what the fidelity guard watches."""
+    proxies = set(rows["proxy"])
+    which = "primary" if primary and "primary" in proxies else "explore"
+    per_prompt = []
+    for pid in dict.fromkeys(rows["prompt_id"]):
+        idx = [i for i, (p, x) in enumerate(zip(rows["prompt_id"], rows["proxy"])) if p == pid and x == which]
+        proxy = [rows["proxy_reward"][i] for i in idx]
+        truth = [rows["reward"][i] for i in idx]
+        seeds = [rows["seed"][i] for i in idx]
+        m = ranking_metrics(proxy, truth, k, seeds)
+        top = _ranks_desc(np.asarray(proxy), np.asarray(seeds)) <= k // 2
+        m["regret"] = float(max(truth) - np.asarray(truth)[top].max())
+        per_prompt.append(m)
+    out = mean_metrics(per_prompt)
+    out["prompts"] = float(len(per_prompt))
+    return out

@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .interrupt import check as check_stop
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -71,6 +73,7 @@ def solve(velocity: Velocity, x1: torch.Tensor, sigmas, solver: str = "euler") -
     z = x1
     if solver == "euler":
         for k in range(n):
+            check_stop()  # a requested stop takes effect within one solver step
             v = velocity(z, sig[k])
             z = z + (sig[k + 1] - sig[k]) * v
         return z
@@ -78,6 +81,7 @@ def solve(velocity: Velocity, x1: torch.Tensor, sigmas, solver: str = "euler") -
         raise ValueError(f"unknown solver {solver!r}: use 'euler' or 'dpm2'")
     prev_x0 = None
     for k in range(n):
+        check_stop()
         s, s_next = sig[k], sig[k + 1]
         v = velocity(z, s)
         x0 = z - s * v

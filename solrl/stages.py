@@ -1,14 +1,15 @@
 """The stages of one Sol-RL iteration as plain functions (no Prefect, no storage).
 
-    explore    -> per-candidate proxy rewards (low precision, few steps)       ALGORITHM §4
-    select     -> K/2 top + K/2 bottom seeds per prompt (storage/select.sql)    §5
-    regenerate -> the selected seeds in high precision, full steps              §6
-    update     -> DiffusionNFT step, old-policy decay, EMA                     §7
-    evaluate   -> held-out prompts, fixed seeds, EMA weights                    §8
+    explore    -> N candidates per prompt, proxy rewards (low precision, few steps)  ALGORITHM §4
+    select     -> K/2 top + K/2 bottom seeds per prompt (DuckDB, given as select_fn) §5
+    regenerate -> the selected seeds in high precision, full steps                   §6
+    audit      -> every explored seed of the first prompts in high precision          §9
+    update     -> DiffusionNFT steps, old-policy decay, EMA                           §7
+    evaluate   -> fixed (prompt, seed) pairs, EMA weights: `train` and `held_out` sets §8
 
 Each takes the policy, the config and plain data, and returns columns (dict of lists) plus,
-where later stages need them, tensors. `run_iteration` chains them in memory; the Prefect
-tasks call the same functions and put their outputs through the artifact store.
+where later stages need them, tensors. `run_iteration` executes an iteration's plan
+(solrl/plan.py) in memory; tasks/steps.py executes the same plan through the artifact store.
 """
 
 from __future__ import annotations
@@ -23,48 +24,52 @@ import torch
 
 from . import nft
 from .config import RunConfig
+from .interrupt import check as check_stop
 from .models.base import Policy
+from .plan import ExploreSpec, IterationPlan, plan_iteration
 from .quant import NVFP4Config
 from .rewards import score_all, weighted_sum
-from .seeds import draw_prompts, seed as candidate_seed, stream_seed
+from .seeds import eval_seed, seed as candidate_seed, stream_seed
 
-Progress = Callable[[int], None]  # called with the number of candidates just finished
-
-
-# --- what an iteration works on -----------------------------------------------------------------
-def iteration_prompts(policy: Policy, cfg: RunConfig, iteration: int) -> list[tuple[int, str]]:
-    train = policy.train_prompts()
-    return [(i, train[i]) for i in draw_prompts(cfg.run.seed, iteration, train, cfg.prompts.per_iteration)]
+Progress = Callable[[int], None]  # called with the number of candidates (or samples) just finished
+# (explore table with prompt_id, prompt, seed, reward; K; on_short_prompt) -> (selected table, stats)
+SelectFn = Callable[..., tuple]
+SAMPLE_KEYS = ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_reward")
 
 
-def explore_quant(policy: Policy, cfg: RunConfig) -> NVFP4Config | None:
-    if cfg.explore.precision == "high":
+# --- shared helpers -------------------------------------------------------------------------------
+def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> NVFP4Config | None:
+    """The quantisation of the explore copy (None: high precision)."""
+    if not spec.low_precision:
         return None
-    backend = "fp8" if cfg.explore.precision == "fp8" else cfg.explore.backend
+    backend = "fp8" if spec.precision == "fp8" else cfg.explore.backend
     skip = cfg.explore.skip if cfg.explore.skip is not None else policy.quant_skip
     min_dim = cfg.explore.min_dim if cfg.explore.min_dim is not None else policy.quant_min_dim
-    return NVFP4Config(skip=skip, min_dim=min_dim, backend=backend)
+    kw = {"lowrank": spec.lowrank} if spec.lowrank else {}
+    return NVFP4Config(skip=skip, min_dim=min_dim, backend=backend, **kw)
 
 
-def explore_steps(cfg: RunConfig) -> int:
-    """naive_* modes train on explore samples, so they explore at the rollout step count."""
-    return cfg.rollout.steps if cfg.run.mode in ("naive_scaling", "naive_quant") else cfg.explore.steps
-
-
-def score(policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(weighted reward, every reward scored: the weighted ones and the report-only ones) of decoded x0."""
-    images = policy.decode(x0)
+def score_images(cfg: RunConfig, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted training reward, every reward scored: the weighted ones and the report-only ones)."""
     names = list(dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]))
     scores = score_all(names, images, prompts)
     return weighted_sum(scores, cfg.reward.weights), scores
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+def score(policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return score_images(cfg, policy.decode(x0), prompts)
+
+
+def png_bytes(image: torch.Tensor, px: int | None = None) -> bytes:
+    """An image in [-1, 1] as PNG; downscaled (area filter) to at most `px` on its longer side."""
     from PIL import Image
 
     arr = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr)
+    if px and max(im.size) > px:
+        im.thumbnail((px, px), Image.Resampling.BOX)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    im.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -94,7 +99,13 @@ def sample_batched(policy, model, prompts, seeds, steps, solver, batch, cond, pr
     return torch.cat(outs), durations
 
 
-# --- explore -----------------------------------------------------------------------------------
+def _proxy_noise(cfg: RunConfig, iteration: int, pid: int, n: int) -> torch.Tensor:
+    """Test/ablation hook fidelity.proxy_noise: a worse proxy on purpose (keyed noise)."""
+    g = torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, pid, name="proxy-noise"))
+    return cfg.fidelity.proxy_noise * torch.randn(n, generator=g, dtype=torch.float64)
+
+
+# --- explore -------------------------------------------------------------------------------------
 @dataclass
 class ExploreResult:
     columns: dict[str, list]
@@ -102,67 +113,59 @@ class ExploreResult:
     quant_summary: str = ""
 
 
-def explore(policy: Policy, cfg: RunConfig, iteration: int, prompts: list[tuple[int, str]], progress: Progress | None = None, model=None) -> ExploreResult:
+def explore(policy: Policy, cfg: RunConfig, spec: ExploreSpec, iteration: int, prompts, model=None, progress: Progress | None = None) -> ExploreResult:
     """N candidates per prompt from the explore copy (base + old adapter, quantised)."""
-    quant = explore_quant(policy, cfg)
+    summary = "(given model)"
     if model is None:
-        model, report = policy.sampler_copy(quant)
+        model, report = policy.sampler_copy(explore_quant(policy, cfg, spec))
         summary = report.summary()
-    else:
-        summary = "(given model)"
-    precision = cfg.explore.precision
-    steps = explore_steps(cfg)
-    keep_x0 = cfg.run.mode in ("naive_scaling", "naive_quant")
     cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "precision", "steps", "reward", "duration_ms")}
     x0_all = []
     for pid, text in prompts:
-        seeds = [candidate_seed(cfg.run.seed, iteration, pid, c) for c in range(cfg.explore.n)]
+        seeds = [candidate_seed(cfg.run.seed, iteration, pid, c) for c in range(spec.n)]
         texts = [text] * len(seeds)
-        cond = policy.encode_rows(texts)
-        x0, dur = sample_batched(policy, model, texts, seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond, progress)
-        total, scores = score(policy, cfg, x0, texts)
+        x0, dur = sample_batched(policy, model, texts, seeds, spec.steps, cfg.rollout.solver, cfg.explore.batch, policy.encode_rows(texts), progress)
+        images = policy.decode(x0)
+        total, scores = score_images(cfg, images, texts)
+        if cfg.fidelity.proxy_noise:
+            total = total + _proxy_noise(cfg, iteration, pid, len(seeds))
         cols["prompt_id"] += [pid] * len(seeds)
         cols["prompt"] += texts
         cols["candidate"] += list(range(len(seeds)))
         cols["seed"] += seeds
-        cols["precision"] += [precision] * len(seeds)
-        cols["steps"] += [steps] * len(seeds)
+        cols["precision"] += [spec.precision] * len(seeds)
+        cols["steps"] += [spec.steps] * len(seeds)
         cols["reward"] += total.tolist()
         for name, s in scores.items():
             cols.setdefault(f"reward_{name}", []).extend(s.tolist())
         cols["duration_ms"] += dur
-        if keep_x0:
+        if spec.thumbnails:
+            px = cfg.explore.thumbnail_px or min(64, max(images.shape[-2:]))
+            cols.setdefault("thumbnail", []).extend(png_bytes(im, px) for im in images)
+        if spec.keep_x0:
             x0_all.append(x0)
-    return ExploreResult(cols, torch.cat(x0_all) if keep_x0 else None, summary)
+    return ExploreResult(cols, torch.cat(x0_all) if spec.keep_x0 else None, summary)
 
 
-# --- select ------------------------------------------------------------------------------------
-def select(explore_columns: dict[str, list], cfg: RunConfig):
-    """DuckDB selection over the explore rows; returns (selected columns, stats)."""
+# --- select ---------------------------------------------------------------------------------------
+def select(cfg: RunConfig, plan: IterationPlan, explore_columns: dict[str, list] | None, select_fn: SelectFn | None):
+    """The kept seeds: K/2 top + K/2 bottom of the explored (DuckDB, `select_fn`), or the first
+    K seeds of each prompt when the mode does not explore. Returns (columns, stats)."""
+    if cfg.mode.selection == "first_k":
+        cols: dict[str, list] = {k: [] for k in SAMPLE_KEYS}
+        for pid, text in plan.prompts:
+            for c in range(cfg.select.k):
+                for k, v in zip(SAMPLE_KEYS, (pid, text, candidate_seed(cfg.run.seed, plan.iteration, pid, c), "all", None, None)):
+                    cols[k].append(v)
+        return cols, {"non_finite": 0, "skipped_prompts": []}
     import pyarrow as pa
 
-    from storage.selection import select_seeds
-
     table = pa.table({k: explore_columns[k] for k in ("prompt_id", "prompt", "seed", "reward")})
-    selected, stats = select_seeds(table, cfg.select.k, cfg.select.on_short_prompt)
+    selected, stats = select_fn(table, cfg.select.k, cfg.select.on_short_prompt)
     return selected.to_pydict(), stats
 
 
-def all_seeds_selection(cfg: RunConfig, iteration: int, prompts: list[tuple[int, str]]) -> dict[str, list]:
-    """diffusionnft mode: no explore; candidates 0..K-1 of each prompt are the kept set."""
-    cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_reward")}
-    for pid, text in prompts:
-        for c in range(cfg.select.k):
-            cols["prompt_id"].append(pid)
-            cols["prompt"].append(text)
-            cols["seed"].append(candidate_seed(cfg.run.seed, iteration, pid, c))
-            cols["side"].append("all")
-            cols["proxy_rank"].append(None)
-            cols["proxy_reward"].append(None)
-    return cols
-
-
-# --- regenerate --------------------------------------------------------------------------------
+# --- regenerate -----------------------------------------------------------------------------------
 @dataclass
 class Samples:
     """What the update trains on: one row per kept sample."""
@@ -174,26 +177,23 @@ class Samples:
     columns: dict[str, list] = field(default_factory=dict)
 
 
-def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], progress: Progress | None = None, model=None, with_media: bool = True) -> Samples:
+def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], model=None, progress: Progress | None = None, with_media: bool = True) -> Samples:
     """The selected seeds again, same noise, high precision, rollout steps."""
     if model is None:
         model, _ = policy.sampler_copy(None)
     texts, seeds = list(selected["prompt"]), list(selected["seed"])
-    x0_parts, durs = [], []
-    for pid in dict.fromkeys(selected["prompt_id"]):  # one conditioning per prompt
-        idx = [i for i, p in enumerate(selected["prompt_id"]) if p == pid]
-        cond = policy.encode_rows([texts[i] for i in idx])
-        x0, d = sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, cond, progress)
-        x0_parts.append((idx, x0))
-        durs.append((idx, d))
     x0 = torch.empty(len(seeds), *policy.latent_shape)
     duration = [0.0] * len(seeds)
-    for (idx, part), (_, d) in zip(x0_parts, durs):
+    for pid in dict.fromkeys(selected["prompt_id"]):  # one conditioning per prompt
+        idx = [i for i, p in enumerate(selected["prompt_id"]) if p == pid]
+        part, d = sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch,
+                                 policy.encode_rows([texts[i] for i in idx]), progress)
         x0[idx] = part
         for i, v in zip(idx, d):
             duration[i] = v
-    total, scores = score(policy, cfg, x0, texts)
-    cols = {k: list(selected[k]) for k in ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_reward")}
+    images = policy.decode(x0)
+    total, scores = score_images(cfg, images, texts)
+    cols = {k: list(selected[k]) for k in SAMPLE_KEYS}
     cols["precision"] = ["high"] * len(seeds)
     cols["steps"] = [cfg.rollout.steps] * len(seeds)
     cols["reward"] = total.tolist()
@@ -201,26 +201,68 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], progre
         cols[f"reward_{name}"] = s.tolist()
     cols["duration_ms"] = duration
     if with_media:
-        images = policy.decode(x0)
         cols["image"] = [png_bytes(im) for im in images]
         cols["x0"] = [tensor_bytes(x) for x in x0]
         cols["x0_shape"] = [list(x0.shape[1:])] * len(seeds)
     return Samples(list(selected["prompt_id"]), texts, x0, total, cols)
 
 
-def samples_from_explore(cfg: RunConfig, ex: ExploreResult, selected: dict[str, list]) -> Samples:
-    """naive_* modes: the explore samples of the selected seeds are the training samples."""
-    index = {s: i for i, s in enumerate(ex.columns["seed"])}
+def samples_from_explore(policy: Policy, cfg: RunConfig, explore_columns: dict[str, list], explore_x0: torch.Tensor, selected: dict[str, list], with_media: bool = True) -> Samples:
+    """Modes that train on explore samples: the explore samples of the selected seeds, with
+    their explore rewards (what the update trains on in naive_scaling / naive_quant)."""
+    index = {s: i for i, s in enumerate(explore_columns["seed"])}
     rows = [index[s] for s in selected["seed"]]
-    rewards = torch.tensor([ex.columns["reward"][i] for i in rows], dtype=torch.float64)
-    cols = {k: list(selected[k]) for k in ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_reward")}
-    cols["precision"] = [ex.columns["precision"][i] for i in rows]
-    cols["steps"] = [ex.columns["steps"][i] for i in rows]
-    cols["reward"] = rewards.tolist()
-    return Samples(list(selected["prompt_id"]), list(selected["prompt"]), ex.x0[rows], rewards, cols)
+    x0 = explore_x0[rows]
+    cols = {k: list(selected[k]) for k in SAMPLE_KEYS}
+    for k in ["precision", "steps", "reward", "duration_ms"] + [c for c in explore_columns if c.startswith("reward_")]:
+        cols[k] = [explore_columns[k][i] for i in rows]
+    if with_media:
+        cols["image"] = [png_bytes(im) for im in policy.decode(x0)]
+        cols["x0"] = [tensor_bytes(x) for x in x0]
+        cols["x0_shape"] = [list(x0.shape[1:])] * len(rows)
+    rewards = torch.tensor(cols["reward"], dtype=torch.float64)
+    return Samples(list(selected["prompt_id"]), list(selected["prompt"]), x0, rewards, cols)
 
 
-# --- update ------------------------------------------------------------------------------------
+# --- audit ----------------------------------------------------------------------------------------
+def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: dict[str, list], kept: dict[int, float], model=None, primary_model=None,
+          progress: Progress | None = None) -> dict[str, list]:
+    """ALGORITHM §9, unbiased: for the first `fidelity.audit_prompts` prompts, every explored
+    seed in high precision (the kept ones reuse their regenerated reward: `kept` maps seed ->
+    reward), beside its proxy reward. When the guard made this iteration explore with a
+    fallback, the configured (primary) explore is re-run on those prompts too, so the guard
+    keeps measuring the proxy it guards. Returns audit rows (one per seed and proxy)."""
+    if model is None:
+        model, _ = policy.sampler_copy(None)
+    audited = plan.prompts[: cfg.fidelity.audit_prompts]
+    proxies = [("explore", plan.explore)]
+    if plan.primary is not None and plan.primary != plan.explore:
+        proxies.append(("primary", plan.primary))
+    cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "proxy", "proxy_precision", "proxy_steps", "proxy_reward", "proxy_rank", "selected", "reward", "duration_ms")}
+    for pid, text in audited:
+        rows = [i for i, p in enumerate(explore_columns["prompt_id"]) if p == pid]
+        seeds = [explore_columns["seed"][i] for i in rows]
+        todo = [s for s in seeds if s not in kept]
+        x0, dur = sample_batched(policy, model, [text] * len(todo), todo, cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, policy.encode_rows([text] * len(todo)), progress)
+        truth_new, _ = score(policy, cfg, x0, [text] * len(todo))
+        truth = dict(kept)
+        truth.update(zip(todo, truth_new.tolist()))
+        ms = dict(zip(todo, dur))
+        for name, spec in proxies:
+            if name == "explore":
+                proxy = [explore_columns["reward"][i] for i in rows]
+            else:
+                pmodel = primary_model if primary_model is not None else policy.sampler_copy(explore_quant(policy, cfg, spec))[0]
+                proxy = explore(policy, cfg, spec, plan.iteration, [(pid, text)], pmodel).columns["reward"]
+            order = sorted(range(len(seeds)), key=lambda j: (-proxy[j], seeds[j]))
+            rank = {seeds[j]: r + 1 for r, j in enumerate(order)}
+            for j, s in enumerate(seeds):
+                for k, v in zip(cols, (pid, text, explore_columns["candidate"][rows[j]], s, name, spec.precision, spec.steps, proxy[j], rank[s], s in kept, truth[s], ms.get(s, 0.0))):
+                    cols[k].append(v)
+    return cols
+
+
+# --- update ---------------------------------------------------------------------------------------
 @dataclass
 class TrainState:
     """Everything the update carries across iterations (saved and restored on resume)."""
@@ -235,8 +277,10 @@ class TrainState:
         return cls(opt, policy.adapter_state("default"), 0)
 
 
-def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> dict[str, float]:
-    """One DiffusionNFT optimizer step over all kept samples x training times."""
+def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
+    """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
+    its share of the samples × training times; EMA after every step; the old policy decays once,
+    after the last step (ALGORITHM §7). One metrics row per optimizer step."""
     A, r = nft.advantages(samples.rewards, samples.prompt_ids)
     grid = torch.tensor(np.asarray(policy.sigmas(cfg.rollout.steps))[:-1], dtype=torch.float32)  # without the terminal 0
     n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
@@ -246,123 +290,151 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
     times = torch.stack([torch.randperm(len(grid), generator=g)[:n_times] for _ in range(n)])
     eps = torch.randn((n_times, n, *policy.latent_shape), generator=g)
     cond = policy.encode_rows(samples.prompts)
-    chunks = [torch.arange(lo, min(lo + cfg.nft.micro_batch, n)) for lo in range(0, n, cfg.nft.micro_batch)]
+    steps = min(cfg.nft.steps_per_iteration, n)
+    if steps == 1:
+        parts = [torch.arange(n)]
+    else:  # the samples in a seeded order, split into `steps` near-equal parts
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, name="split")))
+        parts = list(torch.tensor_split(order, steps))
     params = policy.trainable_parameters()
-    state.optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
     dev = policy.device  # samples and noise live on the CPU; each micro-batch moves to the model
-    for j in range(n_times):
-        for idx in chunks:
-            t = grid[times[idx, j]].to(dev)
-            tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
-            x0 = samples.x0[idx].to(dev)
-            x_t = (1 - tt) * x0 + tt * eps[j, idx].to(dev)
-            c = policy.select_cond(cond, idx)
-            with torch.no_grad():
-                v_old = policy.velocity(x_t, t, c, "old")
-                v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
-            v_theta = policy.velocity(x_t, t, c, "default")
-            loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r[idx].to(dev), cfg.nft.beta, cfg.nft.kl_beta)
-            (loss / (len(chunks) * n_times)).backward()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
-            if progress:
-                progress(len(idx))
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.nft.max_grad_norm))
-    applied = bool(np.isfinite(sums["loss"]) and np.isfinite(grad_norm))
-    if applied:
-        state.optimizer.step()
-        state.step += 1
-    state.optimizer.zero_grad(set_to_none=True)
+    rows = []
+    for part in parts:
+        chunks = [part[lo : lo + cfg.nft.micro_batch] for lo in range(0, len(part), cfg.nft.micro_batch)]
+        state.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for j in range(n_times):
+            for idx in chunks:
+                check_stop()
+                t = grid[times[idx, j]].to(dev)
+                tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
+                x0 = samples.x0[idx].to(dev)
+                x_t = (1 - tt) * x0 + tt * eps[j, idx].to(dev)
+                c = policy.select_cond(cond, idx)
+                with torch.no_grad():
+                    v_old = policy.velocity(x_t, t, c, "old")
+                    v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
+                v_theta = policy.velocity(x_t, t, c, "default")
+                loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r[idx].to(dev), cfg.nft.beta, cfg.nft.kl_beta)
+                (loss / (len(chunks) * n_times)).backward()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
+                if progress:
+                    progress(len(idx))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.nft.max_grad_norm))
+        applied = bool(np.isfinite(sums["loss"]) and np.isfinite(grad_norm))
+        if applied:
+            state.optimizer.step()
+            state.step += 1
+        state.optimizer.zero_grad(set_to_none=True)
+        ema_d = nft.ema_decay(state.step)
+        nft.lerp_(state.ema, policy.adapter_state("default"), ema_d)
+        rows.append({**sums, "grad_norm": grad_norm, "applied": float(applied), "lr": cfg.nft.lr, "optimizer_step": float(state.step), "ema_decay": ema_d, "n_samples": float(len(part))})
+    # The old (sampling) policy decays towards θ once per iteration, after its last step.
     decay = nft.old_decay(state.step, cfg.nft.decay_type)
-    theta = policy.adapter_state("default")
     old = policy.adapter_state("old")
-    nft.lerp_(old, theta, decay)
+    nft.lerp_(old, policy.adapter_state("default"), decay)
     policy.load_adapter("old", old)
-    ema_d = nft.ema_decay(state.step)
-    nft.lerp_(state.ema, theta, ema_d)
-    return {
-        **sums,
-        "grad_norm": grad_norm,
-        "applied": float(applied),
-        "lr": cfg.nft.lr,
-        "optimizer_step": float(state.step),
+    common = {
         "old_decay": decay,
-        "ema_decay": ema_d,
         "reward_mean": float(samples.rewards.mean()),
         "reward_std": float(samples.rewards.std(unbiased=False)),
         "adv_abs_mean": float(A.abs().mean()),
         "adv_clipped_frac": float((A.abs() >= nft.ADV_CLIP).double().mean()),
         "r_mean": float(r.mean()),
-        "n_samples": float(n),
         "n_times": float(n_times),
     }
+    return [{"step_in_iteration": float(i), **row, **common} for i, row in enumerate(rows)]
 
 
-# --- evaluate ----------------------------------------------------------------------------------
-def evaluate(policy: Policy, state: TrainState, cfg: RunConfig, with_media: bool = True) -> dict[str, list]:
-    """Held-out prompts, fixed seeds, EMA weights, eval steps, high precision."""
-    held = policy.eval_prompts()[: cfg.eval.prompts]
+# --- evaluate -------------------------------------------------------------------------------------
+def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, str], ...]]:
+    """The evaluation sets (ALGORITHM §8): `train` = the training pool (or, without a pool, 16
+    training prompts drawn once on a constant key), `held_out` = the family's stratified sample of
+    held-out prompts. Ids index the training set and the held-out set respectively."""
+    train, held = policy.train_prompts(), policy.eval_prompts()
+    out = {}
+    if "train" in cfg.eval.sets:
+        pool = policy.resolved.pool
+        if pool is None:
+            g = torch.Generator().manual_seed(stream_seed(0, len(train), name="eval-train"))
+            pool = tuple(train[i] for i in sorted(torch.randperm(len(train), generator=g)[: min(16, len(train))].tolist()))
+        where = {p: i for i, p in enumerate(train)}
+        out["train"] = tuple((where[p], p) for p in pool[: cfg.eval.train_prompts])
+    if "held_out" in cfg.eval.sets:
+        where = {p: i for i, p in enumerate(held)}
+        out["held_out"] = tuple((where[p], p) for p in type(policy).held_out_eval_prompts(cfg, held))
+    return out
+
+
+def evaluate(policy: Policy, ema: dict[str, torch.Tensor], cfg: RunConfig, with_media: bool = True, progress: Progress | None = None) -> dict[str, list]:
+    """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
+    (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision."""
     current = policy.adapter_state("default")
-    policy.load_adapter("default", state.ema)
+    policy.load_adapter("default", ema)
     try:
         model, _ = policy.sampler_copy(None, adapter="default")
     finally:
         policy.load_adapter("default", current)
-    texts, seeds, pids = [], [], []
-    for i, p in enumerate(held):
-        for j in range(cfg.eval.seeds_per_prompt):
-            texts.append(p)
-            seeds.append(stream_seed(cfg.run.seed, i, j, name="eval"))
-            pids.append(i)
-    x0 = policy.sample(model, texts, seeds, cfg.eval.steps, "euler")
-    total, scores = score(policy, cfg, x0, texts)
-    cols = {"prompt_id": pids, "prompt": texts, "seed": seeds, "reward": total.tolist()}
+    cols: dict[str, list] = {"set": [], "prompt_id": [], "prompt": [], "seed": []}
+    for name, prompts in eval_prompts(policy, cfg).items():
+        for pid, text in prompts:
+            for j in range(cfg.eval.seeds_per_prompt):
+                for k, v in zip(cols, (name, pid, text, eval_seed(text, j))):
+                    cols[k].append(v)
+    texts = cols["prompt"]
+    x0, _ = sample_batched(policy, model, texts, cols["seed"], cfg.eval.steps, "euler", cfg.rollout.batch, policy.encode_rows(texts), progress)
+    images = policy.decode(x0)
+    total, scores = score_images(cfg, images, texts)
+    cols["reward"] = total.tolist()
     for name, s in scores.items():
         cols[f"reward_{name}"] = s.tolist()
     if with_media:
-        cols["image"] = [png_bytes(im) for im in policy.decode(x0)]
+        cols["image"] = [png_bytes(im) for im in images]
     return cols
 
 
-# --- one iteration in memory ------------------------------------------------------------------------
+# --- one iteration in memory ----------------------------------------------------------------------
 @dataclass
 class IterationResult:
-    iteration: int
+    plan: IterationPlan
     explore: dict[str, list] | None
     selected: dict[str, list]
     samples: Samples
-    metrics: dict[str, float]
+    metrics: list[dict[str, float]]
     eval: dict[str, list] | None
     seconds: dict[str, float]
 
+    @property
+    def iteration(self) -> int:
+        return self.plan.iteration
 
-def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, with_media: bool = False, progress: Progress | None = None) -> IterationResult:
-    """explore -> select -> regenerate -> update (-> evaluate), in memory, for any mode."""
+
+def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, select_fn: SelectFn, with_media: bool = False, progress: Progress | None = None) -> IterationResult:
+    """The iteration's plan executed in memory, any mode: explore -> select -> regenerate ->
+    update (-> evaluate). `select_fn` is the DuckDB selection (storage.selection.select_seeds)."""
+    plan = plan_iteration(cfg, iteration, policy.train_prompts(), policy.resolved.pool)
     seconds: dict[str, float] = {}
-    prompts = iteration_prompts(policy, cfg, iteration)
-    t = time.perf_counter()
     ex = None
-    if cfg.run.mode == "diffusionnft":
-        selected = all_seeds_selection(cfg, iteration, prompts)
-    else:
-        ex = explore(policy, cfg, iteration, prompts, progress)
-        seconds["explore"] = time.perf_counter() - t
-        t = time.perf_counter()
-        selected, _ = select(ex.columns, cfg)
-        seconds["select"] = time.perf_counter() - t
     t = time.perf_counter()
-    if cfg.run.mode in ("sol_rl", "diffusionnft"):
-        samples = regenerate(policy, cfg, selected, progress, with_media=with_media)
-        seconds["regenerate"] = time.perf_counter() - t
+    if plan.runs("explore"):
+        ex = explore(policy, cfg, plan.explore, iteration, plan.prompts, progress=progress)
+        seconds["explore"] = time.perf_counter() - t
+    t = time.perf_counter()
+    selected, _ = select(cfg, plan, ex.columns if ex else None, select_fn)
+    seconds["select"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if cfg.mode.trains_on == "explored":
+        samples = samples_from_explore(policy, cfg, ex.columns, ex.x0, selected, with_media)
     else:
-        samples = samples_from_explore(cfg, ex, selected)
+        samples = regenerate(policy, cfg, selected, progress=progress, with_media=with_media)
+    seconds["regenerate"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics = update(policy, state, cfg, iteration, samples, progress)
     seconds["update"] = time.perf_counter() - t
     ev = None
-    if cfg.eval.every and iteration % cfg.eval.every == 0:
+    if plan.runs("eval"):
         t = time.perf_counter()
-        ev = evaluate(policy, state, cfg, with_media=with_media)
+        ev = evaluate(policy, state.ema, cfg, with_media=with_media)
         seconds["eval"] = time.perf_counter() - t
-    return IterationResult(iteration, ex.columns if ex else None, selected, samples, metrics, ev, seconds)
+    return IterationResult(plan, ex.columns if ex else None, selected, samples, metrics, ev, seconds)

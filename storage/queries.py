@@ -6,32 +6,27 @@ import duckdb
 import pyarrow as pa
 
 from .selection import select_seeds
-from .store import COMMIT, RunStore, iter_dir, join
+from .store import COMMIT, RunStore
 
 
 def connect(store: RunStore) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that can read the store's URLs (fsspec filesystems registered)."""
     con = duckdb.connect()
-    proto = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    if proto not in ("file", "local"):
-        con.register_filesystem(store.fs)
+    if not store.local:
+        con.register_filesystem(getattr(store.fs, "inner", store.fs))
     return con
 
 
-def committed_files(store: RunStore, iteration: int, stage: str) -> list[str]:
+def committed_files(store: RunStore, iteration: int | None, stage: str) -> list[str]:
     """URLs of a stage's committed Parquet files (only files listed in its commit)."""
-    rec = store.commit_record(iteration, stage)
-    if rec is None:
-        return []
-    d = store.stage_dir(iteration, stage)
-    return [store.url(join(d, name)) for name in sorted(rec["files"]) if name.endswith(".parquet")]
+    return store.stage(iteration, stage).committed_files()
 
 
-def read_stage(store: RunStore, iteration: int, stage: str, columns: str = "*", prompt_id: int | None = None) -> pa.Table:
+def read_stage(store: RunStore, iteration: int | None, stage: str, columns: str = "*", prompt_id: int | None = None) -> pa.Table:
     """A committed stage's rows (only the files its commit lists), optionally of one prompt."""
     files = committed_files(store, iteration, stage)
     if not files:
-        raise FileNotFoundError(f"{store.uri}/{iter_dir(iteration)}/{stage} has no committed data: run or resume the run first")
+        raise FileNotFoundError(f"{store.uri}/{store.stage(iteration, stage).label} has no committed data: run or resume the run first")
     con = connect(store)
     where, params = ("WHERE prompt_id = $pid", {"files": files, "pid": prompt_id}) if prompt_id is not None else ("", {"files": files})
     try:
@@ -66,7 +61,7 @@ def seed_ranking(store: RunStore, iteration: int, prompt_id: int | None = None) 
     selected = committed_files(store, iteration, "select")
     regen = committed_files(store, iteration, "regenerate")
     if not explore or not selected:
-        raise FileNotFoundError(f"{store.uri}/{iter_dir(iteration)} has no committed explore/select data (mode diffusionnft has no explore)")
+        raise FileNotFoundError(f"{store.uri}/{store.stage(iteration, 'explore').label} has no committed explore/select data (mode diffusionnft has no explore)")
     con = connect(store)
     try:
         where = "WHERE e.prompt_id = $pid" if prompt_id is not None else ""
@@ -82,3 +77,32 @@ def seed_ranking(store: RunStore, iteration: int, prompt_id: int | None = None) 
 
 
 __all__ = ["connect", "committed_files", "read_stage", "reselect", "seed_ranking", "COMMIT"]
+
+
+PAIRED_SQL = """
+SELECT e.set AS set, count(*) AS n,
+       avg(e.reward - b.reward) AS gain,
+       stddev_samp(e.reward - b.reward) / sqrt(count(*)) AS se,
+       avg(b.reward) AS base, avg(e.reward) AS reward
+       {strict}
+FROM read_parquet($eval, union_by_name = true) e
+JOIN read_parquet($base, union_by_name = true) b USING (set, prompt, seed)
+GROUP BY e.set ORDER BY e.set
+"""
+
+
+def paired_gains(store: RunStore, iteration: int, strict: str | None = "reward_shapes_strict") -> dict[str, dict]:
+    """Per evaluation set: the paired gain of an eval over the run's baseline (same prompts and
+    seeds) — mean difference, its standard error over the n (prompt, seed) pairs — and, when
+    the run reports it, strict accuracy before and after. {} when either is not committed."""
+    ev, base = committed_files(store, iteration, "eval"), committed_files(store, None, "baseline")
+    if not ev or not base:
+        return {}
+    con = connect(store)
+    try:
+        cols = con.sql("SELECT * FROM read_parquet($f) LIMIT 0", params={"f": base[0]}).columns
+        extra = f", avg(b.{strict}) AS strict_base, avg(e.{strict}) AS strict" if strict and strict in cols else ""
+        rows = con.sql(PAIRED_SQL.format(strict=extra), params={"eval": ev, "base": base}).to_arrow_table().to_pylist()
+    finally:
+        con.close()
+    return {r.pop("set"): r for r in rows}

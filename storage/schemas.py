@@ -39,8 +39,24 @@ REGENERATE_TAIL = [
     pa.field("worker", pa.string()),
 ]
 
-EVAL = COMMON + [PROMPT_ID, PROMPT, SEED, pa.field("reward", pa.float64())]
+EVAL = COMMON + [pa.field("set", pa.string()), PROMPT_ID, PROMPT, SEED, pa.field("reward", pa.float64())]
 EVAL_TAIL = [pa.field("image", pa.binary())]
+
+# Audit: every explored seed of an audited prompt, regenerated in high precision, beside its proxy.
+AUDIT = COMMON + [
+    PROMPT_ID,
+    PROMPT,
+    pa.field("candidate", pa.int32()),
+    SEED,
+    pa.field("proxy", pa.string()),  # "explore": this iteration's explore; "primary": the configured one, re-run when the guard fell back
+    pa.field("proxy_precision", pa.string()),
+    pa.field("proxy_steps", pa.int16()),
+    pa.field("proxy_reward", pa.float64()),
+    pa.field("proxy_rank", pa.int32()),
+    pa.field("selected", pa.bool_()),
+    pa.field("reward", pa.float64()),
+]
+AUDIT_TAIL = [pa.field("duration_ms", pa.float32()), pa.field("worker", pa.string())]
 
 
 def _with_rewards(head: list[pa.Field], tail: list[pa.Field], reward_names: list[str]) -> pa.Schema:
@@ -61,6 +77,10 @@ def regenerate_schema(reward_names: list[str]) -> pa.Schema:
 
 def eval_schema(reward_names: list[str]) -> pa.Schema:
     return _with_rewards(EVAL, EVAL_TAIL, reward_names)
+
+
+def audit_schema(reward_names: list[str]) -> pa.Schema:
+    return _with_rewards(AUDIT, AUDIT_TAIL, reward_names)
 
 
 def to_table(columns: dict[str, list], schema: pa.Schema, run_id: str, iteration: int) -> pa.Table:

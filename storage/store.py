@@ -1,13 +1,19 @@
 """A run's artifact store: one URI (local path or s3://), fsspec underneath, and the commit
 protocol (DESIGN.md §4).
 
-Layout:  <run>/run.json
+Layout:  <run>/run.json, <run>/_LEASE.json
+         <run>/baseline/<files> + _COMMITTED.json              (run-scoped stages)
          <run>/iter=00007/<stage>/<data files> + _COMMITTED.json
 
 Commit protocol: a stage writes its data files, then `_COMMITTED.json` last, listing every file
-with size, sha256 and row count, the config hash and the commits it consumed. A stage is done
-iff its commit file exists and its files verify. Anything else in a stage folder is garbage
-from a crash, deleted before the stage runs again. No rename is needed, so S3 behaves like a disk.
+with size, sha256, row count (and, for Parquet with volatile columns, a content digest without
+them), the config hash and the content ids of the commits it consumed. A stage is done iff its
+commit record parses, its files verify, and its hash and inputs are current. Anything else in a
+stage folder is garbage from a crash, deleted before the stage runs again.
+
+Every file is written atomically: on a local disk to a hidden temporary name in the same
+folder, then renamed; on S3 as one PUT (an object appears whole or not at all). So a reader
+never sees half a file, and a cut-off commit record cannot exist.
 """
 
 from __future__ import annotations
@@ -18,36 +24,37 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from solrl.settings import settings
+
+from .stages import STAGES, Stage
+
 COMMIT = "_COMMITTED.json"
-STAGES = ("explore", "select", "regenerate", "update", "eval")
+TMP_PREFIX = ".tmp-"
 
 
 class StoreError(RuntimeError):
-    pass
+    """The store cannot be used (unreachable, not writable): an environment problem."""
 
 
-def storage_options(uri: str, options: dict | None = None) -> dict:
-    """fsspec options for a URI: for s3://, endpoint/region from SOLRL_S3_ENDPOINT or the
-    standard AWS variables (credentials are picked up by botocore itself)."""
-    opts = dict(options or {})
-    if uri.startswith("s3://"):
-        endpoint = os.environ.get("SOLRL_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client = dict(opts.pop("client_kwargs", {}))
-        if endpoint:
-            client.setdefault("endpoint_url", endpoint)
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            client.setdefault("region_name", region)
-        if client:
-            opts["client_kwargs"] = client
-        opts.setdefault("skip_instance_cache", True)
-    return opts
+def storage_options(uri: str, endpoint: str | None = None, region: str | None = None) -> dict:
+    """fsspec options for a URI. For s3://: endpoint and region (arguments, else settings);
+    credentials are botocore's own business; connection errors fail after a few seconds."""
+    if not uri.startswith("s3://"):
+        return {}
+    s = settings()
+    client = {k: v for k, v in (("endpoint_url", endpoint or s.s3_endpoint), ("region_name", region or s.s3_region)) if v}
+    return {
+        "client_kwargs": client,
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}},
+        "skip_instance_cache": True,
+    }
 
 
 def join(*parts: str) -> str:
@@ -58,63 +65,85 @@ def iter_dir(iteration: int) -> str:
     return f"iter={iteration:05d}"
 
 
-def _pause_for_crash_tests() -> None:
-    """Fault injection for the crash/resume tests: with SOLRL_PAUSE_AFTER_WRITE_S set, wait
-    after every data file so a test can kill the process between a data file and its commit.
-    Unset (always, outside tests) it does nothing."""
-    pause = float(os.environ.get("SOLRL_PAUSE_AFTER_WRITE_S", "0") or 0)
-    if pause > 0:
-        time.sleep(pause)
+def content_digest(table: pa.Table, volatile: tuple[str, ...]) -> str:
+    """sha256 of a table without its volatile columns (Arrow IPC of the rest)."""
+    keep = [c for c in table.column_names if c not in volatile]
+    sink = pa.BufferOutputStream()
+    t = table.select(keep).combine_chunks()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 @dataclass
 class RunStore:
     uri: str
-    options: dict | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
 
     def __post_init__(self):
         self.uri = self.uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage_options(self.uri, self.options))
+        s = settings()
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage_options(self.uri, self.endpoint, self.region))
+        self.local = self._protocol in ("file", "local")
+        self.pause_after_write = s.pause_after_write_s
+        if s.faults:  # test hook: a file system that fails (or kills the process) at a chosen operation
+            from .faults import FaultyFileSystem
+
+            self.fs = FaultyFileSystem(self.fs, s.faults)
+
+    @property
+    def _protocol(self) -> str:
+        p = self.fs.protocol
+        return p if isinstance(p, str) else p[0]
 
     def check_writable(self) -> None:
-        """Write and delete a probe file under the run root; one sentence if that fails."""
+        """Write and delete a probe file under the run root; StoreError (one sentence) if that fails."""
         probe = self.path(f".write-probe-{os.getpid()}")
         try:
             self.write_bytes(probe, b"ok")
             self.fs.rm(probe)
-        except Exception as e:  # any backend error: permissions, no bucket, no endpoint
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise StoreError(
-                f"the run store {self.uri} is not reachable or not writable ({type(e).__name__}: {reason}): "
-                "pass a writable --run-root (a local folder or s3://bucket/prefix with credentials set)"
-            ) from None
+        except Exception as e:  # any backend error: permissions, no bucket, no endpoint, no credentials
+            raise StoreError(f"the run store {self.uri} is not reachable or not writable ({describe(e)}): "
+                             "pass a writable --run-root (a local folder or s3://bucket/prefix with credentials set)") from None
 
     # --- paths ---------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return join(self.root, *parts)
 
-    def stage_dir(self, iteration: int, stage: str) -> str:
-        return self.path(iter_dir(iteration), stage)
-
     def url(self, path: str) -> str:
         """A full URL (with protocol) for a path in this store, for DuckDB and users."""
-        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return path if proto in ("file", "local") else f"{proto}://{path}"
+        return path if self.local else f"{self._protocol}://{path}"
 
     # --- bytes and tables ---------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
-        self.fs.mkdirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            f.write(data)
-        if not path.endswith((COMMIT, "run.json")):
-            _pause_for_crash_tests()
+        """Atomic: a reader sees the old file, or nothing, or the whole new file."""
+        folder, name = path.rsplit("/", 1)
+        if self.local:
+            self.fs.mkdirs(folder, exist_ok=True)
+            tmp = join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
+            try:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
+        else:
+            self.fs.pipe_file(path, data)  # one PUT
+        if self.pause_after_write and not name.startswith("_") and name != "run.json":
+            time.sleep(self.pause_after_write)  # test hook (settings.pause_after_write_s)
 
     def read_bytes(self, path: str) -> bytes:
-        with self.fs.open(path, "rb") as f:
-            return f.read()
+        return self.fs.cat_file(path)
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
+
+    def remove(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
     def write_table(self, path: str, table: pa.Table) -> None:
         buf = io.BytesIO()
@@ -130,91 +159,10 @@ class RunStore:
     def read_json(self, path: str):
         return json.loads(self.read_bytes(path))
 
-    # --- the commit protocol -------------------------------------------------------------------
-    def data_files(self, iteration: int, stage: str) -> list[str]:
-        d = self.stage_dir(iteration, stage)
-        if not self.fs.exists(d):
-            return []
-        return sorted(p for p in self.fs.find(d) if not p.endswith("/" + COMMIT))
-
-    def commit(self, iteration: int, stage: str, config_hash: str, inputs: dict[str, str] | None = None, extra: dict | None = None, started_at: float | None = None) -> dict:
-        """Write `_COMMITTED.json` for every data file now in the stage folder."""
-        d = self.stage_dir(iteration, stage)
-        files = {}
-        for p in self.data_files(iteration, stage):
-            data = self.read_bytes(p)
-            entry = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            if p.endswith(".parquet"):
-                entry["rows"] = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            files[p[len(d) + 1 :]] = entry
-        now = time.time()
-        record = {
-            "stage": stage,
-            "iteration": iteration,
-            "config_hash": config_hash,
-            "inputs": inputs or {},
-            "files": files,
-            "started_at": started_at or now,
-            "finished_at": now,
-            "committed_at": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
-            **(extra or {}),
-        }
-        self.write_json(join(d, COMMIT), record)
-        return record
-
-    def commit_record(self, iteration: int, stage: str) -> dict | None:
-        p = join(self.stage_dir(iteration, stage), COMMIT)
-        return self.read_json(p) if self.fs.exists(p) else None
-
-    def commit_id(self, iteration: int, stage: str) -> str | None:
-        """A content id of a commit (what consumers record as their inputs): the hash of its
-        files' names and hashes, so a deterministic recomputation keeps the same id."""
-        rec = self.commit_record(iteration, stage)
-        if rec is None:
-            return None
-        listing = json.dumps(sorted((k, v["sha256"]) for k, v in rec["files"].items()))
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-    def verify(self, iteration: int, stage: str, deep: bool = True) -> list[str]:
-        """Problems with a stage's commit ([] = committed and intact). deep=False checks sizes only."""
-        rec = self.commit_record(iteration, stage)
-        if rec is None:
-            return [f"{iter_dir(iteration)}/{stage}: not committed"]
-        d = self.stage_dir(iteration, stage)
-        problems = []
-        for name, entry in rec["files"].items():
-            p = join(d, name)
-            if not self.fs.exists(p):
-                problems.append(f"{iter_dir(iteration)}/{stage}/{name}: missing")
-                continue
-            if deep:
-                digest = hashlib.sha256(self.read_bytes(p)).hexdigest()
-                if digest != entry["sha256"]:
-                    problems.append(f"{iter_dir(iteration)}/{stage}/{name}: sha256 mismatch (file changed after commit)")
-            elif self.fs.size(p) != entry["size"]:
-                problems.append(f"{iter_dir(iteration)}/{stage}/{name}: size mismatch")
-        return problems
-
-    def is_committed(self, iteration: int, stage: str, config_hash: str | None = None) -> bool:
-        rec = self.commit_record(iteration, stage)
-        if rec is None or (config_hash and rec["config_hash"] != config_hash):
-            return False
-        return not self.verify(iteration, stage)
-
-    def clear_stage(self, iteration: int, stage: str) -> list[str]:
-        """Delete everything in a stage folder (uncommitted leftovers, or a commit that failed
-        verification); returns what was removed."""
-        d = self.stage_dir(iteration, stage)
-        if not self.fs.exists(d):
-            return []
-        removed = self.fs.find(d)
-        commit = join(d, COMMIT)
-        if self.fs.exists(commit):  # the commit goes first: a half-deleted stage never looks committed
-            self.fs.rm(commit)
-        for p in removed:
-            if p != commit and self.fs.exists(p):
-                self.fs.rm(p)
-        return removed
+    # --- stages ---------------------------------------------------------------------------------
+    def stage(self, iteration: int | None, name: str) -> "StageHandle":
+        """The handle of one stage of one iteration (iteration None for run-scoped stages)."""
+        return StageHandle(self, iteration, name)
 
     def iterations(self) -> list[int]:
         if not self.fs.exists(self.root):
@@ -225,3 +173,145 @@ class RunStore:
             if name.startswith("iter="):
                 out.append(int(name[5:]))
         return sorted(out)
+
+
+@dataclass
+class StageHandle:
+    """One stage of one iteration: is it done, its files, write, commit, verify."""
+
+    store: RunStore
+    iteration: int | None
+    name: str
+
+    @property
+    def spec(self) -> Stage:
+        return STAGES[self.name]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.iteration is None else f"{iter_dir(self.iteration)}/{self.name}"
+
+    @property
+    def dir(self) -> str:
+        return self.store.path(self.name) if self.iteration is None else self.store.path(iter_dir(self.iteration), self.name)
+
+    @property
+    def url(self) -> str:
+        return self.store.url(self.dir)
+
+    def file(self, name: str) -> str:
+        return join(self.dir, name)
+
+    # --- the record ---------------------------------------------------------------------------
+    def read_record(self) -> tuple[dict | None, str | None]:
+        """(record, None) when committed; (None, None) when not; (None, problem) when the record
+        cannot be read (damaged): resume treats that as not committed, verify reports it."""
+        p = self.file(COMMIT)
+        if not self.store.exists(p):
+            return None, None
+        try:
+            rec = json.loads(self.store.read_bytes(p))
+            if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict) or "config_hash" not in rec:
+                raise ValueError("not a commit record")
+            return rec, None
+        except (ValueError, UnicodeDecodeError) as e:
+            return None, f"{self.label}/{COMMIT}: damaged commit record ({type(e).__name__}); the next resume recomputes the stage"
+
+    @property
+    def record(self) -> dict | None:
+        return self.read_record()[0]
+
+    def content_id(self, record: dict | None = None) -> str | None:
+        """The content id consumers record as their input: a hash of the files' names and
+        (content) digests, so a deterministic recomputation keeps the same id."""
+        rec = record or self.record
+        if rec is None:
+            return None
+        listing = json.dumps(sorted((k, v.get("content", v["sha256"])) for k, v in rec["files"].items()))
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+    def data_files(self) -> list[str]:
+        """Every file in the stage folder but the commit record (relative names)."""
+        if not self.store.exists(self.dir):
+            return []
+        n = len(self.dir) + 1
+        return sorted(p[n:] for p in self.store.fs.find(self.dir) if not p.endswith("/" + COMMIT))
+
+    # --- writing ------------------------------------------------------------------------------
+    def write_table(self, name: str, table: pa.Table) -> None:
+        self.store.write_table(self.file(name), table)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.store.write_bytes(self.file(name), data)
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(self.file(name))
+
+    def clear(self) -> list[str]:
+        """Delete everything in the stage folder (uncommitted leftovers, or a commit that failed
+        verification), the commit record first: a half-deleted stage never looks committed."""
+        removed = self.data_files()
+        self.store.remove(self.file(COMMIT))
+        for name in removed:
+            self.store.remove(self.file(name))
+        return removed
+
+    def commit(self, config_hash: str, inputs: dict[str, str] | None = None, extra: dict | None = None, started_at: float | None = None) -> dict:
+        """Write `_COMMITTED.json` for every data file now in the stage folder."""
+        files = {}
+        for name in self.data_files():
+            if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                continue  # a temporary left by a writer that died: not data
+            data = self.store.read_bytes(self.file(name))
+            entry = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if name.endswith(".parquet"):
+                table = pq.read_table(io.BytesIO(data))
+                entry["rows"] = table.num_rows
+                if any(c in table.column_names for c in self.spec.volatile):
+                    entry["content"] = content_digest(table, self.spec.volatile)
+            files[name] = entry
+        now = time.time()
+        record = {
+            "stage": self.name,
+            "iteration": self.iteration,
+            "config_hash": config_hash,
+            "inputs": inputs or {},
+            "files": files,
+            "started_at": started_at or now,
+            "finished_at": now,
+            "committed_at": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
+            **(extra or {}),
+        }
+        self.store.write_json(self.file(COMMIT), record)
+        return record
+
+    # --- checking -----------------------------------------------------------------------------
+    def problems(self, deep: bool = True) -> list[str]:
+        """What is wrong with the commit ([] = committed and every file intact). deep=False
+        compares sizes only."""
+        rec, damaged = self.read_record()
+        if rec is None:
+            return [damaged or f"{self.label}: not committed"]
+        out = []
+        for name, entry in rec["files"].items():
+            p = self.file(name)
+            if not self.store.exists(p):
+                out.append(f"{self.label}/{name}: missing")
+            elif deep and hashlib.sha256(self.store.read_bytes(p)).hexdigest() != entry["sha256"]:
+                out.append(f"{self.label}/{name}: sha256 mismatch (file changed after commit)")
+            elif not deep and self.store.fs.size(p) != entry["size"]:
+                out.append(f"{self.label}/{name}: size mismatch")
+        return out
+
+    def committed_files(self, suffix: str = ".parquet") -> list[str]:
+        """URLs of the files the commit lists (never an uncommitted leftover)."""
+        rec = self.record
+        if rec is None:
+            return []
+        return [self.store.url(self.file(name)) for name in sorted(rec["files"]) if name.endswith(suffix)]
+
+
+def describe(e: BaseException) -> str:
+    """`Type: first line of the message` of an exception, for one-sentence errors."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -1,71 +1,73 @@
-"""Thin Prefect tasks: each opens the run by URI, calls one step from `tasks.steps`, returns a URI.
+"""Thin Prefect tasks: each opens the run by URI, calls one step of `tasks.steps`, returns a URI.
 
-Retries are for transient storage I/O only (network/S3 errors); bad input and compute errors
-fail at once.
+Retries are for transient storage I/O only (network/S3 errors, a full disk that may clear);
+bad input, compute errors and requested stops fail at once. A retried attempt is equivalent to
+a first one: every step restarts from the committed inputs (tasks/cache.py).
 """
 
 from __future__ import annotations
 
+import errno
+
 from prefect import task
 
+from storage.lease import Lease
+from storage.stages import STAGES
+
 from . import steps
+from .run import open_run
 
 
-def _storage_error_only(task, task_run, state) -> bool:
+def _transient(task, task_run, state) -> bool:
     try:
         state.result()
     except (OSError, ConnectionError, TimeoutError) as e:  # s3fs/aiohttp errors derive from these
-        return not isinstance(e, (FileNotFoundError, PermissionError))
+        return not isinstance(e, (FileNotFoundError, PermissionError)) and getattr(e, "errno", None) != errno.EROFS
     except Exception:
         return False
     return False
 
 
-RETRY = dict(retries=3, retry_delay_seconds=[1, 4, 15], retry_condition_fn=_storage_error_only)
+RETRY = dict(retries=3, retry_delay_seconds=[1, 4, 15], retry_condition_fn=_transient)
 
 
-@task(name="explore-shard", **RETRY)
-def explore_shard(run_uri: str, iteration: int, shard: int) -> str:
-    return steps.explore_shard(steps.open_run(run_uri), iteration, shard)
+def _open(run_uri: str, lease: str | None):
+    run = open_run(run_uri)
+    if lease:  # commits check the driver still holds the run (it keeps the heartbeat)
+        run.lease = Lease(run.store, owner=lease, held=True)
+    return run
 
 
-@task(name="regenerate-shard", **RETRY)
-def regenerate_shard(run_uri: str, iteration: int, shard: int) -> str:
-    return steps.regenerate_shard(steps.open_run(run_uri), iteration, shard)
+@task(name="stage", task_run_name="{name}-{iteration}", **RETRY)
+def stage(run_uri: str, iteration: int | None, name: str, lease: str | None = None) -> str:
+    """A whole non-sharded stage (plan, select, audit, update, eval, baseline)."""
+    return steps.STEPS[name](_open(run_uri, lease), iteration)
 
 
-@task(name="begin-stage", **RETRY)
-def begin_stage(run_uri: str, iteration: int, stage: str) -> float | None:
+@task(name="begin-stage", task_run_name="begin-{name}-{iteration}", **RETRY)
+def begin(run_uri: str, iteration: int, name: str, lease: str | None = None) -> float | None:
     """Clear a stage's leftovers; None if it is already committed (skip it)."""
-    return steps.begin_stage(steps.open_run(run_uri), iteration, stage)
+    return steps.begin(_open(run_uri, lease), iteration, name)
 
 
-@task(name="commit-stage", **RETRY)
-def commit_stage(run_uri: str, iteration: int, stage: str, started_at: float) -> str:
-    return steps.commit_sharded(steps.open_run(run_uri), iteration, stage, started_at)
+@task(name="shard", task_run_name="{name}-{iteration}-{shard}", **RETRY)
+def shard(run_uri: str, iteration: int, name: str, shard: int, lease: str | None = None) -> str:
+    return steps.SHARDS[name](_open(run_uri, lease), iteration, shard)
 
 
-def sharded(run_uri: str, iteration: int, stage: str) -> None:
-    """begin -> one task per prompt shard (mapped) -> commit. Called from a flow."""
-    started = begin_stage(run_uri, iteration, stage)
+@task(name="commit-stage", task_run_name="commit-{name}-{iteration}", **RETRY)
+def commit(run_uri: str, iteration: int, name: str, started: float, lease: str | None = None) -> str:
+    return steps.commit(_open(run_uri, lease), iteration, name, started)
+
+
+def run_stage(run_uri: str, iteration: int | None, name: str, lease: str | None = None) -> None:
+    """One stage from a flow: a single task, or begin -> one task per shard (mapped) -> commit."""
+    if not STAGES[name].sharded:
+        stage(run_uri, iteration, name, lease)
+        return
+    started = begin(run_uri, iteration, name, lease)
     if started is None:
         return
-    n = steps.shard_count(steps.open_run(run_uri), iteration, stage)
-    fn = explore_shard if stage == "explore" else regenerate_shard
-    fn.map(run_uri, iteration, list(range(n))).result()  # raises the first failing shard
-    commit_stage(run_uri, iteration, stage, started)
-
-
-@task(name="select", **RETRY)
-def select(run_uri: str, iteration: int) -> str:
-    return steps.select_step(steps.open_run(run_uri), iteration)
-
-
-@task(name="update", **RETRY)
-def update(run_uri: str, iteration: int) -> str:
-    return steps.update_step(steps.open_run(run_uri), iteration)
-
-
-@task(name="evaluate", **RETRY)
-def evaluate(run_uri: str, iteration: int) -> str | None:
-    return steps.eval_step(steps.open_run(run_uri), iteration)
+    n = steps.shard_count(open_run(run_uri), iteration, name)
+    shard.map(run_uri, iteration, name, list(range(n)), lease).result()  # raises the first failing shard
+    commit(run_uri, iteration, name, started, lease)

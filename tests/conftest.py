@@ -20,7 +20,9 @@ torch.set_flush_denormal(True)
 
 @pytest.fixture(scope="session")
 def shapes_policy_factory():
-    """Fresh shapes policies from the shipped weights (each call reloads: tests mutate adapters)."""
+    """Fresh shapes policies from the shipped weights (each call reloads: tests mutate adapters).
+    Takes a RunConfig (default: the default config in float32, where exact comparisons hold)."""
+    from solrl.config import RunConfig
     from solrl.models import load_policy
 
-    return lambda **kw: load_policy("shapes", **kw)
+    return lambda cfg=None: load_policy(cfg or RunConfig().with_overrides(**{"model.dtype": "float32"}))

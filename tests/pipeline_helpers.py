@@ -19,7 +19,7 @@ TINY = {
     "select": {"k": 4},
     "rollout": {"steps": 5},
     "nft": {"micro_batch": 8},
-    "eval": {"every": 2, "prompts": 2, "seeds_per_prompt": 1, "steps": 4},
+    "eval": {"every": 2, "held_out_prompts": 2, "train_prompts": 2, "seeds_per_prompt": 1, "steps": 4},
 }
 
 

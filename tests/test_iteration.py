@@ -5,27 +5,29 @@ import torch
 
 from solrl.config import RunConfig
 from solrl.stages import TrainState, run_iteration
+from storage.selection import select_seeds
 
-TINY = {"prompts.per_iteration": 2, "explore.n": 16, "select.k": 4, "eval.prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 6}
+TINY = {"prompts.per_iteration": 2, "explore.n": 16, "select.k": 4, "eval.held_out_prompts": 2, "eval.train_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 6}
 
 
 def _run(factory, cfg, iterations):
-    policy = factory(seed=cfg.run.seed)
+    policy = factory(cfg)
     state = TrainState.fresh(policy, cfg)
-    results = [run_iteration(policy, state, cfg, i) for i in range(iterations)]
+    results = [run_iteration(policy, state, cfg, i, select_seeds) for i in range(iterations)]
     return policy, state, results
 
 
 def test_three_sol_rl_iterations_deterministic(shapes_policy_factory):
     cfg = RunConfig().with_overrides(**TINY)
     p1, s1, r1 = _run(shapes_policy_factory, cfg, 3)
-    init = shapes_policy_factory(seed=cfg.run.seed).adapter_state("default")
+    init = shapes_policy_factory(cfg).adapter_state("default")
     for res in r1:
-        assert torch.isfinite(torch.tensor(res.metrics["loss"]))
-        assert res.metrics["applied"] == 1.0
+        (m,) = res.metrics  # one optimizer step per iteration
+        assert torch.isfinite(torch.tensor(m["loss"]))
+        assert m["applied"] == 1.0
         assert len(res.selected["seed"]) == 2 * 4 and len(res.explore["seed"]) == 2 * 16
         assert set(res.selected["side"]) == {"top", "bottom"}
-        assert res.eval is not None and len(res.eval["reward"]) == 2
+        assert res.eval is not None and len(res.eval["reward"]) == 2 + 2 and set(res.eval["set"]) == {"train", "held_out"}
     assert s1.step == 3
     theta = p1.adapter_state("default")
     assert any(not torch.equal(theta[k], init[k]) for k in init), "adapters did not change"
@@ -37,7 +39,7 @@ def test_three_sol_rl_iterations_deterministic(shapes_policy_factory):
     for k, v in p2.adapter_state("default").items():
         assert torch.equal(v, theta[k])
     assert all(torch.equal(v, s1.ema[k]) for k, v in s2.ema.items())
-    assert [r.metrics["loss"] for r in r1] == [r.metrics["loss"] for r in r2]
+    assert [r.metrics for r in r1] == [r.metrics for r in r2]
     assert r1[2].explore["reward"] == r2[2].explore["reward"]
 
 
@@ -48,7 +50,7 @@ def test_other_modes_one_iteration(shapes_policy_factory, mode):
         over["explore.precision"] = "high"
     cfg = RunConfig().with_overrides(**over)
     _, state, (res,) = _run(shapes_policy_factory, cfg, 1)
-    assert state.step == 1 and torch.isfinite(torch.tensor(res.metrics["loss"]))
+    assert state.step == 1 and torch.isfinite(torch.tensor(res.metrics[0]["loss"]))
     if mode == "diffusionnft":
         assert res.explore is None and len(res.samples.prompts) == 2 * 4
     else:

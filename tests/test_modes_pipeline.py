@@ -6,6 +6,7 @@ from pipeline_helpers import TINY
 from solrl.config import RunConfig
 from storage.queries import read_stage
 from tasks import steps
+from tasks.run import open_run
 
 
 @pytest.mark.parametrize("mode", ["diffusionnft", "naive_scaling", "naive_quant"])
@@ -16,12 +17,12 @@ def test_mode_commits(tmp_path, mode):
     if mode == "naive_scaling":
         data["explore"]["precision"] = "high"
     cfg = RunConfig.model_validate(data)
-    run = steps.open_run(str(tmp_path / mode), cfg)
+    run = open_run(str(tmp_path / mode), cfg)
     summary = steps.run_steps(run, 0)
     regen = read_stage(run.store, 0, "regenerate", "seed, precision, steps, reward, x0").to_pydict()
     assert len(regen["seed"]) == 2 * 4 and all(regen["x0"])
     if mode == "diffusionnft":
-        assert run.store.commit_record(0, "explore") is None
+        assert run.stage(0, "explore").record is None
         assert set(regen["precision"]) == {"high"} and set(regen["steps"]) == {5}
     else:
         explore = read_stage(run.store, 0, "explore", "seed, reward, steps, x0").to_pydict()
@@ -30,4 +31,4 @@ def test_mode_commits(tmp_path, mode):
         assert regen["reward"] == [by_seed[s] for s in regen["seed"]]  # trained on the explore samples
         assert set(regen["precision"]) == ({"high"} if mode == "naive_scaling" else {"nvfp4"})
     assert summary["loss"] == summary["loss"]  # finite, not NaN
-    assert run.store.is_committed(0, "update", run.hash)
+    assert steps.is_done(run, run.stage(0, "update"))

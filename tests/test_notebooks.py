@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 from pipeline_helpers import REPO, TINY, cli
 from solrl.config import RunConfig
 from tasks import steps
+from tasks.run import open_run
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -22,7 +23,7 @@ def small_run(tmp_path_factory):
     data = {k: dict(v) for k, v in TINY.items()}
     data["run"]["iterations"] = 2
     data["eval"]["every"] = 1
-    run = steps.open_run(str(root / "nb"), RunConfig.model_validate(data))
+    run = open_run(str(root / "nb"), RunConfig.model_validate(data))
     for i in range(2):
         steps.run_steps(run, i)
     return root

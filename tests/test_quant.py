@@ -1,12 +1,14 @@
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from solrl.quant import EmulatedLinear, NVFP4Config, fake_quantize_fp8, fake_quantize_nvfp4, nvfp4_pack, nvfp4_unpack, quantize_, select_linears
-from solrl.quant.numerics import _fake_nvfp4
+from solrl.quant.numerics import _fake_nvfp4, block_mm, fp8_factors, nvfp4_factors, nvfp4_unpack_factors
 
 
 def _cases():
@@ -26,6 +28,7 @@ def _cases():
     out.append(x)
     out.append(torch.randn(2, 16, generator=g).bfloat16().float())
     out.append(torch.tensor([[0.0] * 15 + [6.0 * 448]]))
+    out.append(torch.randn(20, 128, generator=torch.Generator().manual_seed(2)))  # holds a near-tie (x/(s·S) = 2.5000002) that a tolerant tie test gets wrong
     return out
 
 
@@ -40,8 +43,9 @@ def _torchao_reference(x):
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6])
 
 
-def _spec_reference(x: np.ndarray) -> np.ndarray:
-    """ALGORITHM.md §4 written out in numpy (float32 arithmetic, E4M3 via torch's cast)."""
+def _spec_parts(x: np.ndarray):
+    """ALGORITHM.md §4 written out in numpy (float32 arithmetic, E4M3 via torch's cast):
+    E2M1 values q [M, K/16, 16], E4M3 block scales s [M, K/16], per-tensor scale S."""
     x = x.astype(np.float32)
     S = np.float32(np.abs(x).max()) / np.float32(448 * 6)
     xb = x.reshape(x.shape[0], -1, 16)
@@ -53,10 +57,23 @@ def _spec_reference(x: np.ndarray) -> np.ndarray:
     mag = np.abs(scaled)
     idx = np.abs(mag[..., None] - E2M1).argmin(-1)
     d = np.abs(mag[..., None] - E2M1)
-    tie = np.isclose(np.sort(d, -1)[..., 0], np.sort(d, -1)[..., 1])
+    # exact ties only (float64 distances to the grid are exact); np.isclose here called 2.5000002
+    # a tie and sent it to 4, a bug the _cases() never hit
+    tie = np.sort(d, -1)[..., 0] == np.sort(d, -1)[..., 1]
     idx = np.where(tie & (idx % 2 == 1), idx + 1, idx)
     q = np.sign(scaled) * E2M1[np.minimum(idx, 7)]
+    return q.astype(np.float32), s, S
+
+
+def _spec_reference(x: np.ndarray) -> np.ndarray:
+    q, s, S = _spec_parts(x)
     return (q * (S * s)[..., None]).reshape(x.shape).astype(np.float32)
+
+
+def _spec_factors(x: np.ndarray):
+    """The block-product factors by the spec: (q·s in float32, of x's shape; S)."""
+    q, s, S = _spec_parts(x)
+    return (q * s[..., None]).reshape(x.shape).astype(np.float32), np.float32(S)
 
 
 @pytest.mark.parametrize("i", range(len(_cases())))
@@ -98,14 +115,195 @@ def test_fp8_per_tensor():
     assert y.abs().max() == x.abs().max()
 
 
-def test_emulated_linear_is_w4a4_with_fp32_bias():
+@contextmanager
+def _onednn_bf16_fpmath():
+    """Plain torch: float32 matmuls may take bf16 inputs in oneDNN (exact for bf16 numbers)."""
+    old = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = old
+
+
+def _block_product_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """y = (S_a·S_w)·(A′ @ W′ᵀ) + b from the numpy spec factors; the float32 GEMM is torch's
+    F.linear (fp32 accumulation order is the GEMM library's: a bit-exact reference has to use
+    the same one), the scalings in numpy float32."""
+    a, s_a = _spec_factors(x.reshape(-1, x.shape[-1]).numpy())
+    wq, s_w = _spec_factors(w.numpy())
+    with _onednn_bf16_fpmath():
+        acc = F.linear(torch.from_numpy(a), torch.from_numpy(wq)).numpy()
+    y = acc * (np.float32(s_a) * np.float32(s_w))
+    if b is not None:
+        y = y + b.numpy()
+    return torch.from_numpy(y).reshape(*x.shape[:-1], w.shape[0])
+
+
+def test_emulated_linear_is_w4a4_block_product_with_fp32_bias():
+    """Was: q(x) == fake(x) @ fake(w).T + b. The layer is now the block product (ALGORITHM §4:
+    products in float32, bias in high precision), checked bit for bit against the spec."""
     torch.manual_seed(0)
     lin = nn.Linear(32, 8)
     q = EmulatedLinear(lin)
     x = torch.randn(3, 32)
-    expected = fake_quantize_nvfp4(x) @ fake_quantize_nvfp4(lin.weight.detach()).T + lin.bias.detach()
-    assert torch.equal(q(x), expected)
+    assert torch.equal(q(x), _block_product_reference(x, lin.weight.detach(), lin.bias.detach()))
+    expected = fake_quantize_nvfp4(x) @ fake_quantize_nvfp4(lin.weight.detach()).T + lin.bias.detach()  # the former layer
+    torch.testing.assert_close(q(x), expected, rtol=0, atol=1e-5)
     assert q.packed_bytes == 32 * 8 // 2 + 32 * 8 // 16 + 4
+
+
+# --- block products (exact bf16 factors, float32 accumulation) ---------------------------------
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32) if t.dtype == torch.float32 else t.contiguous().view(torch.int16)
+
+
+@pytest.mark.parametrize("i", range(len(_cases())))
+def test_block_factors_are_exact_bf16_numbers(i):
+    x = _cases()[i]
+    a_ref, s_ref = _spec_factors(x.numpy())
+    a16, s = nvfp4_factors(x, torch.bfloat16, compiled=False)
+    a32, s32 = nvfp4_factors(x, torch.float32, compiled=False)
+    assert a16.dtype == torch.bfloat16 and a32.dtype == torch.float32
+    assert np.array_equal(a16.float().numpy(), a_ref)  # bf16 held q·s exactly
+    assert torch.equal(a32, a16.float()) and s == s32 == torch.tensor(s_ref)
+    # and the weight path: factors from the torchao-packed codes and scales
+    q, sc, S = nvfp4_pack(x)
+    assert torch.equal(nvfp4_unpack_factors(q, sc, x.shape, torch.bfloat16).float(), a32) and S == s
+
+
+def test_fp8_factors_are_exact_and_give_fake_quantize_fp8():
+    g = torch.Generator().manual_seed(3)
+    for x in [torch.randn(8, 40, generator=g) * 1e-3, torch.randn(2, 3, 64, generator=g) * 50, torch.zeros(4, 16)]:
+        a16, s = fp8_factors(x, torch.bfloat16, compiled=False)
+        a32, _ = fp8_factors(x, torch.float32, compiled=False)
+        assert torch.equal(a16.float(), a32)
+        assert torch.equal(a32 * s, fake_quantize_fp8(x))  # the same single rounding
+
+
+def test_round_e2m1_is_torchao_at_ties_and_their_neighbours():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, f32_to_f4_unpacked
+    from solrl.quant.numerics import round_e2m1
+
+    pts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 2.0**-126, 2.0**-149])
+    near, lo, hi = [pts], pts, pts
+    for _ in range(8):  # up to 8 ulps either side of every tie and grid point
+        lo, hi = torch.nextafter(lo, torch.tensor(-1.0)), torch.nextafter(hi, torch.tensor(7.0))
+        near += [lo, hi]
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat(near + [torch.rand(200_000, generator=g) * 6, torch.rand(20_000, generator=g) * 2.0 ** torch.randint(-40, 3, (20_000,), generator=g).float()])
+    v = torch.cat([v, -v]).clamp(-6, 6)
+    assert torch.equal(_bits(round_e2m1(v)), _bits(f4_unpacked_to_f32(f32_to_f4_unpacked(v))))  # signed zeros too
+
+
+def test_block_mm_is_float32_accumulation_with_float32_output():
+    g = torch.Generator().manual_seed(1)
+    a = nvfp4_factors(torch.randn(300, 256, generator=g), torch.bfloat16, compiled=False)[0]
+    w = nvfp4_factors(torch.randn(96, 256, generator=g) * 1e-3, torch.bfloat16, compiled=False)[0]
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    y = block_mm(a, w)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before  # the flag is scoped
+    assert y.dtype == torch.float32 and torch.equal(y, block_mm(a, w)) and torch.equal(y, block_mm(a.float(), w.float()))
+    exact = a.double() @ w.double().T
+    mag = a.double().abs() @ w.double().abs().T
+    assert ((y.double() - exact).abs() <= 256 * 2.0**-24 * mag).all()  # γ_K: float32 accumulation of exact products
+    assert (y.bfloat16().float() != y).float().mean() > 0.9  # not a bf16-rounded output
+
+
+def _emulation_cases():
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for shape, n, scale in [((3, 5, 64), 48, 1.0), ((40, 256), 32, 1e-3), ((2, 64, 192), 96, 30.0)]:
+        x = torch.randn(*shape, generator=g) * scale
+        lin = nn.Linear(shape[-1], n)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(n, shape[-1], generator=g) / shape[-1] ** 0.5)
+            lin.weight[0, 3] = 5.0  # an outlier weight
+        x.view(-1)[7] = 40 * scale  # and an outlier activation
+        out.append((x, lin))
+    return out
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_block_product_matches_float32_emulation_within_accumulation_error(case):
+    """The former layer: x̂ = q·(s·S) rounded in float32 (twice per operand), float32 GEMM of x̂·ŵ.
+    Now: exact products of the factors, float32 GEMM, scaled by fl(S_a·S_w). Both are within
+    γ_K·Σ|x̂||ŵ| of the same real number, so they differ by at most (2K + 10)·u·(|x̂|@|ŵ|ᵀ + |b|),
+    u = 2^-24 (K + 5 roundings' worth on each side, plus the bias addition)."""
+    x, lin = _emulation_cases()[case]
+    k = x.shape[-1]
+    layer = EmulatedLinear(lin)
+    x_hat, w_hat = fake_quantize_nvfp4(x, compiled=False), fake_quantize_nvfp4(lin.weight.detach(), compiled=False)
+    old = F.linear(x_hat, w_hat) + lin.bias.detach()
+    new = layer(x)
+    bound = (2 * k + 10) * 2.0**-24 * (x_hat.double().abs() @ w_hat.double().abs().T + lin.bias.detach().double().abs())
+    assert ((new.double() - old.double()).abs() <= bound).all()
+    assert torch.equal(new, _block_product_reference(x, lin.weight.detach(), lin.bias.detach()))
+
+
+def test_compiled_factors_equal_eager_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    xs = _cases()[:6] + [torch.randn(2, 7, 48, generator=g), torch.randn(64, 32, generator=g).t(), torch.randn(4, 64, generator=g).bfloat16(), torch.zeros(3, 32)]
+    for x in xs:
+        for dtype in (torch.bfloat16, torch.float32):
+            ae, se = nvfp4_factors(x, dtype, compiled=False)
+            ac, sc = nvfp4_factors(x, dtype, compiled=True)
+            assert torch.equal(_bits(ae), _bits(ac)) and torch.equal(se, sc)
+        fe, fse = fp8_factors(x, torch.float32, compiled=False)
+        fc, fsc = fp8_factors(x, torch.float32, compiled=True)
+        assert torch.equal(_bits(fe), _bits(fc)) and torch.equal(fse, fsc)
+        assert torch.equal(_bits(fake_quantize_nvfp4(x, compiled=False)), _bits(fake_quantize_nvfp4(x, compiled=True)))
+
+
+def test_layer_compiled_equals_eager(monkeypatch):
+    x, lin = _emulation_cases()[0]
+    for fmt in ("nvfp4", "fp8"):
+        layer = EmulatedLinear(lin, fmt)
+        monkeypatch.setenv("SOLRL_NO_COMPILE", "1")
+        eager = layer(x)
+        monkeypatch.setenv("SOLRL_NO_COMPILE", "0")
+        assert torch.equal(_bits(eager), _bits(layer(x)))
+
+
+def test_zero_input_and_zero_weight_give_exact_zeros():
+    lin = nn.Linear(32, 16, bias=False)
+    for fmt in ("nvfp4", "fp8"):
+        layer = EmulatedLinear(lin, fmt)
+        for x in (torch.zeros(5, 32), torch.zeros(2, 3, 32)):
+            y = layer(x)
+            assert torch.equal(y, torch.zeros(*x.shape[:-1], 16)) and not y.isnan().any()
+        with torch.no_grad():
+            zero_w = nn.Linear(32, 16)
+            zero_w.weight.zero_()
+        y = EmulatedLinear(zero_w, fmt)(torch.randn(4, 32))
+        assert torch.equal(y, zero_w.bias.detach().expand(4, 16))  # 0·anything + b, exactly
+    a, s = nvfp4_factors(torch.zeros(2, 16))
+    assert torch.equal(a.float(), torch.zeros(2, 16)) and s == 0
+
+
+def test_batched_and_flat_inputs_agree():
+    x, lin = _emulation_cases()[2]  # [B, T, K]
+    layer = EmulatedLinear(lin)
+    y = layer(x)
+    assert y.shape == (*x.shape[:-1], lin.out_features)
+    assert torch.equal(y, layer(x.reshape(-1, x.shape[-1])).reshape(y.shape))
+
+
+def test_fp8_layer_is_the_fp8_block_product():
+    x, lin = _emulation_cases()[1]
+    layer = EmulatedLinear(lin, "fp8")
+    a, s_a = fp8_factors(x, torch.float32, compiled=False)
+    wq, s_w = fp8_factors(lin.weight.detach(), torch.float32, compiled=False)
+    with _onednn_bf16_fpmath():
+        acc = F.linear(a, wq)
+    assert torch.equal(layer(x), acc * (s_a * s_w) + lin.bias.detach())
+    x_hat, w_hat = fake_quantize_fp8(x), fake_quantize_fp8(lin.weight.detach())
+    old = F.linear(x_hat, w_hat) + lin.bias.detach()
+    bound = (2 * x.shape[-1] + 10) * 2.0**-24 * (x_hat.double().abs() @ w_hat.double().abs().T + lin.bias.detach().double().abs())
+    assert ((layer(x).double() - old.double()).abs() <= bound).all()
+    assert layer.packed_bytes == lin.weight.numel() + 4
 
 
 def _tiny_flux():

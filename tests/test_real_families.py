@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from solrl.config import ConfigError, RunConfig, load_config
-from solrl.models import check_model, load_policy, policy_kwargs
+from solrl.models import check_model, load_policy
+from solrl.plan import primary_explore
 from solrl.quant import NVFP4Config, select_linears
 from solrl.stages import TrainState, explore_quant, run_iteration
+from storage.selection import select_seeds
 from tiny_pipelines import BUILDERS
 
 FAMILIES = ("flux", "sd3", "sana")
@@ -49,12 +51,12 @@ def prompt_file(tmp_path_factory):
 
 def tiny_config(family, weights, prompt_file, **over) -> RunConfig:
     data = {
-        "model": {"family": family, "weights": str(weights), "resolution": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8},
+        "model": {"family": family, "weights": str(weights), "resolution": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8, "dtype": "float32"},
         "prompts": {"per_iteration": 2, "file": str(prompt_file)},
         "explore": {"n": 8, "steps": 2, "batch": 8},
         "select": {"k": 4},
         "rollout": {"steps": 3, "batch": 4, "solver": "dpm2"},
-        "eval": {"every": 1, "steps": 2, "prompts": 2, "seeds_per_prompt": 1},
+        "eval": {"every": 1, "steps": 2, "held_out_prompts": 2, "train_prompts": 2, "seeds_per_prompt": 1},
         "nft": {"micro_batch": 4, "lr": 0.05},
         "reward": {"weights": {"shapes": 1.0}, "report": []},
     }
@@ -65,7 +67,7 @@ def tiny_config(family, weights, prompt_file, **over) -> RunConfig:
 
 
 def _policy(cfg):
-    return load_policy(cfg.model.family, **policy_kwargs(cfg))
+    return load_policy(cfg)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -75,7 +77,7 @@ def test_iterations_are_deterministic_and_finite(family, pipelines, prompt_file)
     for _ in range(2):
         policy = _policy(cfg)
         state = TrainState.fresh(policy, cfg)
-        its = [run_iteration(policy, state, cfg, i) for i in range(2)]
+        its = [run_iteration(policy, state, cfg, i, select_seeds) for i in range(2)]
         results.append((its, policy.adapter_state("default"), state.ema))
     (a, theta_a, ema_a), (b, theta_b, ema_b) = results
     for ia, ib in zip(a, b):
@@ -89,9 +91,10 @@ def test_iterations_are_deterministic_and_finite(family, pipelines, prompt_file)
     assert len(first.explore["reward"]) == 2 * 8 and len(first.samples.prompts) == 2 * 4
     assert first.samples.x0.shape == (8, *policy.latent_shape)
     for it in a:
-        assert it.metrics["applied"] == 1.0
-        assert all(torch.isfinite(torch.tensor(v)) for v in it.metrics.values())
-    assert a[1].metrics["grad_norm"] > 0
+        (m,) = it.metrics
+        assert m["applied"] == 1.0
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    assert a[1].metrics[0]["grad_norm"] > 0
     assert any(not torch.equal(theta_a[k], policy.adapter_state("old")[k]) or theta_a[k].abs().sum() > 0 for k in theta_a)
 
 
@@ -126,7 +129,7 @@ def test_lora_export_loads_into_the_pipeline_as_the_merged_weights_predict(famil
     policy = _policy(cfg)
     state = TrainState.fresh(policy, cfg)
     for i in range(2):
-        run_iteration(policy, state, cfg, i)
+        run_iteration(policy, state, cfg, i, select_seeds)
     x = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.7, 0.3])
     cond = policy.encode(["a red circle on the left", "a blue square on the top"])
@@ -151,7 +154,7 @@ def test_lora_export_loads_into_the_pipeline_as_the_merged_weights_predict(famil
 def test_explore_copy_quantises_exactly_the_filtered_layers(family, pipelines, prompt_file):
     cfg = tiny_config(family, pipelines[family], prompt_file)
     policy = _policy(cfg)
-    quant = explore_quant(policy, cfg)
+    quant = explore_quant(policy, cfg, primary_explore(cfg))
     plain, _ = policy.sampler_copy(None)  # base + merged adapter, no peft wrappers: the names TE/emulation see
     expected = select_linears(plain, quant)
     model, report = policy.sampler_copy(quant)
@@ -251,8 +254,10 @@ def test_missing_weights_name_the_place_searched(tmp_path, monkeypatch):
 def test_weights_are_found_in_the_hugging_face_cache(tmp_path, monkeypatch, pipelines, prompt_file):
     import shutil
 
-    snap = tmp_path / "hf" / "hub" / "models--black-forest-labs--FLUX.1-dev" / "snapshots" / "abc123"
-    shutil.copytree(pipelines["flux"], snap)
+    repo = tmp_path / "hf" / "hub" / "models--black-forest-labs--FLUX.1-dev"
+    shutil.copytree(pipelines["flux"], repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")  # as a download leaves it: the branch points at the snapshot
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = tiny_config("flux", pipelines["flux"], prompt_file).with_overrides(**{"model.weights": None})
@@ -267,7 +272,7 @@ def test_transformer_engine_backend_says_what_is_missing_before_touching_layers(
     cfg = tiny_config("flux", pipelines["flux"], prompt_file, explore__backend="transformer_engine")
     policy = _policy(cfg)
     with pytest.raises(TransformerEngineUnavailable, match="Transformer Engine|CUDA GPU|Blackwell") as e:
-        policy.sampler_copy(explore_quant(policy, cfg))
+        policy.sampler_copy(explore_quant(policy, cfg, primary_explore(cfg)))
     assert "\n" not in str(e.value) and "emulated" in str(e.value)
     assert all(isinstance(m, torch.nn.Linear) for n, m in policy.peft.base_model.model.named_modules() if n.endswith("to_q.base_layer"))
 

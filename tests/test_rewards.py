@@ -26,6 +26,8 @@ from solrl.rewards._common import CLIP_MEAN, CLIP_STD, EXTRA, prepare_images
 from solrl.rewards.clip_based import ClipScorer
 from solrl.rewards.imagereward import ImageRewardConfig, ImageRewardModel, ImageRewardScorer
 
+LEARNED = ("imagereward", "pickscore", "clipscore", "hpsv2")
+
 VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>"] + (
     "a an the of on in to photo picture red blue green yellow purple circle square triangle left right above below cat dog".split()
 )
@@ -400,8 +402,8 @@ def test_score_all_keeps_each_reward_in_its_own_column_and_weighted_sum_combines
 
         return build
 
-    monkeypatch.setitem(rewards.LOADERS, "clipscore", loader("clipscore", "clipscore"))
-    monkeypatch.setitem(rewards.LOADERS, "pickscore", loader("pickscore", "pickscore"))
+    monkeypatch.setitem(clip_based.LOADERS, "clipscore", loader("clipscore", "clipscore"))
+    monkeypatch.setitem(clip_based.LOADERS, "pickscore", loader("pickscore", "pickscore"))
     prompts = list(train_prompts()[:4])
     imgs = render(prompts)
     names = ["shapes", "clipscore", "pickscore"]
@@ -419,7 +421,7 @@ def test_score_all_keeps_each_reward_in_its_own_column_and_weighted_sum_combines
 
 
 def test_unknown_reward_and_registry_names():
-    assert rewards.KNOWN == ("shapes", "shapes_strict", "imagereward", "pickscore", "clipscore", "hpsv2")
+    assert rewards.KNOWN == ("shapes", "shapes_strict", "clipscore", "pickscore", "hpsv2", "imagereward")
     with pytest.raises(ValueError, match="unknown reward"):
         rewards.get_reward("aesthetic")
     with pytest.raises(ValueError, match="unknown reward"):
@@ -441,7 +443,7 @@ def no_weights(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", rewards.LEARNED)
+@pytest.mark.parametrize("name", LEARNED)
 def test_missing_package_names_the_extra(name, monkeypatch):
     absent = ("solrl_absent_third_party_module",)
     if name == "imagereward":
@@ -455,7 +457,7 @@ def test_missing_package_names_the_extra(name, monkeypatch):
         assert e.value.kind == "package" and EXTRA in msg and "solrl_absent_third_party_module" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("name", rewards.LEARNED)
+@pytest.mark.parametrize("name", LEARNED)
 def test_missing_weights_names_the_paths_searched(name, no_weights, monkeypatch):
     monkeypatch.setitem(clip_based.REQUIRES, "hpsv2", ("torch",))  # open_clip may be absent here: only weights matter
     for call in (rewards.get_reward, rewards.check):
@@ -533,7 +535,7 @@ def test_pickscore_loads_model_and_processor_from_the_hf_cache(tmp_path, clip, t
 
 # --- real weights (skipped when absent) -----------------------------------------------------------------
 @pytest.mark.rewards_real
-@pytest.mark.parametrize("name", rewards.LEARNED)
+@pytest.mark.parametrize("name", LEARNED)
 def test_real_weights(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never download in tests
     try:

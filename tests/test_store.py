@@ -27,34 +27,61 @@ def _explore_table(rewards_by_prompt: dict[int, list[float]], seeds=None):
 
 def test_commit_protocol_verify_corrupt_and_clear(tmp_path):
     store = RunStore(str(tmp_path / "run"))
-    d = store.stage_dir(0, "explore")
+    h = store.stage(0, "explore")
     t = _explore_table({0: [0.1, 0.2, 0.3, 0.4]})
-    store.write_table(f"{d}/part-00000.parquet", t)
-    assert store.commit_record(0, "explore") is None and store.verify(0, "explore") == ["iter=00000/explore: not committed"]
-    rec = store.commit(0, "explore", "h1", {"x": "y"})
+    h.write_table("part-00000.parquet", t)
+    assert h.record is None and h.problems() == ["iter=00000/explore: not committed"]
+    rec = h.commit("h1", {"x": "y"})
     assert rec["files"]["part-00000.parquet"]["rows"] == 4 and len(rec["files"]["part-00000.parquet"]["sha256"]) == 64
-    assert store.is_committed(0, "explore", "h1") and not store.is_committed(0, "explore", "other-hash")
-    first_id = store.commit_id(0, "explore")
-    store.commit(0, "explore", "h1")  # re-committing the same bytes keeps the content id
-    assert store.commit_id(0, "explore") == first_id
+    assert h.record == rec and h.problems() == []
+    first_id = h.content_id()
+    h.commit("h1")  # re-committing the same bytes keeps the content id
+    assert h.content_id() == first_id
     # corrupt the committed file: verify names it
-    path = f"{d}/part-00000.parquet"
-    data = bytearray(store.read_bytes(path))
+    data = bytearray(store.read_bytes(h.file("part-00000.parquet")))
     data[-20] ^= 0xFF
-    store.write_bytes(path, bytes(data))
-    assert any("sha256 mismatch" in p for p in store.verify(0, "explore"))
+    (tmp_path / "run" / "iter=00000" / "explore" / "part-00000.parquet").write_bytes(bytes(data))
+    assert any("sha256 mismatch" in p for p in h.problems())
     # leftovers are removed, commit first
-    store.write_bytes(f"{d}/part-00001.parquet", b"junk")
-    removed = store.clear_stage(0, "explore")
-    assert len(removed) == 3 and store.data_files(0, "explore") == [] and store.commit_record(0, "explore") is None
+    h.write_bytes("part-00001.parquet", b"junk")
+    removed = h.clear()
+    assert len(removed) == 2 and h.data_files() == [] and h.record is None
+
+
+def test_writes_are_atomic_and_a_damaged_record_is_not_committed(tmp_path):
+    store = RunStore(str(tmp_path / "run"))
+    h = store.stage(1, "select")
+    h.write_table("selected.parquet", _explore_table({0: [0.5] * 4}))
+    h.commit("h")
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.name.startswith(".tmp-")]  # no temporaries left
+    (tmp_path / "run" / "iter=00001" / "select" / "_COMMITTED.json").write_bytes(b"")  # a cut-off record
+    rec, damaged = h.read_record()
+    assert rec is None and "damaged commit record" in damaged and "\n" not in damaged
+    assert h.problems() == [damaged] and h.content_id() is None
+    assert h.committed_files() == []  # nothing of a damaged commit is ever read as committed
+
+
+def test_content_id_ignores_volatile_columns(tmp_path):
+    store = RunStore(str(tmp_path / "run"))
+    ids, shas = [], []
+    for worker in ("host-a:1", "host-b:2"):
+        h = store.stage(0, "explore")
+        h.clear()
+        t = _explore_table({0: [0.1, 0.2]})
+        t = t.set_column(t.schema.get_field_index("worker"), "worker", pa.array([worker] * 2))
+        h.write_table("part-00000.parquet", t)
+        rec = h.commit("h")
+        ids.append(h.content_id())
+        shas.append(rec["files"]["part-00000.parquet"]["sha256"])
+    assert shas[0] != shas[1] and ids[0] == ids[1]
 
 
 def test_duckdb_reads_only_committed_parquet(tmp_path):
     store = RunStore(str(tmp_path / "run"))
-    d = store.stage_dir(3, "explore")
-    store.write_table(f"{d}/part-00000.parquet", _explore_table({0: [0.5] * 4}))
-    store.commit(3, "explore", "h")
-    store.write_table(f"{d}/part-00001.parquet", _explore_table({1: [0.9] * 4}))  # uncommitted leftover
+    h = store.stage(3, "explore")
+    h.write_table("part-00000.parquet", _explore_table({0: [0.5] * 4}))
+    h.commit("h")
+    h.write_table("part-00001.parquet", _explore_table({1: [0.9] * 4}))  # uncommitted leftover
     assert len(committed_files(store, 3, "explore")) == 1
     assert read_stage(store, 3, "explore").num_rows == 4
     # hive-style folders let one query read a whole run

@@ -1,8 +1,11 @@
 """The policy interface every model family implements, and the LoRA machinery they share.
 
-A family (shapes, flux, sd3, sana) supplies: `encode(prompts) -> conditioning`,
-`sigmas(steps) -> σ grid`, `transformer_velocity(transformer, x_t, t, conditioning) -> v`,
-`decode(x0) -> images in [-1, 1]`, `latent_shape`, `lora_targets`, `quant_skip`, `quant_min_dim`.
+A family (shapes, flux, sd3, sana) is one class. Its class attributes are every fact about it:
+`repo` (default Hugging Face weights), `pipeline_class` (the diffusers pipeline its LoRA
+exports to), `lora_targets`, `quant_skip` / `quant_min_dim` (NVFP4 rules), `sigma_kind`.
+It implements `encode(prompts) -> conditioning`, `transformer_velocity(transformer, x_t, t,
+conditioning) -> v`, `decode(x0) -> images in [-1, 1]`, `latent_shape`, and the class methods
+`prompt_sets(cfg)` and `check(cfg)` (which need no model).
 
 The shared part holds one peft-wrapped transformer with two LoRA adapters:
 "default" (θ, trainable) and "old" (the sampling policy, updated by decay), and gives
@@ -10,54 +13,146 @@ The shared part holds one peft-wrapped transformer with two LoRA adapters:
   - `sampler_copy(quant)` : a detached transformer = base + merged "old" adapter, optionally
     quantised (the explore copy) or not (the regenerate copy);
   - adapter state as plain tensors (save, restore, decay, EMA).
+
+Precision ("BF16 train"): the transformer's weights and activations run in `self.dtype`
+(bf16 on a GPU, and on a CPU with bf16 matrix instructions); the LoRA tensors, their gradients,
+AdamW's moments and the EMA stay float32 (peft keeps adapters in float32 over a bf16 base), as
+mixed-precision training does.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import Resolved, RunConfig
 from ..quant import NVFP4Config, QuantReport, quantize_
 from ..sampling import solve
-from ..seeds import noise_batch
+from ..seeds import noise_batch, stream_seed
 
 ADAPTERS = ("default", "old")
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is cuda but no CUDA GPU is visible: use device auto or cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU and on a CPU with bf16 matrix units, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.type == "cuda" or cpu_has_bf16_matmul() else "float32"
+
+
+def read_prompt_file(path: str | Path, what: str = "prompts.file") -> tuple[str, ...]:
+    """One prompt per line; blank lines and lines starting with '#' are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist: give a text file with one prompt per line")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    if not prompts:
+        raise FileNotFoundError(f"{what} {p} holds no prompts: put one prompt per line")
+    return prompts
 
 
 class Policy(ABC):
     family: str = "?"
+    repo: str | None = None  # default weights on the Hugging Face hub (None: shipped with the package)
+    pipeline_class: str = ""  # the diffusers pipeline an exported LoRA loads into
     latent_shape: tuple[int, ...] = ()
     lora_targets: tuple[str, ...] = ()
     quant_skip: tuple[str, ...] = ()
     quant_min_dim: int = 0
     sigma_kind: str = "linear"
     device: torch.device = torch.device("cpu")  # where the transformer runs; samples come back to the CPU
+    dtype: torch.dtype = torch.float32  # the transformer's compute dtype
 
-    # --- family hooks --------------------------------------------------------------------
+    # --- what a family says about itself without loading a model -------------------------------
+    @classmethod
+    @abstractmethod
+    def prompt_sets(cls, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(training prompts, held-out prompts), each in a fixed order."""
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Raise FileNotFoundError (one sentence) when weights or prompt files are missing."""
+        cls.prompt_sets(cfg)
+
+    @classmethod
+    def held_out_eval_prompts(cls, cfg: RunConfig, held: tuple[str, ...]) -> tuple[str, ...]:
+        """The `held_out` evaluation set: a stratified sample of the held-out prompts (a family
+        with structure overrides this; by default the first ones)."""
+        return held[: cfg.eval.held_out_prompts] if cfg.eval.held_out_prompts else held
+
+    @classmethod
+    def pool_candidates(cls, cfg: RunConfig, train: tuple[str, ...]) -> tuple[str, ...]:
+        """The training prompts a pool is drawn from (a family may prefer those with headroom)."""
+        return train
+
+    @classmethod
+    def resolve(cls, cfg: RunConfig) -> Resolved:
+        """What `auto` and the prompt settings mean on this machine (stored in run.json)."""
+        device = pick_device(cfg.model.device)
+        train, held = cls.prompt_sets(cfg)
+        digest = hashlib.sha256(("\n".join(train) + "\0" + "\n".join(held)).encode()).hexdigest()
+        pool = None
+        if cfg.prompts.pool:
+            candidates = cls.pool_candidates(cfg, train)
+            if cfg.prompts.pool > len(candidates):
+                raise ValueError(f"prompts.pool ({cfg.prompts.pool}) exceeds the {len(candidates)} training prompts it is drawn from: lower it")
+            # Keyed on a constant, not run.seed: every run and every seed trains and evaluates on one pool.
+            g = torch.Generator().manual_seed(stream_seed(0, len(candidates), name="pool"))
+            chosen = torch.randperm(len(candidates), generator=g)[: cfg.prompts.pool].tolist()
+            pool = tuple(sorted((candidates[i] for i in chosen), key=train.index))
+        return Resolved(device=str(device), dtype=pick_dtype(cfg.model.dtype, device), prompts_digest=digest, pool=pool)
+
+    # --- family hooks -----------------------------------------------------------------------
     @abstractmethod
     def encode(self, prompts: list[str]) -> Any:
         """Family hook."""
 
     @abstractmethod
     def transformer_velocity(self, transformer: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """Family hook."""
+        """Family hook: v (float32) for x_t at times t."""
 
     @abstractmethod
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Family hook."""
 
-    @abstractmethod
-    def train_prompts(self) -> tuple[str, ...]:
-        """Family hook: the training prompt set (deterministic order)."""
+    def setup(self, cfg: RunConfig, resolved: Resolved) -> None:
+        """Common state every family sets before loading its weights."""
+        self.cfg, self.resolved = cfg, resolved
+        self.device = torch.device(resolved.device)
+        self.dtype = DTYPES[resolved.dtype]
+        self._train, self._held = type(self).prompt_sets(cfg)
 
-    @abstractmethod
+    def train_prompts(self) -> tuple[str, ...]:
+        return self._train
+
     def eval_prompts(self) -> tuple[str, ...]:
-        """Family hook: the held-out evaluation prompts."""
+        return self._held
 
     def sigmas(self, steps: int):
         from ..sampling import sigma_grid
@@ -81,9 +176,12 @@ class Policy(ABC):
 
         cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(self.lora_targets))
         torch.manual_seed(seed)  # gaussian init of A is drawn from the global RNG: pin it
-        self.peft = get_peft_model(transformer, cfg, adapter_name="default")
+        # autocast_adapter_dtype: the adapters stay float32 over a bf16 base (mixed precision)
+        self.peft = get_peft_model(transformer, cfg, adapter_name="default", autocast_adapter_dtype=True)
         self.peft.add_adapter("old", cfg)
         self._pairs = self._param_pairs()
+        for p in (p for pairs in self._pairs.values() for p in pairs.values()):
+            p.data = p.data.float()  # add_adapter() casts "old" to the base dtype: keep every adapter float32
         self.load_adapter("old", self.adapter_state("default"))
         self.peft.set_adapter("default")
 
@@ -143,7 +241,7 @@ class Policy(ABC):
 
     @torch.no_grad()
     def sample(self, transformer: nn.Module, prompts: list[str], seeds: list[int], steps: int, solver: str = "euler", cond: Any = None) -> torch.Tensor:
-        """Clean samples x0 for prompts[i] from noise(seeds[i]), deterministic ODE."""
+        """Clean samples x0 (float32, CPU) for prompts[i] from noise(seeds[i]), deterministic ODE."""
         cond = self.encode_rows(prompts) if cond is None else cond
         x1 = noise_batch(seeds, self.latent_shape).to(self.device)
 

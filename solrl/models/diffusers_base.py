@@ -15,48 +15,45 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Policy
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-
-
-def read_prompt_file(path: str | Path, what: str = "prompts.file") -> tuple[str, ...]:
-    """One prompt per line; blank lines and lines starting with '#' are ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} does not exist: give a text file with one prompt per line")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    prompts = tuple(ln for ln in lines if ln and not ln.startswith("#"))
-    if not prompts:
-        raise ValueError(f"{what} {p} holds no prompts: put one prompt per line")
-    return prompts
+from ..config import Resolved, RunConfig
+from .base import Policy, read_prompt_file
 
 
 def split_prompts(train_file: str | None, eval_file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, held-out). Without an eval file every 10th line of the train file is held out."""
     if not train_file:
-        raise ValueError("prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line")
+        raise FileNotFoundError("prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line")
     prompts = read_prompt_file(train_file)
     if eval_file:
         return prompts, read_prompt_file(eval_file, "prompts.eval_file")
     if len(prompts) < 10:
-        raise ValueError(f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file")
+        raise FileNotFoundError(f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file")
     held = tuple(p for i, p in enumerate(prompts) if i % 10 == 9)
     return tuple(p for i, p in enumerate(prompts) if i % 10 != 9), held
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device is cuda but no CUDA GPU is visible: use device auto or cpu")
-    return torch.device(device)
+def resolve_weights(family: str, repo: str, weights: str | None) -> Path:
+    """The local diffusers folder of a family's weights: `model.weights`, else the Hugging Face
+    cache (found by huggingface_hub, offline). One sentence naming where we looked otherwise."""
+    from huggingface_hub import snapshot_download
 
+    from ..settings import settings
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":  # bf16 on the GPU, as the paper trains; float32 on the CPU (tests, debugging)
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
+    cache = settings().hub_cache
+    looked = []
+    if weights:
+        p = Path(weights)
+        if (p / "model_index.json").exists():
+            return p
+        looked.append(str(p))
+    try:
+        return Path(snapshot_download(repo, cache_dir=cache, local_files_only=True))
+    except Exception:  # not in the cache (LocalEntryNotFoundError, or an incomplete snapshot)
+        looked.append(f"the Hugging Face cache under {cache} ({repo})")
+    raise FileNotFoundError(
+        f"the {family} weights are missing: looked in {', '.join(looked)}; download {repo} with `huggingface-cli download {repo}` "
+        f"on a machine with access and set model.weights to its local path"
+    )
 
 
 class DiffusersPolicy(Policy):
@@ -64,25 +61,26 @@ class DiffusersPolicy(Policy):
     implement `_encode`, `transformer_velocity`, `_decode_latents` (and `_latent_shape`, `sigmas`
     where the default does not fit)."""
 
-    pipeline_class: str = ""  # diffusers class name
     default_resolution: int = 1024
     default_max_sequence_length: int = 256
-    repo: str = ""
 
-    def __init__(self, weights: str | Path | None = None, lora_rank: int = 32, lora_alpha: int = 64, seed: int = 0,
-                 resolution: int | None = None, device: str = "auto", dtype: str = "auto", max_sequence_length: int | None = None,
-                 prompt_file: str | None = None, eval_prompt_file: str | None = None, offload: bool = True):
+    @classmethod
+    def prompt_sets(cls, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return split_prompts(cfg.prompts.file, cfg.prompts.eval_file)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        resolve_weights(cls.family, cls.repo, cfg.model.weights)
+        cls.prompt_sets(cfg)
+
+    def __init__(self, cfg: RunConfig, resolved: Resolved):
         import diffusers
 
-        from . import resolve_weights
-
-        self._train, self._eval = split_prompts(prompt_file, eval_prompt_file)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.offload = offload and self.device.type == "cuda"
-        path = resolve_weights(self.family, None if weights is None else str(weights))
-        cls = getattr(diffusers, self.pipeline_class)
-        self.pipe = cls.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        self.setup(cfg, resolved)
+        m = cfg.model
+        self.offload = m.offload and self.device.type == "cuda"
+        path = resolve_weights(self.family, self.repo, m.weights)
+        self.pipe = getattr(diffusers, self.pipeline_class).from_pretrained(path, dtype=self.dtype, local_files_only=True)
         self.pipe.set_progress_bar_config(disable=True)
         # Frozen parts: text encoders and VAE never train. The VAE decodes in float32 (as the
         # official code does) because bf16 decoding visibly bands the images.
@@ -91,21 +89,14 @@ class DiffusersPolicy(Policy):
                 module.requires_grad_(False).eval()
         if self.dtype != torch.float32:
             self.pipe.vae.to(dtype=torch.float32)
-        self.resolution = int(resolution or self.default_resolution)
-        self.max_sequence_length = int(max_sequence_length or self.default_max_sequence_length)
+        self.resolution = int(m.resolution or self.default_resolution)
+        self.max_sequence_length = int(m.max_sequence_length or self.default_max_sequence_length)
         transformer = self.pipe.transformer
         transformer.to(self.device)
         self.latent_shape = self._latent_shape(self.resolution)
-        self.attach_lora(transformer, lora_rank, lora_alpha, seed)
+        self.attach_lora(transformer, m.lora_rank, m.lora_alpha, cfg.run.seed)
         if not self.offload:
             self._frozen_to(self.device)
-
-    # --- prompts ---------------------------------------------------------------------------------
-    def train_prompts(self):
-        return self._train
-
-    def eval_prompts(self):
-        return self._eval
 
     # --- memory hygiene -----------------------------------------------------------------------
     def _frozen_to(self, device: torch.device) -> None:

@@ -21,6 +21,7 @@ from .diffusers_base import DiffusersPolicy
 
 class FluxPolicy(DiffusersPolicy):
     family = "flux"
+    repo = "black-forest-labs/FLUX.1-dev"
     pipeline_class = "FluxPipeline"
     default_resolution = 512
     default_max_sequence_length = 256

@@ -25,6 +25,7 @@ from .diffusers_base import DiffusersPolicy
 
 class SanaPolicy(DiffusersPolicy):
     family = "sana"
+    repo = "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers"
     pipeline_class = "SanaPipeline"
     default_resolution = 1024
     default_max_sequence_length = 300

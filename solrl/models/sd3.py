@@ -22,6 +22,7 @@ from .diffusers_base import DiffusersPolicy
 
 class SD3Policy(DiffusersPolicy):
     family = "sd3"
+    repo = "stabilityai/stable-diffusion-3.5-large"
     pipeline_class = "StableDiffusion3Pipeline"
     default_resolution = 1024
     default_max_sequence_length = 256

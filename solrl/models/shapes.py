@@ -1,34 +1,92 @@
 """The `shapes` family: the embedded tiny FluxTransformer2DModel in pixel space (32x32 RGB,
-4x4 patches packed into 64 tokens of 48 channels), CPU float32."""
+4x4 patches packed into 64 tokens of 48 channels), on the CPU.
+
+Prompts: the shapes grammar's training split (or `prompts.file`, prompts of the grammar), and
+its compositional held-out split (or `prompts.eval_file`). The `held_out` evaluation set takes
+one prompt per held-out pairing; a training pool prefers two-object prompts whose base reward
+is below the median (measured once per shipped model: weights/prompt_stats.json).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from ..config import Resolved, RunConfig
 from ..shapes import model as M
-from ..shapes.prompts import eval_prompts, train_prompts
-from .base import Policy
+from ..shapes.prompts import eval_prompts, pairing, parse, train_prompts
+from .base import Policy, read_prompt_file
+
+STATS_FILE = "prompt_stats.json"
+
+
+def _grammar(prompts: tuple[str, ...], what: str) -> tuple[str, ...]:
+    for p in prompts:
+        try:
+            parse(p)
+        except ValueError as e:
+            raise FileNotFoundError(f"{what} holds a prompt outside the shapes grammar ({e})") from None
+    return prompts
 
 
 class ShapesPolicy(Policy):
     family = "shapes"
+    pipeline_class = "FluxPipeline"  # same transformer class as FLUX.1: its LoRA exports the same way
     latent_shape = (M.TOKENS_PER_SIDE**2, M.CHANNELS * M.PATCH * M.PATCH)
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     quant_skip = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out")
     quant_min_dim = 0
     sigma_kind = "linear"
 
-    def __init__(self, weights: str | Path | None = None, lora_rank: int = 32, lora_alpha: int = 64, seed: int = 0):
-        self.model_config, transformer, self.text_encoder = M.load(weights)
-        self.attach_lora(transformer, lora_rank, lora_alpha, seed)
+    @classmethod
+    def weights_dir(cls, cfg: RunConfig) -> Path:
+        return Path(cfg.model.weights) if cfg.model.weights else M.WEIGHTS_DIR
 
-    def train_prompts(self):
-        return train_prompts()
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        path = cls.weights_dir(cfg) / "shapes.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package")
+        cls.prompt_sets(cfg)
 
-    def eval_prompts(self):
-        return eval_prompts()
+    @classmethod
+    def prompt_sets(cls, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        train = _grammar(read_prompt_file(cfg.prompts.file), f"prompts.file {cfg.prompts.file}") if cfg.prompts.file else train_prompts()
+        held = _grammar(read_prompt_file(cfg.prompts.eval_file, "prompts.eval_file"), f"prompts.eval_file {cfg.prompts.eval_file}") if cfg.prompts.eval_file else eval_prompts()
+        return train, held
+
+    @classmethod
+    def held_out_eval_prompts(cls, cfg: RunConfig, held: tuple[str, ...]) -> tuple[str, ...]:
+        """One prompt per held-out pairing (every held-out pair of objects and held-out colour–
+        shape combination is represented), the first of each in the fixed order."""
+        first: dict[str, str] = {}
+        for p in held:
+            first.setdefault(pairing(parse(p)), p)
+        chosen = tuple(first.values())
+        return chosen[: cfg.eval.held_out_prompts] if cfg.eval.held_out_prompts else chosen
+
+    @classmethod
+    def pool_candidates(cls, cfg: RunConfig, train: tuple[str, ...]) -> tuple[str, ...]:
+        """Two-object prompts with headroom: base reward below the median of the two-object
+        training prompts (all two-object prompts when the model ships no prompt_stats.json)."""
+        two = tuple(p for p in train if parse(p).n_objects == 2)
+        stats_path = cls.weights_dir(cfg) / STATS_FILE
+        if not stats_path.exists():
+            return two
+        base = json.loads(stats_path.read_text())["mean_reward"]
+        known = [p for p in two if p in base]
+        if not known:
+            return two
+        median = float(torch.tensor([base[p] for p in known]).median())
+        return tuple(p for p in known if base[p] < median)
+
+    def __init__(self, cfg: RunConfig, resolved: Resolved):
+        self.setup(cfg, resolved)
+        self.model_config, transformer, self.text_encoder = M.load(self.weights_dir(cfg))
+        transformer.to(self.device, self.dtype)  # the shipped weights are bf16: exact in either dtype
+        self.attach_lora(transformer, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.run.seed)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]):
@@ -36,7 +94,8 @@ class ShapesPolicy(Policy):
 
     def transformer_velocity(self, transformer, x, t, cond):
         enc, pooled = cond
-        return M.velocity(transformer, x, t, enc, pooled)
+        d = self.dtype
+        return M.velocity(transformer, x.to(d), t.to(d), enc.to(d), pooled.to(d)).float()
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return M.unpack(x0.float()).clamp(-1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,16 +17,25 @@ class NVFP4Config:
 
     A Linear is selected iff no `skip` pattern is a substring of its qualified name,
     max(in, out) > `min_dim`, and in_features % 16 == 0 (NVFP4 blocks run along the input
-    dimension)."""
+    dimension).
+
+    `lowrank` = r > 0 (backend `emulated` only) keeps a rank-r bfloat16 branch W ≈ L₁L₂ from the
+    SVD of each weight and quantises the residual W − L₁L₂ to NVFP4 (SVDQuant); 0 = plain NVFP4."""
 
     skip: tuple[str, ...] = ()
     min_dim: int = 0
     backend: Backend = "emulated"
+    lowrank: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "skip", tuple(self.skip))
         if self.backend not in ("emulated", "transformer_engine", "fp8", "none"):
             raise ValueError(f"unknown quantisation backend {self.backend!r}: use emulated, transformer_engine, fp8 or none")
+        if isinstance(self.lowrank, bool) or not isinstance(self.lowrank, numbers.Integral) or self.lowrank < 0:
+            raise ValueError(f"lowrank must be a non-negative integer rank, got {self.lowrank!r}")
+        object.__setattr__(self, "lowrank", int(self.lowrank))
+        if self.lowrank and self.backend != "emulated":
+            raise ValueError(f"lowrank > 0 needs backend 'emulated' (backend {self.backend!r} has no low-rank branch)")
 
 
 def is_pointwise_conv(mod: nn.Module) -> bool:
@@ -69,7 +79,7 @@ class QuantReport:
     backend: str
     modules: list[str] = field(default_factory=list)
     weights: int = 0  # quantised weight elements
-    packed_bytes: int = 0  # bytes of codes + block scales + per-tensor scales, as stored
+    packed_bytes: int = 0  # bytes of codes + block scales + per-tensor scales (+ low-rank factors), as stored
     dense_bytes: int = 0  # the same weights in their original dtype
 
     @property

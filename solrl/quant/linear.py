@@ -9,47 +9,70 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NVFP4Config, QuantReport, select_linears
-from .numerics import fake_quantize_fp8, fake_quantize_nvfp4, nvfp4_pack, nvfp4_unpack
+from .lowrank import lowrank_split
+from .numerics import block_mm, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack_factors
 
 
 class EmulatedLinear(nn.Module):
-    """W4A4 NVFP4 (or FP8) fake-quantised Linear.
+    """W4A4 NVFP4 (or FP8) Linear, emulated as a block-scaled MMA.
 
-    The weight is quantised once, here (static per-tensor scale); its packed codes and scales
-    are kept as buffers and the dequantised weight is cached for the matmul. The input is
-    quantised on every call (dynamic per-tensor scale). The product accumulates in float32 and
-    the bias is added in high precision."""
+    The weight is quantised once, here (static per-tensor scale S_w): its torchao-packed codes
+    and block scales are kept as buffers (`qdata`, `block_scale`, `tensor_scale`; what the report
+    counts), and its block-product factor W′ = q·s (exact in bfloat16, held in float32 for the
+    CPU GEMM) is cached in `weight_qs`. The input is quantised on every call (dynamic per-tensor
+    scale S_a) into A′ = q·s, and
 
-    def __init__(self, linear: nn.Linear, fmt: str = "nvfp4"):
+        y = (S_a·S_w) · (A′ @ W′ᵀ) [+ (x @ L₂ᵀ) @ L₁ᵀ] + b
+
+    with exact products and float32 accumulation (`block_mm`), the bias added in float32.
+    `lowrank` = r > 0 adds SVDQuant's high-precision branch: W = L₁L₂ + R with L₁ [out, r],
+    L₂ [r, in] in bfloat16 from the SVD of W, and the 4-bit factors quantise the residual R.
+    r = 0 is the plain layer (no SVD, no extra buffers)."""
+
+    def __init__(self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0):
         super().__init__()
         self.in_features, self.out_features, self.fmt = linear.in_features, linear.out_features, fmt
         w = linear.weight.detach().float()
+        self.rank = 0
+        if lowrank > 0:
+            l1, l2, w = lowrank_split(w, lowrank)  # w is now the residual the 4-bit path quantises
+            self.rank = l1.shape[1]
+            self.register_buffer("lowrank_up", l1)  # L₁ [out, r]
+            self.register_buffer("lowrank_down", l2)  # L₂ [r, in]
         if fmt == "nvfp4":
             q, s, S = nvfp4_pack(w)
             self.register_buffer("qdata", q)
             self.register_buffer("block_scale", s)
             self.register_buffer("tensor_scale", S)
-            w_hat = nvfp4_unpack(q, s, S, w.shape)
+            w_qs = nvfp4_unpack_factors(q, s, w.shape, torch.float32)
             self.packed_bytes = q.numel() * q.element_size() + s.numel() * s.element_size() + 4
+            self._act = nvfp4_factors
         elif fmt == "fp8":
-            w_hat = fake_quantize_fp8(w)
+            w_qs, S = fp8_factors(w, torch.float32, compiled=False)
+            self.register_buffer("tensor_scale", S)
             self.packed_bytes = w.numel() + 4
+            self._act = fp8_factors
         else:
             raise ValueError(f"unknown emulated format {fmt!r}")
-        self.register_buffer("weight_hat", w_hat)
+        self.register_buffer("weight_qs", w_qs)
+        if self.rank:
+            self.packed_bytes += (l1.numel() * l1.element_size()) + (l2.numel() * l2.element_size())
         self.dense_bytes = linear.weight.numel() * linear.weight.element_size()
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
-        self._act = fake_quantize_nvfp4 if fmt == "nvfp4" else fake_quantize_fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype  # bf16 on a GPU: quantise and multiply in float32, hand back bf16
-        y = F.linear(self._act(x.float()), self.weight_hat)
+        a, s_a = self._act(x, torch.float32)  # float32 container: what the CPU GEMM takes (see block_mm)
+        y = block_mm(a, self.weight_qs)
+        y = y.mul_(s_a * self.tensor_scale)
+        if self.rank:
+            y = y.add_(F.linear(F.linear(x.float(), self.lowrank_down.float()), self.lowrank_up.float()))
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)
         return y.to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}"
+        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}" + (f", lowrank={self.rank}" if self.rank else "")
 
 
 class PointwiseConv(nn.Module):
@@ -104,7 +127,7 @@ def quantize_(model: nn.Module, config: NVFP4Config) -> QuantReport:
         factory: Callable[[nn.Linear], nn.Module] = make_te_linear
     else:
         fmt = "nvfp4" if config.backend == "emulated" else "fp8"
-        factory = lambda lin: EmulatedLinear(lin, fmt)  # noqa: E731
+        factory = lambda lin: EmulatedLinear(lin, fmt, lowrank=config.lowrank)  # noqa: E731
     for new in _swap(model, names, _pointwise_aware(factory)):
         report.packed_bytes += getattr(new, "packed_bytes", 0)
         report.dense_bytes += getattr(new, "dense_bytes", 0)

@@ -1,17 +1,18 @@
-"""Reward registry. A reward maps (images [B, 3, H, W] in [-1, 1], prompts) -> float64 [B].
+"""Rewards: a reward maps (images [B, 3, H, W] in [-1, 1], prompts) -> float64 [B].
 
-`shapes` and `shapes_strict` are built in (the shapes world). The learned rewards, scaled as the
-official code scales them, are:
+The names and the modules that build them are listed in solrl/registry.py (REWARDS); each
+module exposes `build(name)` and `check(name)`. Built in: `shapes` and `shapes_strict` (the
+shapes world). Learned, scaled as the official code scales them:
 
 - ``clipscore``: CLIP ViT-L/14 logit / 100 (`clip_based`);
 - ``pickscore``: PickScore_v1 logit / 26 (`clip_based`);
 - ``hpsv2``: HPS v2.1 cosine similarity (`clip_based`, needs open_clip);
 - ``imagereward``: ImageReward-v1.0 raw score (`imagereward`).
 
-They need the ``rewards`` extra (``pip install 'sol-rl[rewards]'``) and their weights on disk or in
-the Hugging Face cache; the env vars that point at local copies are listed in the docstrings of
-`clip_based` and `imagereward`. Each is built once per process, on first use, and cached;
-`check` tells, without building anything, whether a reward can be built.
+The learned ones need the ``rewards`` extra (``pip install 'sol-rl[rewards]'``) and their weights
+on disk or in the Hugging Face cache (settings: solrl/settings.py). Each is built once per
+process, on first use, and cached; `check` tells, without building anything, whether a reward
+can be built here.
 """
 
 from __future__ import annotations
@@ -21,58 +22,20 @@ from typing import Callable
 
 import torch
 
+from ..registry import REWARDS, reward_module
 from ._common import RewardUnavailable
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+KNOWN = tuple(REWARDS)
 
-BUILTIN = ("shapes", "shapes_strict")
-LEARNED = ("imagereward", "pickscore", "clipscore", "hpsv2")
-KNOWN = BUILTIN + LEARNED
-
-__all__ = [
-    "BUILTIN", "KNOWN", "LEARNED", "LOADERS", "RewardFn", "RewardUnavailable",
-    "check", "clear_cache", "get_reward", "score_all", "weighted_sum",
-]
-
-
-def _load_clipscore() -> RewardFn:
-    from .clip_based import load_clipscore
-
-    return load_clipscore()
-
-
-def _load_pickscore() -> RewardFn:
-    from .clip_based import load_pickscore
-
-    return load_pickscore()
-
-
-def _load_hpsv2() -> RewardFn:
-    from .clip_based import load_hpsv2
-
-    return load_hpsv2()
-
-
-def _load_imagereward() -> RewardFn:
-    from .imagereward import load_imagereward
-
-    return load_imagereward()
-
-
-# name -> builder of the scorer; called at most once per process per name (see `get_reward`).
-LOADERS: dict[str, Callable[[], RewardFn]] = {
-    "clipscore": _load_clipscore,
-    "pickscore": _load_pickscore,
-    "hpsv2": _load_hpsv2,
-    "imagereward": _load_imagereward,
-}
+__all__ = ["KNOWN", "RewardFn", "RewardUnavailable", "check", "clear_cache", "get_reward", "score_all", "weighted_sum"]
 
 _CACHE: dict[str, RewardFn] = {}
 _LOCK = threading.Lock()
 
 
 def clear_cache() -> None:
-    """Forget the built learned rewards (their memory is freed once nothing else holds them)."""
+    """Forget the built rewards (their memory is freed once nothing else holds them)."""
     with _LOCK:
         _CACHE.clear()
 
@@ -80,38 +43,17 @@ def clear_cache() -> None:
 def check(name: str) -> None:
     """Raise `RewardUnavailable` (one sentence: the extra to install or the paths searched) if the
     reward cannot be built here; builds nothing."""
-    if name in BUILTIN:
-        return
-    if name not in LEARNED:
-        raise ValueError(f"unknown reward {name!r}: choose one of {', '.join(KNOWN)}")
-    if name == "imagereward":
-        from .imagereward import check as check_ir
-
-        check_ir()
-    else:
-        from .clip_based import check as check_clip
-
-        check_clip(name)
+    reward_module(name).check(name)
 
 
 def get_reward(name: str) -> RewardFn:
-    if name == "shapes":
-        from ..shapes.reward import shapes_reward
-
-        return shapes_reward
-    if name == "shapes_strict":
-        from ..shapes.reward import shapes_strict
-
-        return shapes_strict
-    if name in LEARNED:
-        fn = _CACHE.get(name)
-        if fn is None:
-            with _LOCK:
-                fn = _CACHE.get(name)
-                if fn is None:
-                    fn = _CACHE[name] = LOADERS[name]()
-        return fn
-    raise ValueError(f"unknown reward {name!r}: choose one of {', '.join(KNOWN)}")
+    fn = _CACHE.get(name)
+    if fn is None:
+        with _LOCK:
+            fn = _CACHE.get(name)
+            if fn is None:
+                fn = _CACHE[name] = reward_module(name).build(name)
+    return fn
 
 
 def score_all(names: list[str], images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:

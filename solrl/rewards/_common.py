@@ -1,19 +1,13 @@
 """Shared plumbing of the learned rewards: where weights are looked for, clear errors, device,
 batch size and the torch-side image preprocessing.
 
-Environment variables read here (all optional):
-
-- ``SOLRL_REWARD_DEVICE``: device of the reward models (default ``cuda`` if available, else ``cpu``);
-- ``SOLRL_REWARD_BATCH``: images per forward pass of a reward model (default 16);
-- ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``: when truthy, weights are only looked up on disk;
-- ``HF_HUB_CACHE`` / ``HF_HOME`` / ``XDG_CACHE_HOME``: where the Hugging Face cache is (read at call
-  time, so a process may change them before the first reward is built).
+Settings (solrl/settings.py, from the environment, read at call time): SOLRL_REWARD_DEVICE,
+SOLRL_REWARD_BATCH, HF_HUB_OFFLINE, the Hugging Face cache location, SOLRL_<REWARD>_PATH.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..settings import settings
+
 EXTRA = "pip install 'sol-rl[rewards]'"
 
 # Preprocessing constants of OpenAI CLIP (also used by open_clip ViT-H-14, PickScore, HPSv2, BLIP).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-_TRUE = {"1", "on", "yes", "true"}
-
 
 class RewardUnavailable(RuntimeError):
     """A learned reward cannot be built: a package (`kind="package"`) or weights (`kind="weights"`) are missing."""
@@ -53,16 +46,12 @@ def require(reward: str, modules: Sequence[str]) -> None:
 
 
 def hf_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return settings().hf_offline
 
 
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, resolved from the environment now (not at import time)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(home).expanduser() / "hub"
+    return settings().hub_cache
 
 
 def hf_snapshot(repo_id: str, cache: Path | None = None, need: Sequence[Sequence[str]] = ()) -> Path | None:
@@ -87,8 +76,9 @@ def hf_snapshot(repo_id: str, cache: Path | None = None, need: Sequence[Sequence
 
 
 def env_path(var: str) -> str | None:
-    v = os.environ.get(var, "").strip()
-    return v or None
+    """A SOLRL_<NAME> path setting (solrl/settings.py), or None when unset or empty."""
+    v = getattr(settings(), var.removeprefix("SOLRL_").lower())
+    return (v or "").strip() or None
 
 
 def looks_like_repo_id(value: str) -> bool:
@@ -113,19 +103,12 @@ def load_checkpoint(path: Path) -> Any:
 
 
 def reward_device() -> torch.device:
-    if env_path("SOLRL_REWARD_DEVICE"):
-        return torch.device(os.environ["SOLRL_REWARD_DEVICE"])
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = settings().reward_device
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def reward_batch() -> int:
-    v = env_path("SOLRL_REWARD_BATCH")
-    if v is None:
-        return 16
-    n = int(v)
-    if n < 1:
-        raise ValueError(f"SOLRL_REWARD_BATCH must be a positive integer, got {v!r}")
-    return n
+    return settings().reward_batch
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

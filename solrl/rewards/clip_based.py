@@ -36,7 +36,6 @@ Models are built once per process (`solrl.rewards.get_reward` caches them) on
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..settings import settings
 from ._common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -322,7 +322,7 @@ def locate_hpsv2() -> tuple[Path | None, list[str]]:
             return p, []
         raise missing_weights("hpsv2", [f"SOLRL_HPSV2_PATH={value} (no {HPSV2_FILE} there)"], hint)
     searched = ["SOLRL_HPSV2_PATH (unset)"]
-    hps_root = Path(os.environ.get("HPS_ROOT") or "~/.cache/hpsv2").expanduser()
+    hps_root = Path(settings().hps_root).expanduser()
     for folder in (hps_root, Path("reward_ckpts").resolve()):
         if (folder / HPSV2_FILE).is_file():
             return folder / HPSV2_FILE, searched
@@ -362,6 +362,14 @@ def load_hpsv2() -> ClipScorer:
     mean = getattr(model.visual, "image_mean", None) or CLIP_MEAN
     std = getattr(model.visual, "image_std", None) or CLIP_STD
     return ClipScorer(model, open_clip.get_tokenizer(HPSV2_ARCH), image_size=size, mean=mean, std=std, scale="cosine", quantize=True)
+
+
+LOADERS = {"clipscore": lambda: load_clipscore(), "pickscore": lambda: load_pickscore(), "hpsv2": lambda: load_hpsv2()}
+
+
+def build(reward: str) -> ClipScorer:
+    """The scorer of `reward` (the registry's entry point)."""
+    return LOADERS[reward]()
 
 
 def check(reward: str) -> None:

@@ -370,9 +370,14 @@ def locate() -> tuple[Path | None, Path | str, list[str]]:
     return ckpt, TOKENIZER_REPOS[0], searched
 
 
-def check() -> None:
+def check(name: str = "imagereward") -> None:
     require("imagereward", REQUIRES)
     locate()
+
+
+def build(name: str = "imagereward") -> "ImageRewardScorer":
+    """The scorer (the registry's entry point)."""
+    return load_imagereward()
 
 
 def build_tokenizer(source: Path | str) -> Any:

@@ -149,3 +149,12 @@ def shapes_strict(images: torch.Tensor, prompts: list[str] | tuple[str, ...]) ->
     """1.0 iff every attribute holds (GenEval-style), else 0.0; float64 [B]."""
     atts = attribute_scores(images, _scenes(prompts, images.shape[0]))
     return torch.stack([torch.stack([v[1] for v in a.values()]).all() for a in atts]).double()
+
+
+def build(name: str):
+    """The registry's entry point: `shapes` (continuous) or `shapes_strict` (all attributes right)."""
+    return shapes_reward if name == "shapes" else shapes_strict
+
+
+def check(name: str) -> None:
+    """Built in: always available."""

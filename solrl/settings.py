@@ -1,0 +1,69 @@
+"""Every setting sol-rl reads from the environment, in one place (pydantic-settings).
+
+A setting is read when `settings()` is called (not at import), so a process or a test may
+change the environment first. Variables of other tools (AWS_*, HF_HOME, HF_HUB_OFFLINE, ...)
+are read by those tools themselves; the few we consult are named here with their aliases.
+
+| variable | meaning |
+|---|---|
+| SOLRL_RUN_ROOT | default run root when neither --run-root nor storage.run_root is given |
+| SOLRL_S3_ENDPOINT (or AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) | S3 endpoint of s3:// run stores |
+| AWS_REGION (or AWS_DEFAULT_REGION) | S3 region |
+| SOLRL_NO_COMPILE=1 | use the eager NVFP4 activation kernel instead of torch.compile (bit-identical; tests) |
+| SOLRL_REWARD_DEVICE | device of the learned reward models (default: cuda if available, else cpu) |
+| SOLRL_REWARD_BATCH | images per forward pass of a learned reward model (default 16) |
+| HPS_ROOT | folder of the HPS v2.1 checkpoint (default ~/.cache/hpsv2) |
+| SOLRL_CLIPSCORE_PATH, SOLRL_PICKSCORE_PATH, SOLRL_PICKSCORE_PROCESSOR_PATH, SOLRL_HPSV2_PATH, SOLRL_IMAGEREWARD_PATH, SOLRL_IMAGEREWARD_TOKENIZER | local copies of the learned rewards' weights (see solrl/rewards/) |
+| HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME | where model and reward weights are looked up in the Hugging Face cache (read at call time) |
+| HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | weights only from disk (sol-rl never downloads at run time anyway) |
+| SOLRL_LEASE_TIMEOUT_S | a run lease whose heartbeat is older than this is stale (default 120) |
+| SOLRL_DEBUG=1 | full tracebacks instead of one-sentence errors (as --debug) |
+| SOLRL_PAUSE_AFTER_WRITE_S | test hook: sleep after every data file, so a test can kill between a file and its commit |
+| SOLRL_FAULTS | test hook: inject a storage fault, e.g. `write:7:enospc` (see storage/faults.py) |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOLRL_", extra="ignore", frozen=True)
+
+    run_root: str | None = None
+    s3_endpoint: str | None = Field(None, validation_alias=AliasChoices("SOLRL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    s3_region: str | None = Field(None, validation_alias=AliasChoices("SOLRL_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    no_compile: bool = False
+    reward_device: str | None = None
+    reward_batch: int = Field(16, ge=1)
+    hps_root: str = Field("~/.cache/hpsv2", validation_alias=AliasChoices("HPS_ROOT", "SOLRL_HPS_ROOT"))
+    lease_timeout_s: float = Field(120.0, gt=0)
+    debug: bool = False
+    pause_after_write_s: float = Field(0.0, ge=0)
+    faults: str | None = None
+    clipscore_path: str | None = None
+    pickscore_path: str | None = None
+    pickscore_processor_path: str | None = None
+    hpsv2_path: str | None = None
+    imagereward_path: str | None = None
+    imagereward_tokenizer: str | None = None
+    hf_hub_cache: str | None = Field(None, validation_alias=AliasChoices("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"))
+    hf_home: str | None = Field(None, validation_alias=AliasChoices("HF_HOME"))
+    xdg_cache_home: str | None = Field(None, validation_alias=AliasChoices("XDG_CACHE_HOME"))
+    hf_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+    @property
+    def hub_cache(self) -> Path:
+        """The Hugging Face hub cache folder, as huggingface_hub would compute it."""
+        if self.hf_hub_cache:
+            return Path(self.hf_hub_cache).expanduser()
+        home = self.hf_home or str(Path(self.xdg_cache_home or "~/.cache") / "huggingface")
+        return Path(home).expanduser() / "hub"
+
+
+def settings() -> Settings:
+    """The settings as the environment says now."""
+    return Settings()

@@ -1,0 +1,73 @@
+"""Fault injection for the reliability tests: an fsspec file system that fails on purpose.
+
+Selected by the test-only setting SOLRL_FAULTS (solrl/settings.py); never active otherwise.
+Spec: `<op>:<n>:<effect>[:<log file>]` — at the n-th (1-based) operation of kind `op` made by
+this process, apply `effect`:
+
+    op      write (a file written or renamed into place), read (a file read), any
+    effect  enospc      OSError(ENOSPC, "No space left on device")
+            eio         OSError(EIO)
+            connection  ConnectionError (what an unreachable S3 endpoint looks like)
+            kill        SIGKILL this process (a crash exactly there)
+            count       nothing: only append every operation ("write <path>") to the log file
+
+A local atomic write is two operations (the temporary file, then the rename into place), so
+"write" points include the inside of every commit-record write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from fsspec import AbstractFileSystem
+
+EFFECTS = ("enospc", "eio", "connection", "kill", "count")
+
+
+class FaultyFileSystem:
+    """Delegates to `inner`; counts writes/reads and injects the configured fault."""
+
+    def __init__(self, inner: AbstractFileSystem, spec: str):
+        parts = spec.split(":", 3)
+        if len(parts) < 3 or parts[0] not in ("write", "read", "any") or parts[2] not in EFFECTS or not parts[1].isdigit():
+            raise ValueError(f"SOLRL_FAULTS={spec!r} is not <write|read|any>:<n>:<{'|'.join(EFFECTS)}>[:<log file>]")
+        self.inner, self.op, self.n, self.effect = inner, parts[0], int(parts[1]), parts[2]
+        self.log = parts[3] if len(parts) > 3 else None
+        self.counts = {"write": 0, "read": 0, "any": 0}
+        self.fired = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _tick(self, op: str, path: str) -> None:
+        self.counts[op] += 1
+        self.counts["any"] += 1
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{op} {path}\n")
+        hit = (self.op in ("any", op)) and self.counts[self.op] == self.n and not self.fired
+        if self.effect == "count" or not hit:
+            return
+        self.fired = True
+        if self.effect == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.effect == "connection":
+            raise ConnectionError(f"injected connection error at {op} {path}")
+        code = errno.ENOSPC if self.effect == "enospc" else errno.EIO
+        raise OSError(code, os.strerror(code), path)
+
+    # writes
+    def pipe_file(self, path, value, **kw):
+        self._tick("write", path)
+        return self.inner.pipe_file(path, value, **kw)
+
+    def mv(self, path1, path2, **kw):
+        self._tick("write", path2)
+        return self.inner.mv(path1, path2, **kw)
+
+    # reads
+    def cat_file(self, path, **kw):
+        self._tick("read", path)
+        return self.inner.cat_file(path, **kw)

@@ -1,0 +1,122 @@
+"""The model of a process, loaded once, and its adapters at a point of a run.
+
+Keys:
+  * the model: the config's model section, the LoRA init seed and what `auto` resolved to
+    (dtype, device, prompt sets) — a process reloads weights only when these change;
+  * the adapters: the content id of the committed update they come from (for iteration i, the
+    update of i − 1; for iteration 0, the LoRA initialisation) — content ids hash the adapter
+    bytes, so equal ids mean equal adapters, whichever run or worker made them;
+  * the sampler copies (explore / regenerate): the adapter key plus the explore settings.
+
+An entry is trusted only while it is clean. A stage that changes the policy (the update)
+checks it out with `mutating()`, which marks it dirty; only `committed()` after the stage's
+commit makes it clean again, at the new adapters. So an attempt that failed halfway — and a
+Prefect retry of it — always restarts from the committed state in the store, never from
+tensors an earlier attempt already stepped.
+
+Thread-safe: one lock guards every lookup, restore and build, and `mutating()` holds it for
+the whole update. Sampling stages only read the policy; the Dask runner uses one thread per
+worker anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from solrl.checkpoint import restore
+from solrl.models import load_policy
+from solrl.plan import ExploreSpec
+from solrl.stages import TrainState, explore_quant
+
+INIT = "init"
+
+
+class PolicyCache:
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._model_key = None
+        self._policy = None
+        self._init = None
+        self._state = None
+        self._adapters = None  # the adapter key of _policy/_state now; None = dirty
+        self._samplers: dict = {}
+        self.loads = 0  # how many times weights were loaded (tests and logs)
+        self.restores = 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self.__init__()
+
+    def policy(self, run):
+        """The run's policy with whatever adapters it holds now (load the weights if needed)."""
+        with self._lock:
+            key = (run.cfg.model.model_dump_json(), run.cfg.run.seed, run.resolved.model_dump_json())
+            if self._model_key != key:
+                self._policy = load_policy(run.cfg, run.resolved)
+                self._init = self._policy.adapter_state("default")
+                self._model_key, self._adapters, self._state, self._samplers = key, None, None, {}
+                self.loads += 1
+            return self._policy
+
+    def adapter_key(self, run, iteration: int) -> str:
+        if iteration == 0:
+            return INIT
+        h = run.stage(iteration - 1, "update")
+        rec = h.record
+        if rec is None or rec["config_hash"] != run.hash:
+            raise RuntimeError(f"iteration {iteration} needs the committed update of iteration {iteration - 1}, which is missing: resume the run from there")
+        return h.content_id(rec)
+
+    def at(self, run, iteration: int):
+        """(policy, train state) as committed at the start of `iteration`."""
+        with self._lock:
+            policy = self.policy(run)
+            key = self.adapter_key(run, iteration)
+            if self._adapters != key:
+                state = TrainState.fresh(policy, run.cfg)
+                if key == INIT:
+                    policy.load_adapter("default", self._init)
+                    policy.load_adapter("old", self._init)
+                    state.ema = {k: v.clone() for k, v in self._init.items()}
+                else:
+                    h = run.stage(iteration - 1, "update")
+                    files = {name[len("state/") :]: run.store.read_bytes(h.file(name)) for name in h.record["files"] if name.startswith("state/")}
+                    restore(policy, state, files)
+                    self.restores += 1
+                self._state, self._adapters, self._samplers = state, key, {}
+            return policy, self._state
+
+    def init_ema(self, run) -> dict:
+        """The LoRA initialisation (B = 0: the base model), for the baseline evaluation."""
+        with self._lock:
+            self.policy(run)
+            return {k: v.clone() for k, v in self._init.items()}
+
+    def sampler(self, run, iteration: int, spec: ExploreSpec | None):
+        """The explore copy for `spec` (quantised per its precision) or, with None, the
+        high-precision regenerate copy: base + the "old" adapter of `iteration`, merged."""
+        with self._lock:
+            policy, _ = self.at(run, iteration)
+            quant = explore_quant(policy, run.cfg, spec) if spec is not None else None
+            key = (self._adapters, repr(quant))
+            if key not in self._samplers:
+                self._samplers[key] = policy.sampler_copy(quant)
+            return self._samplers[key]
+
+    @contextmanager
+    def mutating(self, run, iteration: int):
+        """Exclusive use of (policy, state) at the start of `iteration` for a stage that changes
+        them. The entry is dirty until `committed()`; on any failure it stays dirty."""
+        with self._lock:
+            policy, state = self.at(run, iteration)
+            self._adapters, self._samplers = None, {}
+            yield policy, state
+
+    def committed(self, run, iteration: int) -> None:
+        """The update of `iteration` has committed what the in-memory policy holds now."""
+        with self._lock:
+            self._adapters = self.adapter_key(run, iteration + 1)
+
+
+CACHE = PolicyCache()  # this process's

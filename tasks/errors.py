@@ -1,0 +1,52 @@
+"""Every failure a user can cause or meet, as one sentence and an exit code.
+
+    2  bad input: a config error, a config that does not match the run, a missing model or
+       prompt file, a run held by another process, a damaged run.json
+    1  the environment: the store is unreachable, no credentials, the disk is full, permission
+       denied, a connection error
+Anything else is a bug and keeps its traceback. `--debug` (SOLRL_DEBUG=1) shows tracebacks always.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from storage.store import describe
+
+
+def _names(e: BaseException) -> set[str]:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
+    """(exit code, one sentence) for a known failure, None for a bug."""
+    from solrl.config import ConfigError
+    from solrl.rewards import RewardUnavailable
+    from storage.lease import LeaseHeld, LeaseLost
+    from storage.selection import ShortPromptError
+    from storage.store import StoreError
+
+    from .run import ConfigMismatch, RunDamaged
+
+    again = f"; then resume with `{resume}`" if resume else ""
+    if isinstance(e, (ConfigError, ConfigMismatch, LeaseHeld, RunDamaged, RewardUnavailable, ShortPromptError)):
+        return 2, str(e)
+    if isinstance(e, LeaseLost):
+        return 1, str(e)
+    if isinstance(e, StoreError):
+        return 1, str(e)
+    names = _names(e)
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return 1, f"no S3 credentials were found ({describe(e)}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile{again}"
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError", "ReadTimeoutError"} or isinstance(e, (ConnectionError, TimeoutError)):
+        return 1, f"the run store is unreachable ({describe(e)}): check the endpoint and the network{again}"
+    if isinstance(e, FileNotFoundError) and e.errno is None:
+        return 2, str(e)  # our own "X is missing: do Y" sentences (an OS error carries an errno)
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        if e.errno == errno.ENOSPC:
+            return 1, f"the disk is full{where}: free some space{again}"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or isinstance(e, PermissionError):
+            return 1, f"permission denied writing the run store{where}: make it writable{again}"
+        return 1, f"a storage error stopped the run ({describe(e)}){again}"
+    return None

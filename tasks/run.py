@@ -1,0 +1,155 @@
+"""A run: its store, its config and what `auto` resolved to, its lease.
+
+`open_run(uri, cfg)` creates a run (writing run.json) or resumes one, refusing — in one
+sentence naming the keys — a config that would compute something else. `open_run(uri)` opens
+an existing run read-only (status, verify, inspect, report, export).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from solrl import __version__
+from solrl.config import Resolved, RunConfig, diff_keys
+from storage.lease import Lease
+from storage.stages import STAGES
+from storage.store import RunStore, StageHandle, describe, join
+from solrl.settings import settings
+
+
+class ConfigMismatch(ValueError):
+    """A resume with a config that computes something else (bad input)."""
+
+
+class RunDamaged(ValueError):
+    """run.json cannot be read and cannot be rebuilt from the given config."""
+
+
+@dataclass
+class Run:
+    store: RunStore
+    cfg: RunConfig
+    resolved: Resolved
+    run_id: str
+    lease: Lease | None = field(default=None, repr=False)
+
+    @property
+    def hash(self) -> str:
+        return self.cfg.hash(self.resolved)
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri
+
+    @property
+    def reward_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.cfg.reward.weights, *self.cfg.reward.report]))
+
+    def stage(self, iteration: int | None, name: str) -> StageHandle:
+        return self.store.stage(None if STAGES[name].scope == "run" else iteration, name)
+
+    def inputs(self, iteration: int | None, name: str) -> dict[str, str]:
+        """Content ids of the committed inputs of a stage (ALGORITHM's data flow, storage/stages.py)."""
+        out = {}
+        for dep, offset in STAGES[name].inputs:
+            i = iteration + offset
+            if i < 0:
+                continue
+            h = self.stage(i, dep)
+            cid = h.content_id()
+            if cid is not None:
+                out[h.label] = cid
+        return out
+
+    def acquire(self, take_over: bool = False) -> Lease:
+        """Hold the run's lease (released by `release()`, on every exit path of the caller)."""
+        self.lease = Lease(self.store, timeout_s=settings().lease_timeout_s).acquire(take_over)
+        return self.lease
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+def _meta(run_id: str, cfg: RunConfig, resolved: Resolved) -> dict:
+    import torch
+
+    return {
+        "run_id": run_id,
+        "config": cfg.model_dump(mode="json"),
+        "resolved": resolved.model_dump(mode="json"),
+        "config_hash": cfg.hash(resolved),
+        "code_version": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _read_meta(store: RunStore, run_id: str) -> tuple[dict | None, str | None]:
+    """(run.json, None), (None, None) when absent, (None, why) when damaged."""
+    path = store.path("run.json")
+    if not store.exists(path):
+        return None, None
+    try:
+        meta = json.loads(store.read_bytes(path))
+        RunConfig.model_validate(meta["config"])
+        Resolved.model_validate(meta["resolved"])
+        return meta, None
+    except Exception as e:  # noqa: BLE001 - any unreadable run.json is "damaged"
+        return None, describe(e)
+
+
+def _committed_hashes(store: RunStore) -> set[str]:
+    hashes = set()
+    for i in store.iterations():
+        for name, spec in STAGES.items():
+            if spec.scope == "iteration":
+                rec = store.stage(i, name).record
+                if rec:
+                    hashes.add(rec["config_hash"])
+    rec = store.stage(None, "baseline").record
+    if rec:
+        hashes.add(rec["config_hash"])
+    return hashes
+
+
+def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
+    """Create or resume a run (with `cfg`), or open one read-only (without)."""
+    from solrl.models import resolve
+
+    run_id = uri.rstrip("/").rsplit("/", 1)[-1]
+    if cfg is None:
+        store = RunStore(uri)
+        meta, damaged = _read_meta(store, run_id)
+        if meta is None:
+            if damaged:
+                raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it")
+            raise FileNotFoundError(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
+        return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
+    store = RunStore(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)
+    store.check_writable()  # unreachable or read-only: one sentence, before reading anything
+    resolved = resolve(cfg)
+    meta, damaged = _read_meta(store, run_id)
+    if meta is not None:
+        stored_cfg, stored_res = RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"])
+        if cfg.hash(resolved) != meta["config_hash"]:
+            keys = diff_keys({"config": stored_cfg.hashed(), "resolved": stored_res.model_dump(mode="json")},
+                             {"config": cfg.hashed(), "resolved": resolved.model_dump(mode="json")})
+            keys = [k.removeprefix("config.") for k in keys]
+            raise ConfigMismatch(f"run {run_id} at {uri} was made with a different config (differing keys: {', '.join(keys)}): "
+                                 "resume with the original config (and on a machine that resolves `auto` alike), or start a new run id")
+        return Run(store, cfg, resolved, run_id)
+    if damaged:
+        others = _committed_hashes(store) - {cfg.hash(resolved)}
+        if others:
+            raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}) and its committed stages were made with another config: "
+                             "resume with the original config, or start a new run id")
+    store.write_json(store.path("run.json"), _meta(run_id, cfg, resolved))
+    return Run(store, cfg, resolved, run_id)
+
+
+__all__ = ["ConfigMismatch", "Run", "RunDamaged", "join", "open_run"]

@@ -1,0 +1,118 @@
+"""What a run looks like from its committed artifacts: per-iteration summaries, the status
+table and `verify`. Everything here reads the stage table (storage/stages.py)."""
+
+from __future__ import annotations
+
+from solrl.fidelity import kept_set_metrics
+from storage.queries import paired_gains, read_stage, reselect
+from storage.stages import ITERATION_STAGES, STAGES
+
+from .run import Run
+from .steps import is_done, plan_of
+
+
+def iteration_summary(run: Run, iteration: int) -> dict:
+    """Headline numbers of a committed iteration (the per-iteration line, artifacts, status)."""
+    metrics = read_stage(run.store, iteration, "update").to_pylist()
+    last = metrics[-1]
+    regen = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, side, proxy_rank, proxy_reward, reward").to_pydict()
+    out = {
+        "iteration": iteration,
+        "train_reward": last["reward_mean"],
+        "loss": sum(m["loss"] for m in metrics) / len(metrics),
+        "optimizer_step": int(last["optimizer_step"]),
+        "rows": regen,
+        "seconds": {k[len("seconds_"):]: v for k, v in last.items() if k.startswith("seconds_") and v == v},
+    }
+    if run.cfg.mode.has_proxy:
+        out["fidelity"] = kept_set_metrics(regen["proxy_reward"], regen["reward"], regen["side"])
+    audit = run.stage(iteration, "audit").record
+    if audit:
+        out["audit"] = audit.get("fidelity", {})
+        out["seconds"]["audit"] = audit["finished_at"] - audit["started_at"]
+    plan = plan_of(run, iteration)
+    if plan.guard is not None:
+        out["guard"] = {"fallback": plan.guard.fallback, "decision": plan.guard.decision, "explore": f"{plan.explore.precision}/{plan.explore.steps} steps"}
+    ev = run.stage(iteration, "eval").record
+    if ev:
+        out["eval"] = paired_gains(run.store, iteration, "reward_shapes_strict" if "shapes_strict" in run.reward_names else None)
+        out["seconds"]["eval"] = ev["finished_at"] - ev["started_at"]
+    return out
+
+
+def format_summary(s: dict) -> str:
+    """The one line per iteration the CLI prints."""
+    parts = [f"iteration {s['iteration']}", f"train reward {s['train_reward']:.4f}"]
+    for name, g in s.get("eval", {}).items():
+        txt = f"{name} {g['gain']:+.4f} ± {g['se']:.4f} (n {g['n']})"
+        if g.get("strict") is not None:
+            txt += f", strict {g['strict_base']:.2f}→{g['strict']:.2f}"
+        parts.append(txt)
+    if "audit" in s:
+        a = s["audit"]
+        parts.append(f"audit ρ {a['spearman']:.2f} top-hit {a['top_hit']:.2f}")
+    elif "fidelity" in s:
+        parts.append(f"kept-set ρ {s['fidelity']['kept_spearman']:.2f}")
+    if s.get("guard", {}).get("fallback"):
+        parts.append(f"guard: exploring {s['guard']['explore']}")
+    parts.append("stages " + ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items()))
+    return " | ".join(parts)
+
+
+def status(run: Run) -> list[dict]:
+    """Every iteration × stage: state ("ok", "stale", "partial", "damaged" or "-") and seconds."""
+    rows = []
+    for i in run.store.iterations():
+        row = {"iteration": i}
+        for name in ITERATION_STAGES:
+            h = run.stage(i, name)
+            rec, damaged = h.read_record()
+            if rec:
+                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], rec.get("worker"))
+            elif damaged:
+                row[name] = ("damaged", None, None)
+            elif h.data_files():
+                row[name] = ("partial", None, None)
+            else:
+                row[name] = ("-", None, None)
+        rows.append(row)
+    return rows
+
+
+def verify(run: Run) -> tuple[int, list[str]]:
+    """Re-hash every committed file; check every commit consumed the inputs committed now (no
+    stale stage), that the stored selection equals the selection SQL over the stored explore
+    rows, and that the regenerated seeds are exactly the selected ones. (checked, problems)."""
+    problems: list[str] = []
+    checked = 0
+    handles = [run.stage(None, n) for n, s in STAGES.items() if s.scope == "run"]
+    handles += [run.stage(i, n) for i in run.store.iterations() for n in ITERATION_STAGES]
+    for h in handles:
+        rec, damaged = h.read_record()
+        if rec is None:
+            if damaged:
+                problems.append(damaged)
+            elif h.data_files():
+                problems.append(f"{h.label}: uncommitted files (a crashed stage; the next resume removes them)")
+            continue
+        checked += 1
+        found = h.problems()
+        problems += found
+        if not found and rec.get("inputs") != run.inputs(h.iteration, h.name):
+            problems.append(f"{h.label}: consumed inputs that are no longer the committed ones (stale; the next resume recomputes it)")
+        if not found and rec["config_hash"] != run.hash:
+            problems.append(f"{h.label}: committed with another config hash")
+    for i in run.store.iterations():
+        ok = lambda name: run.stage(i, name).record is not None and not run.stage(i, name).problems()  # noqa: E731
+        if run.cfg.mode.selection == "extremes" and ok("select") and ok("explore"):
+            stored = read_stage(run.store, i, "select", "prompt_id, seed, side, proxy_rank, proxy_reward").to_pylist()
+            again, _ = reselect(run.store, i, run.cfg.select.k, run.cfg.select.on_short_prompt)
+            if stored != again.select(["prompt_id", "seed", "side", "proxy_rank", "proxy_reward"]).to_pylist():
+                problems.append(f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows")
+        if ok("regenerate") and ok("select"):
+            key = lambda d: (d["prompt_id"], d["seed"])  # noqa: E731
+            sel = sorted(read_stage(run.store, i, "select", "prompt_id, seed").to_pylist(), key=key)
+            reg = sorted(read_stage(run.store, i, "regenerate", "prompt_id, seed").to_pylist(), key=key)
+            if sel != reg:
+                problems.append(f"iter={i:05d}/regenerate: regenerated seeds are not exactly the selected seeds")
+    return checked, problems
