@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sol-RL: FP4 explore, BF16 train. Runs, inspects and verifies RL post-training runs of flow models.")
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 STATE = {"debug": False}
 

@@ -1,8 +1,8 @@
 """Fault injection for the reliability tests: an fsspec file system that fails on purpose.
 
 Selected by the test-only setting SOLRL_FAULTS (solrl/settings.py); never active otherwise.
-Spec: `<op>:<n>:<effect>[:<log file>]` — at the n-th (1-based) operation of kind `op` made by
-this process, apply `effect`:
+Spec: `<op>[@<text>]:<n>:<effect>[:<log file>]` — at the n-th (1-based) operation of kind `op`
+made by this process (counting only paths that contain <text>, when given), apply `effect`:
 
     op      write (a file written or renamed into place), read (a file read), any
     effect  enospc      OSError(ENOSPC, "No space left on device")
@@ -26,36 +26,62 @@ from fsspec import AbstractFileSystem
 EFFECTS = ("enospc", "eio", "connection", "kill", "count")
 
 
+class _Plan:
+    """The process's fault plan and operation counts (shared by every store the process opens)."""
+
+    def __init__(self, spec: str):
+        parts = spec.split(":", 3)
+        op, _, self.where = parts[0].partition("@")
+        if len(parts) < 3 or op not in ("write", "read", "any") or parts[2] not in EFFECTS or not parts[1].isdigit():
+            raise ValueError(f"SOLRL_FAULTS={spec!r} is not <write|read|any>[@<path text>]:<n>:<{'|'.join(EFFECTS)}>[:<log file>]")
+        self.spec, self.op, self.n, self.effect = spec, op, int(parts[1]), parts[2]
+        self.log = parts[3] if len(parts) > 3 else None
+        self.counts = {"write": 0, "read": 0, "any": 0}
+        self.fired = False
+
+
+_PLAN: list[_Plan] = []
+
+
+def plan_for(spec: str) -> _Plan:
+    """One plan per process and spec: counts run across every store of the process."""
+    if not _PLAN or _PLAN[0].spec != spec:
+        _PLAN[:] = [_Plan(spec)]
+    return _PLAN[0]
+
+
+def reset() -> None:
+    """Forget the counts (a test that injects several faults in one process)."""
+    _PLAN.clear()
+
+
 class FaultyFileSystem:
     """Delegates to `inner`; counts writes/reads and injects the configured fault."""
 
     def __init__(self, inner: AbstractFileSystem, spec: str):
-        parts = spec.split(":", 3)
-        if len(parts) < 3 or parts[0] not in ("write", "read", "any") or parts[2] not in EFFECTS or not parts[1].isdigit():
-            raise ValueError(f"SOLRL_FAULTS={spec!r} is not <write|read|any>:<n>:<{'|'.join(EFFECTS)}>[:<log file>]")
-        self.inner, self.op, self.n, self.effect = inner, parts[0], int(parts[1]), parts[2]
-        self.log = parts[3] if len(parts) > 3 else None
-        self.counts = {"write": 0, "read": 0, "any": 0}
-        self.fired = False
+        self.inner, self.plan = inner, plan_for(spec)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def _tick(self, op: str, path: str) -> None:
-        self.counts[op] += 1
-        self.counts["any"] += 1
-        if self.log:
-            with open(self.log, "a") as f:
-                f.write(f"{op} {path}\n")
-        hit = (self.op in ("any", op)) and self.counts[self.op] == self.n and not self.fired
-        if self.effect == "count" or not hit:
+        p = self.plan
+        if p.where and p.where not in path:
             return
-        self.fired = True
-        if self.effect == "kill":
+        p.counts[op] += 1
+        p.counts["any"] += 1
+        if p.log:
+            with open(p.log, "a") as f:
+                f.write(f"{op} {path}\n")
+        hit = (p.op in ("any", op)) and p.counts[p.op] == p.n and not p.fired
+        if p.effect == "count" or not hit:
+            return
+        p.fired = True
+        if p.effect == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.effect == "connection":
+        if p.effect == "connection":
             raise ConnectionError(f"injected connection error at {op} {path}")
-        code = errno.ENOSPC if self.effect == "enospc" else errno.EIO
+        code = errno.ENOSPC if p.effect == "enospc" else errno.EIO
         raise OSError(code, os.strerror(code), path)
 
     # writes

@@ -298,6 +298,7 @@ def fig_previews(store: RunStore, iteration: int, prompt_id: int, per_row: int =
     regen = read_stage(store, iteration, "regenerate", "seed, image", prompt_id=prompt_id).to_pydict()
     image = dict(zip(regen["seed"], regen["image"]))
     kept = [r for r in rows if r["side"]]
+    per_row = min(per_row, len(rows))
     n_prev = -(-len(rows) // per_row)
     n_kept = -(-len(kept) // per_row)
     fig, axes = plt.subplots(n_prev + n_kept, per_row, figsize=(0.9 * per_row, 1.0 * (n_prev + n_kept) + 0.8), squeeze=False)

@@ -37,6 +37,9 @@ from .stages import STAGES, Stage
 
 COMMIT = "_COMMITTED.json"
 TMP_PREFIX = ".tmp-"
+# Columns that name the run rather than describe its content: kept out of content ids, so two
+# runs that computed the same thing have the same ids (what the policy cache keys on).
+IDENTITY_COLUMNS = ("run_id",)
 
 
 class StoreError(RuntimeError):
@@ -267,8 +270,9 @@ class StageHandle:
             if name.endswith(".parquet"):
                 table = pq.read_table(io.BytesIO(data))
                 entry["rows"] = table.num_rows
-                if any(c in table.column_names for c in self.spec.volatile):
-                    entry["content"] = content_digest(table, self.spec.volatile)
+                ignored = self.spec.volatile + IDENTITY_COLUMNS
+                if any(c in table.column_names for c in ignored):
+                    entry["content"] = content_digest(table, ignored)
             files[name] = entry
         now = time.time()
         record = {

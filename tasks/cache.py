@@ -6,7 +6,9 @@ Keys:
   * the adapters: the content id of the committed update they come from (for iteration i, the
     update of i − 1; for iteration 0, the LoRA initialisation) — content ids hash the adapter
     bytes, so equal ids mean equal adapters, whichever run or worker made them;
-  * the sampler copies (explore / regenerate): the adapter key plus the explore settings.
+  * the sampler copies (explore / regenerate): the adapter key plus the explore settings; the
+    copies of the last two adapter keys are kept on a CPU (one on a GPU, where a copy of FLUX
+    is 24 GB), so a resumed or repeated iteration does not rebuild them.
 
 An entry is trusted only while it is clean. A stage that changes the policy (the update)
 checks it out with `mutating()`, which marks it dirty; only `committed()` after the stage's
@@ -84,7 +86,7 @@ class PolicyCache:
                     files = {name[len("state/") :]: run.store.read_bytes(h.file(name)) for name in h.record["files"] if name.startswith("state/")}
                     restore(policy, state, files)
                     self.restores += 1
-                self._state, self._adapters, self._samplers = state, key, {}
+                self._state, self._adapters = state, key
             return policy, self._state
 
     def init_ema(self, run) -> dict:
@@ -101,6 +103,9 @@ class PolicyCache:
             quant = explore_quant(policy, run.cfg, spec) if spec is not None else None
             key = (self._adapters, repr(quant))
             if key not in self._samplers:
+                keep = 1 if policy.device.type == "cuda" else 2
+                recent = list(dict.fromkeys(k[0] for k in self._samplers if k[0] != self._adapters))[-(keep - 1) :] if keep > 1 else []
+                self._samplers = {k: v for k, v in self._samplers.items() if k[0] == self._adapters or k[0] in recent}
                 self._samplers[key] = policy.sampler_copy(quant)
             return self._samplers[key]
 
@@ -110,7 +115,7 @@ class PolicyCache:
         them. The entry is dirty until `committed()`; on any failure it stays dirty."""
         with self._lock:
             policy, state = self.at(run, iteration)
-            self._adapters, self._samplers = None, {}
+            self._adapters = None  # dirty (the sampler copies stay: they were built from committed adapters)
             yield policy, state
 
     def committed(self, run, iteration: int) -> None:

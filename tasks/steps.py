@@ -23,6 +23,7 @@ from solrl.checkpoint import state_files
 from solrl.fidelity import audit_metrics
 from solrl.plan import IterationPlan, next_guard, plan_iteration
 from solrl.progress import progress_bar
+from solrl.registry import family_class
 from storage import schemas
 from storage.queries import read_stage
 from storage.selection import select_seeds
@@ -120,7 +121,7 @@ def plan_step(run: Run, iteration: int) -> str:
             guard = next_guard(cfg, prev, audited)
             if guard.decision:
                 log.warning("iteration %d: fidelity guard: %s", iteration, guard.decision)
-        train, _ = CACHE.policy(run).train_prompts(), None
+        train, _ = family_class(cfg.model.family).prompt_sets(cfg)  # no model load: the plan needs only prompts
         h.write_bytes("plan.json", plan_iteration(cfg, iteration, train, run.resolved.pool, guard).to_json())
 
     return stage_step(run, iteration, "plan", body)

@@ -1,0 +1,319 @@
+"""Reliability under faults (issue: retries that never double-train, atomic commit records, a
+run lease, clean stops): a storage fault or a SIGKILL at every write point of a small run, then a
+resume, must give the artifacts of an uninterrupted run, byte for byte.
+
+In-process and fork-based, so hundreds of faults cost seconds: the policy cache of this process
+(tasks/cache.py) is exactly what a Prefect retry of a failed stage would find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from solrl.config import RunConfig
+from storage import faults
+from storage.lease import Lease, LeaseHeld
+from storage.stages import ITERATION_STAGES
+from tasks import steps
+from tasks.errors import explain
+from tasks.run import ConfigMismatch, RunDamaged, open_run
+from tasks.status import verify
+
+pytestmark = pytest.mark.timeout(900)
+
+MICRO = {
+    "run": {"seed": 5, "iterations": 1},
+    "model": {"dtype": "float32"},
+    "prompts": {"per_iteration": 2},
+    "explore": {"n": 4, "steps": 1, "batch": 4},
+    "select": {"k": 2},
+    "rollout": {"steps": 2, "batch": 4},
+    "nft": {"micro_batch": 4, "timestep_fraction": 0.5, "lr": 0.01},
+    "eval": {"every": 1, "steps": 1, "held_out_prompts": 1, "train_prompts": 1, "seeds_per_prompt": 1},
+    "fidelity": {"audit_prompts": 1},
+}
+
+
+def micro(**over) -> RunConfig:
+    cfg = RunConfig.model_validate(MICRO)
+    return cfg.with_overrides(**over) if over else cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Micro models: threads only add synchronisation (many-fold slower when the cores are shared).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_all(uri: str, cfg: RunConfig, iterations: int = 1) -> None:
+    """What `sol-rl run --no-prefect` does: open, lease, every iteration, release."""
+    run = open_run(uri, cfg)
+    run.acquire()
+    try:
+        for i in range(iterations):
+            steps.run_steps(run, i)
+    finally:
+        run.release()
+
+
+def fingerprint(uri: str) -> dict[str, str]:
+    """Content id of every committed stage (volatile columns excluded) and the adapter bytes."""
+    run = open_run(uri)
+    out = {}
+    for i in run.store.iterations():
+        for name in ITERATION_STAGES:
+            cid = run.stage(i, name).content_id()
+            if cid:
+                out[f"{i}/{name}"] = cid
+    out["baseline"] = run.stage(None, "baseline").content_id()
+    return out
+
+
+def uncommitted(root: Path) -> list[str]:
+    out = []
+    for d in root.glob("iter=*/*"):
+        rec = d / "_COMMITTED.json"
+        listed = set(json.loads(rec.read_text())["files"]) if rec.exists() else set()
+        out += [str(f) for f in d.rglob("*") if f.is_file() and f.name != "_COMMITTED.json" and str(f.relative_to(d)) not in listed]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted micro run (one iteration, with the baseline, an audit and an eval), its
+    fingerprint, and the list of its write operations."""
+    root = tmp_path_factory.mktemp("ref")
+    log = root / "ops.log"
+    os.environ["SOLRL_FAULTS"] = f"write:0:count:{log}"
+    try:
+        faults.reset()
+        run_all(str(root / "run"), micro())
+    finally:
+        del os.environ["SOLRL_FAULTS"]
+        faults.reset()
+    ops = [ln.split(" ", 1)[1] for ln in log.read_text().splitlines() if ln.startswith("write ")]
+    return fingerprint(str(root / "run")), ops
+
+
+def _with_fault(monkeypatch, spec: str) -> None:
+    faults.reset()
+    monkeypatch.setenv("SOLRL_FAULTS", spec)
+
+
+def _without_fault(monkeypatch) -> None:
+    monkeypatch.delenv("SOLRL_FAULTS", raising=False)
+    faults.reset()
+
+
+def test_reference_run_is_reproducible(reference, tmp_path):
+    fp, ops = reference
+    run_all(str(tmp_path / "again"), micro())
+    assert fingerprint(str(tmp_path / "again")) == fp
+    assert len(ops) > 40 and any("_COMMITTED.json" in p for p in ops) and any("_LEASE.json" in p for p in ops)
+
+
+@pytest.mark.parametrize("effect", ["enospc", "eio", "connection"])
+def test_a_storage_fault_at_every_write_point_then_resume_is_byte_identical(reference, tmp_path, monkeypatch, effect):
+    """Each write point of the run (every data file, temporary file and rename, commit record,
+    run.json, the lease) fails once with `effect`; the run stops with an error that is one
+    sentence; a resume completes to the uninterrupted run's artifacts. The three effects split
+    the write points between them (every third one each)."""
+    fp, ops = reference
+    offset = ["enospc", "eio", "connection"].index(effect)
+    for n in range(1 + offset, len(ops) + 1, 3):
+        uri = str(tmp_path / f"w{n}")
+        _with_fault(monkeypatch, f"write:{n}:{effect}")
+        try:
+            run_all(uri, micro())
+            failed = None
+        except Exception as e:  # noqa: BLE001 - what the CLI would classify
+            failed = e
+        _without_fault(monkeypatch)
+        assert failed is not None, f"write {n} ({ops[n - 1]}) did not fail"
+        code, sentence = explain(failed, "sol-rl run ...")
+        assert code == 1 and "\n" not in sentence, (n, ops[n - 1], sentence)
+        run_all(uri, micro())
+        assert fingerprint(uri) == fp, f"after a fault at write {n}: {ops[n - 1]}"
+        assert uncommitted(tmp_path / f"w{n}") == []
+
+
+def test_sigkill_at_write_points_then_resume_is_byte_identical(reference, tmp_path):
+    """The process dies (SIGKILL) at 24 write points — inside commit-record writes (between the
+    temporary file and its rename), right after data files, at the lease — and a resume in
+    another process completes to the uninterrupted run's artifacts."""
+    fp, ops = reference
+    commit_renames = [n for n, p in enumerate(ops, 1) if p.endswith("_COMMITTED.json")]
+    tmp_commits = [n for n, p in enumerate(ops, 1) if "-_COMMITTED.json" in p]
+    data = [n for n, p in enumerate(ops, 1) if p.endswith(".parquet") or p.endswith(".safetensors")]
+    points = sorted(set(commit_renames + tmp_commits[::2] + data[::3] + [n for n, p in enumerate(ops, 1) if "_LEASE" in p][:2]))
+    assert len(points) >= 20
+    assert torch.get_num_threads() == 1  # a forked child must not wait on the parent's OpenMP pool
+    for n in points:
+        uri = str(tmp_path / f"k{n}")
+        pid = os.fork()
+        if pid == 0:  # the child: run until the injected SIGKILL
+            os.environ["SOLRL_FAULTS"] = f"write:{n}:kill"
+            faults.reset()
+            try:
+                run_all(uri, micro())
+            finally:
+                os._exit(0)  # reached only if the kill did not happen
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"write {n} ({ops[n - 1]}) did not kill"
+        faults.reset()
+        run_all(uri, micro())  # resume: the dead holder's lease is taken over (same host, pid gone)
+        assert fingerprint(uri) == fp, f"after SIGKILL at write {n}: {ops[n - 1]}"
+        assert uncommitted(tmp_path / f"k{n}") == [] and verify(open_run(uri))[1] == []
+
+
+def test_a_retried_update_never_trains_twice(reference, tmp_path, monkeypatch):
+    """The adversarial report: a storage error after the update stepped the policy in memory,
+    then a retry in the same process (what Prefect's retry does). The retry must start from the
+    committed state, not from the stepped one."""
+    fp, _ = reference
+    uri = str(tmp_path / "retry")
+    run = open_run(uri, micro())
+    for name in ("plan", "explore", "select", "regenerate", "audit"):
+        steps.STEPS[name](run, 0)
+    steps.baseline_step(run)
+    _with_fault(monkeypatch, "write@iter=00000/update/_COMMITTED:1:eio")
+    run = open_run(uri, micro())
+    with pytest.raises(OSError):
+        steps.update_step(run, 0)
+    _without_fault(monkeypatch)
+    steps.update_step(run, 0)  # the retry, same process, same cache
+    steps.eval_step(run, 0)
+    metrics = steps.read_stage(run.store, 0, "update").to_pylist()
+    assert metrics[-1]["optimizer_step"] == 1.0  # not 2: the failed attempt's step was not kept
+    assert fingerprint(uri) == fp
+
+
+def test_damaged_commit_record_and_run_json(reference, tmp_path):
+    fp, _ = reference
+    uri = tmp_path / "dmg"
+    run_all(str(uri), micro())
+    (uri / "iter=00000" / "update" / "_COMMITTED.json").write_bytes(b'{"stage": "upd')  # cut off
+    checked, problems = verify(open_run(str(uri)))
+    assert any("damaged commit record" in p for p in problems) and all("\n" not in p for p in problems)
+    (uri / "run.json").write_bytes(b"")
+    with pytest.raises(RunDamaged, match="run.json .* cannot be read"):
+        open_run(str(uri))  # read-only: one sentence, how to rebuild it
+    run_all(str(uri), micro())  # with the config: run.json rebuilt (the commits agree), the update recomputed
+    assert fingerprint(str(uri)) == fp and verify(open_run(str(uri)))[1] == []
+    (uri / "run.json").write_bytes(b"{")
+    with pytest.raises(RunDamaged, match="another config"):
+        open_run(str(uri), micro(**{"nft.lr": 0.02}))
+
+
+def test_verify_checks_inputs_and_a_deterministic_recompute_keeps_downstream(reference, tmp_path):
+    fp, _ = reference
+    uri = tmp_path / "ids"
+    run_all(str(uri), micro())
+    # A file changed together with its commit's sha: the stage verifies, its consumers are stale.
+    part = uri / "iter=00000" / "regenerate" / "part-00000.parquet"
+    rec_path = part.parent / "_COMMITTED.json"
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(part)
+    t = t.set_column(t.schema.get_field_index("reward"), "reward", [[r + 1.0 for r in t.column("reward").to_pylist()]])
+    pq.write_table(t, part)
+    rec = json.loads(rec_path.read_text())
+    run = open_run(str(uri))
+    h = run.stage(0, "regenerate")
+    data = part.read_bytes()
+    import hashlib
+
+    rec["files"]["part-00000.parquet"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    rec["files"]["part-00000.parquet"].pop("content", None)
+    rec_path.write_text(json.dumps(rec))
+    assert h.problems() == []
+    _, problems = verify(run)
+    assert any("iter=00000/update" in p and "stale" in p for p in problems), problems
+    # Remove the damage, delete a committed upstream stage entirely, resume: it is recomputed
+    # bit for bit, and what consumed it (same content id) is not redone.
+    import shutil
+
+    shutil.rmtree(part.parent)
+    run_all(str(uri), micro())
+    assert fingerprint(str(uri)) == fp
+    before = {n: json.loads((uri / "iter=00000" / n / "_COMMITTED.json").read_text())["committed_at"] for n in ("select", "update")}
+    shutil.rmtree(uri / "iter=00000" / "explore")
+    run_all(str(uri), micro())
+    after = {n: json.loads((uri / "iter=00000" / n / "_COMMITTED.json").read_text())["committed_at"] for n in ("select", "update")}
+    assert fingerprint(str(uri)) == fp and after == before
+
+
+def test_more_iterations_and_a_moved_run_resume(reference, tmp_path):
+    uri = tmp_path / "a" / "r"
+    run_all(str(uri), micro())
+    moved = tmp_path / "b" / "r"
+    moved.parent.mkdir()
+    uri.rename(moved)
+    cfg = micro(**{"run.iterations": 2, "storage.run_root": str(tmp_path / "b")})
+    run_all(str(moved), cfg, iterations=2)  # neither run.iterations nor storage.run_root is part of the resume hash
+    fp = fingerprint(str(moved))
+    assert {k: v for k, v in fp.items() if not k.startswith("1/")} == reference[0] and "1/update" in fp
+    with pytest.raises(ConfigMismatch, match="differing keys: nft.lr"):
+        open_run(str(moved), micro(**{"nft.lr": 0.02}))
+    with pytest.raises(ConfigMismatch, match="resolved.dtype"):
+        open_run(str(moved), micro(**{"model.dtype": "bfloat16"}))
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_gone_one(tmp_path):
+    from storage.store import RunStore
+
+    store = RunStore(str(tmp_path / "leased"))
+    first = Lease(store, timeout_s=60).acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=f"being run by {socket.gethostname()} pid {os.getpid()}") as e:
+            Lease(store, timeout_s=60).acquire()
+        assert "\n" not in str(e.value)
+        with pytest.raises(LeaseHeld):
+            Lease(store, timeout_s=60).acquire(take_over=True)  # a live holder is never taken over
+    finally:
+        first.release()
+    assert not store.exists(store.path("_LEASE.json"))  # released
+    # A holder on this host whose process is gone: taken over without asking.
+    store.write_json(store.path("_LEASE.json"), {"owner": "x", "host": socket.gethostname(), "pid": 2**22 + 12345, "pid_start": "1", "started": 0, "heartbeat": time.time()})
+    Lease(store).acquire().release()
+    # Another host's stale lease: refused with a hint, taken over with take_over=True.
+    store.write_json(store.path("_LEASE.json"), {"owner": "y", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600})
+    with pytest.raises(LeaseHeld, match="--take-over"):
+        Lease(store, timeout_s=60).acquire()
+    lease = Lease(store, timeout_s=60).acquire(take_over=True)
+    # ... and the process that lost it finds out before its next commit.
+    store.write_json(store.path("_LEASE.json"), {"owner": "z", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time()})
+    from storage.lease import LeaseLost
+
+    with pytest.raises(LeaseLost):
+        lease.check()
+    lease.release()
+    assert store.exists(store.path("_LEASE.json"))  # not ours any more: left alone
+
+
+def test_shapes_prompt_file_is_honoured_and_checked(tmp_path):
+    from solrl.models import check_model
+
+    f = tmp_path / "p.txt"
+    f.write_text("# my pool\na red circle on the left\na blue square above a yellow triangle\n")
+    cfg = micro(**{"prompts.file": str(f), "run.iterations": 1})
+    check_model(cfg)
+    run = open_run(str(tmp_path / "pf"), cfg)
+    steps.plan_step(run, 0)
+    assert [p for _, p in steps.plan_of(run, 0).prompts] == ["a red circle on the left", "a blue square above a yellow triangle"]
+    f.write_text("a pink hexagon on the left\n")
+    with pytest.raises(FileNotFoundError, match="outside the shapes grammar"):
+        check_model(micro(**{"prompts.file": str(f)}))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_model(micro(**{"prompts.file": str(tmp_path / "nope.txt")}))
