@@ -180,28 +180,41 @@ def synthetic_explore(rows: int, n: int, prompts: tuple[str, ...], seed: int = 0
 
 
 def time_selection(args, cfg, prompts) -> dict:
+    """select_seeds (select.sql: top-N aggregates) against the reference window query it
+    replaces (select_window.sql via select_seeds_window), interleaved on the same tables; every
+    repeat checks the two tables are identical. `seconds` is select_seeds'."""
     import duckdb
 
-    from storage.selection import select_seeds
+    from storage.selection import select_seeds, select_seeds_window
 
     n, k = cfg.explore.n, cfg.select.k
-    select_seeds(synthetic_explore(10 * n, n, prompts), k)  # warm-up: SQL parse, DuckDB start
+    warm = synthetic_explore(10 * n, n, prompts)
+    for fn in (select_seeds, select_seeds_window):  # warm-up: SQL parse, DuckDB start
+        fn(warm, k)
     tables, out = {}, {}
     for rows in args.rows:
         t, tab = C.timed(synthetic_explore, rows, n, prompts, seed=rows)
         tables[rows] = tab
-        out[str(rows)] = {"rows": tab.num_rows, "prompts": tab.num_rows // n, "build_seconds": t, "arrow_bytes": tab.nbytes, "seconds_all": []}
+        out[str(rows)] = {"rows": tab.num_rows, "prompts": tab.num_rows // n, "build_seconds": t, "arrow_bytes": tab.nbytes, "seconds_all": [], "window_seconds_all": []}
+    fns = {"seconds_all": select_seeds, "window_seconds_all": select_seeds_window}
     for r in range(args.select_repeats):
         for rows in C.rotated(list(args.rows), r):
-            t, (sel, _) = C.timed(select_seeds, tables[rows], k)
             d = out[str(rows)]
-            d["seconds_all"].append(t)
+            got = {}
+            for key in C.rotated(list(fns), r):
+                t, (got[key], _) = C.timed(fns[key], tables[rows], k)
+                d[key].append(t)
+            sel = got["seconds_all"]
             d["selected_rows"] = sel.num_rows
             if sel.num_rows != d["prompts"] * k:
                 raise AssertionError(f"selection over {rows} rows returned {sel.num_rows} rows, expected {d['prompts'] * k}")
+            if not sel.equals(got["window_seconds_all"]):
+                raise AssertionError(f"selection over {rows} rows differs from the reference window query")
         print(f"[cost] selection repeat {r + 1}/{args.select_repeats} done", flush=True)
     for d in out.values():
         d["seconds"] = C.median(d["seconds_all"])
+        d["window_seconds"] = C.median(d["window_seconds_all"])
+        d["window_over_select"] = C.median([w / s for w, s in zip(d["window_seconds_all"], d["seconds_all"])])
         d["rows_per_second"] = d["rows"] / d["seconds"]
         d["ms_per_prompt"] = 1000.0 * d["seconds"] / d["prompts"]
     con = duckdb.connect()
