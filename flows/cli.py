@@ -156,8 +156,7 @@ def run(
                 from flows.sol_rl import sol_rl
                 from tasks.status import format_summary
 
-                summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over,
-                                   overrides={"cluster.address": cluster, "cluster.workers": 0} if cluster else None)
+                summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster)
                 for s in summaries:
                     console.print(format_summary(s))
     except interrupt.StopRequested as e:
@@ -199,9 +198,10 @@ def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="w
                 gains += f"; audit ρ {s['audit']['spearman']:.2f}"
         t.add_row(str(row["iteration"]), *cells, gains)
     console.print(t)
-    workers = sorted({v[2] for row in rows for k, v in row.items() if k != "iteration" and v[2]})
-    if workers:
-        console.print(f"committed by: {', '.join(workers)}")
+    for stage in stages:  # which processes (this one, or Dask workers) computed each stage
+        workers = sorted({w for row in rows if row[stage][2] for w in row[stage][2].split(", ")})
+        if workers:
+            console.print(f"{stage}: computed by {', '.join(workers)}", highlight=False)
 
 
 @app.command()

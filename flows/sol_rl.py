@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # The deployment's working directory is the checkout; make its packages importable there too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flows.cluster import api_for_workers, dask_cluster, task_runner  # noqa: E402
 from solrl.config import load_config  # noqa: E402
 from solrl.models import check_model  # noqa: E402
 from solrl.settings import settings  # noqa: E402
@@ -74,23 +75,20 @@ def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> 
     return {k: v for k, v in summary.items() if k != "rows"}
 
 
-def task_runner(cfg):
-    """The iteration subflow's runner: in this process, one task at a time (the default), or
-    Dask (cluster section)."""
-    return ThreadPoolTaskRunner(max_workers=1)
-
-
 @flow(name="sol-rl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, iterations: int | None = None, run_root: str | None = None,
-           overrides: dict | None = None, take_over: bool = False) -> list[dict]:
+           overrides: dict | None = None, take_over: bool = False, cluster: str | None = None) -> list[dict]:
     """Run (or resume) a Sol-RL run: `iterations` iterations of plan -> explore -> select ->
     regenerate -> (audit ->) update (-> evaluate), artifacts under `run_root/run_id`.
 
     config: YAML path (relative to the checkout) or preset name; run_id: an existing id resumes
     it (default: <config>-<timestamp>); overrides: dotted keys, e.g. {"explore.n": 16};
-    take_over: take over the lease of a run whose holder looks gone."""
+    take_over: take over the lease of a run whose holder looks gone; cluster: an existing Dask
+    scheduler (tcp://host:8786) for the explore/regenerate shards."""
     cfg = load_config(config)
     run_id = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if cluster:
+        overrides = {**(overrides or {}), "cluster.address": cluster, "cluster.workers": 0}
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder
@@ -100,8 +98,9 @@ def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, itera
     lease = run.acquire(take_over)
     try:
         get_run_logger().info("run %s at %s: %d iteration(s), mode %s", run_id, run.store.url(run.store.root), n, cfg.run.mode)
-        runner = task_runner(cfg)
-        return [sol_rl_iteration.with_options(task_runner=runner)(run.uri, i, lease.owner) for i in range(n)]
+        with dask_cluster(cfg.cluster) as address, api_for_workers(address):
+            runner = task_runner(address)
+            return [sol_rl_iteration.with_options(task_runner=runner)(run.uri, i, lease.owner) for i in range(n)]
     finally:
         run.release()
 

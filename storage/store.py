@@ -261,7 +261,7 @@ class StageHandle:
 
     def commit(self, config_hash: str, inputs: dict[str, str] | None = None, extra: dict | None = None, started_at: float | None = None) -> dict:
         """Write `_COMMITTED.json` for every data file now in the stage folder."""
-        files = {}
+        files, workers = {}, set()
         for name in self.data_files():
             if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
                 continue  # a temporary left by a writer that died: not data
@@ -270,6 +270,8 @@ class StageHandle:
             if name.endswith(".parquet"):
                 table = pq.read_table(io.BytesIO(data))
                 entry["rows"] = table.num_rows
+                if "worker" in table.column_names:
+                    workers.update(w for w in table.column("worker").unique().to_pylist() if w)
                 ignored = self.spec.volatile + IDENTITY_COLUMNS
                 if any(c in table.column_names for c in ignored):
                     entry["content"] = content_digest(table, ignored)
@@ -284,6 +286,7 @@ class StageHandle:
             "started_at": started_at or now,
             "finished_at": now,
             "committed_at": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
+            **({"workers": sorted(workers)} if workers else {}),
             **(extra or {}),
         }
         self.store.write_json(self.file(COMMIT), record)

@@ -8,6 +8,7 @@ an existing run read-only (status, verify, inspect, report, export).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -130,6 +131,9 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
                 raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it")
             raise FileNotFoundError(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
         return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
+    for var, value in (("SOLRL_S3_ENDPOINT", cfg.storage.s3_endpoint), ("SOLRL_S3_REGION", cfg.storage.s3_region)):
+        if value:  # the config's S3 settings reach every store this process (and its Dask workers) opens
+            os.environ[var] = value
     store = RunStore(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)
     store.check_writable()  # unreachable or read-only: one sentence, before reading anything
     resolved = resolve(cfg)

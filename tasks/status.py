@@ -68,7 +68,7 @@ def status(run: Run) -> list[dict]:
             h = run.stage(i, name)
             rec, damaged = h.read_record()
             if rec:
-                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], rec.get("worker"))
+                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], ", ".join(rec.get("workers") or [rec.get("worker", "")]))
             elif damaged:
                 row[name] = ("damaged", None, None)
             elif h.data_files():

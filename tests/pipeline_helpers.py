@@ -66,3 +66,19 @@ def row_counts(run_dir: Path) -> dict[str, int]:
         rec = json.loads(commit.read_text())
         out[f"{commit.parent.parent.name}/{commit.parent.name}"] = sum(f.get("rows", 0) for f in rec["files"].values())
     return out
+
+
+def fingerprint(uri) -> dict[str, str]:
+    """Content id of every committed stage of a run (volatile columns and the run id excluded):
+    equal fingerprints = byte-identical rows, images, x0 and adapters."""
+    from storage.stages import ITERATION_STAGES
+    from tasks.run import open_run
+
+    run = open_run(str(uri))
+    out = {"baseline": run.stage(None, "baseline").content_id()}
+    for i in run.store.iterations():
+        for name in ITERATION_STAGES:
+            cid = run.stage(i, name).content_id()
+            if cid:
+                out[f"{i}/{name}"] = cid
+    return out

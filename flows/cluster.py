@@ -1,0 +1,96 @@
+"""Where an iteration's explore and regenerate shards run: in this process (the default), or on
+Dask workers through prefect-dask's DaskTaskRunner (the config's `cluster` section).
+
+    cluster.address: tcp://host:8786     an existing scheduler (its workers need this checkout
+                                         installed, and a Prefect server: PREFECT_API_URL)
+    cluster.workers: 2                   a LocalCluster started for the run and closed after it
+    cluster.gpus_per_worker: 1           one worker per GPU: each worker process gets its own
+                                         CUDA_VISIBLE_DEVICES (a SpecCluster of Nannies)
+
+Only mapped shard tasks go to Dask; plan, select, audit, update and eval are single tasks that
+run in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
+and reuses it across tasks and iterations; tasks pass run URIs and receive file URIs, never
+tensors. One thread per worker: the cache is thread-safe, but torch on a CPU wants the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+log = logging.getLogger("solrl")
+
+
+def task_runner(address: str | None):
+    """The iteration subflow's runner. (Pass the scheduler by address: a DaskTaskRunner given a
+    cluster object would start a second cluster when Prefect duplicates the runner.)"""
+    if address is None:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=address)
+
+
+def _quiet_dask() -> None:
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read by the workers when they import distributed
+    # the shards' own exceptions decide the run; a worker that died is retried by Dask (allowed-failures)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def dask_cluster(cluster):
+    """Yield the scheduler address the iterations run on (None: in this process). A cluster
+    started here is closed on every exit path Python runs; on SIGKILL its workers exit by
+    themselves when their scheduler goes."""
+    if not (cluster.address or cluster.workers):
+        yield None
+        return
+    _quiet_dask()
+    if cluster.address:
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            log.warning("cluster.address with ephemeral Prefect: start a Prefect server and set PREFECT_API_URL, "
+                        "so workers on other hosts can reach it and keep recording task runs across runs")
+        yield cluster.address
+        return
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    threads = cluster.threads_per_worker
+    if cluster.gpus_per_worker:
+        g = cluster.gpus_per_worker
+        workers = {
+            f"gpu{i}": {"cls": Nanny, "options": {
+                "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
+                "env": {"CUDA_VISIBLE_DEVICES": ",".join(str(i * g + k) for k in range(g))}, "resources": {"GPU": g}}}
+            for i in range(cluster.workers)
+        }
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+        c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+    else:
+        c = LocalCluster(n_workers=cluster.workers, threads_per_worker=threads, processes=True, host="127.0.0.1", scheduler_port=0,
+                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
+    try:
+        yield c.scheduler_address
+    finally:
+        c.close()
+
+
+@contextlib.contextmanager
+def api_for_workers(address: str | None):
+    """prefect-dask sends the flow's settings with every task. In ephemeral mode those name no
+    API, and each worker would start a temporary Prefect server of its own: give them the URL of
+    this process's temporary server instead. Nothing to do with a configured server."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if address is None or get_current_settings().api.url:
+        yield
+        return
+    url = str(FlowRunContext.get().client.api_url).rstrip("/")
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
