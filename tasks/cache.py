@@ -23,6 +23,7 @@ worker anyway.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 
@@ -32,6 +33,7 @@ from solrl.plan import ExploreSpec
 from solrl.stages import TrainState, explore_quant
 
 INIT = "init"
+log = logging.getLogger("solrl")
 
 
 class PolicyCache:
@@ -107,6 +109,8 @@ class PolicyCache:
                 recent = list(dict.fromkeys(k[0] for k in self._samplers if k[0] != self._adapters))[-(keep - 1) :] if keep > 1 else []
                 self._samplers = {k: v for k, v in self._samplers.items() if k[0] == self._adapters or k[0] in recent}
                 self._samplers[key] = policy.sampler_copy(quant)
+                if quant is not None:
+                    log.info("iteration %d explore copy: %s", iteration, self._samplers[key][1].summary())
             return self._samplers[key]
 
     @contextmanager

@@ -135,8 +135,7 @@ def explore_shard(run: Run, iteration: int, shard: int) -> str:
         return h.file(part(shard))
     plan = plan_of(run, iteration)
     policy, _ = CACHE.at(run, iteration)
-    model, report = CACHE.sampler(run, iteration, plan.explore)
-    log.info("iteration %d explore copy: %s", iteration, report.summary())
+    model, _ = CACHE.sampler(run, iteration, plan.explore)
     with progress_bar(f"iter {iteration} explore prompt {shard + 1}/{len(plan.prompts)}", plan.explore.n) as advance:
         ex = S.explore(policy, run.cfg, plan.explore, iteration, [plan.prompts[shard]], model, advance)
     cols = dict(ex.columns, worker=[worker()] * len(ex.columns["seed"]))

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline_helpers import cli, write_config
 
-COMMANDS = ["run", "status", "inspect", "verify", "pretrain-shapes"]
+COMMANDS = ["run", "status", "inspect", "verify", "report", "export-lora", "pretrain-shapes"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -15,11 +15,13 @@ def test_help(command):
         assert command in p.stdout
 
 
-def _one_sentence_error(p):
-    assert p.returncode == 2, p.stdout + p.stderr
-    text = " ".join(p.stderr.split())
-    assert text.startswith("error:") and "Traceback" not in p.stderr
-    return text
+def _one_sentence_error(p, code=2):
+    """The error is one line starting with "error:" (progress lines of a run may precede it), no traceback."""
+    assert p.returncode == code, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == len(lines) - 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    return lines[-1]
 
 
 def test_bad_config_values(tmp_path):
@@ -49,8 +51,29 @@ def test_unwritable_store_is_refused_before_compute(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     cfg = write_config(tmp_path / "c.yaml")
-    text = _one_sentence_error(cli("run", cfg, "--run-root", blocker / "runs", check=False))
+    text = _one_sentence_error(cli("run", cfg, "--run-root", blocker / "runs", check=False), code=1)  # the environment, not the input
     assert "not reachable or not writable" in text and "--run-root" in text
+
+
+def test_environment_failures_are_one_sentence_with_exit_code_1(tmp_path):
+    import time
+
+    cfg = write_config(tmp_path / "c.yaml", run={"iterations": 1})
+    # an S3 endpoint nobody listens on: reported before any compute, in seconds
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "SOLRL_S3_ENDPOINT": "http://127.0.0.1:9", "AWS_REGION": "us-east-1"}
+    t = time.time()
+    text = _one_sentence_error(cli("run", cfg, "--run-root", "s3://nobucket/runs", check=False, env=env), code=1)
+    assert "s3://nobucket/runs" in text and time.time() - t < 60
+    # a full disk in the middle of a run: one sentence saying how to resume, exit 1
+    text = _one_sentence_error(cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect", check=False,
+                                   env={"SOLRL_FAULTS": "write@iter=00000/regenerate:1:enospc"}), code=1)
+    assert "disk is full" in text and "--run-id full" in text
+    assert "OK 4 committed" in cli("verify", "full", "--run-root", tmp_path).stdout  # nothing half-written: plan, baseline, explore, select
+    cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect")  # the resume completes
+    assert "OK" in cli("verify", "full", "--run-root", tmp_path).stdout
+    # --debug shows the traceback instead
+    p = cli("--debug", "run", cfg, "--run-root", "s3://nobucket/runs", check=False, env=env)
+    assert p.returncode != 0 and "Traceback" in p.stderr
 
 
 @pytest.mark.parametrize("section,values,fragment", [
