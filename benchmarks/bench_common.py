@@ -38,8 +38,20 @@ def _mem_total_gib() -> float | None:
     return None
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The /proc/cpuinfo flags that decide the CPU's bf16 and low-precision speed (x86)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    return {f: f in flags for f in CPU_FLAGS}
+
+
 def machine() -> dict:
-    """Platform, CPU model, cores, memory, load, torch version and threads."""
+    """Platform, CPU model and flags, cores, memory, load, torch version and threads."""
     import torch
 
     try:
@@ -50,6 +62,9 @@ def machine() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
+        # what model.dtype auto resolves to on this CPU (solrl.models.base.pick_dtype)
+        "bf16_matmul": any(cpu_flags()[f] for f in ("avx512_bf16", "amx_bf16")),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "mem_total_gib": _mem_total_gib(),
@@ -64,6 +79,50 @@ def add_threads_arg(ap) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's default, the core count). On a machine that other "
                          "jobs load, 1 avoids OpenMP oversubscription, which can slow small ops many-fold")
+
+
+def add_model_args(ap) -> None:
+    """--config and --weights: which run config and which shapes model a script measures."""
+    ap.add_argument("--config", default=str(REPO / "configs" / "shapes.yaml"), help="run config (YAML path or preset name; default configs/shapes.yaml)")
+    ap.add_argument("--weights", default=None, help="model weights directory (model.weights; default: the config's, i.e. the shipped shapes model)")
+
+
+def base_config(args, **overrides):
+    """The run config of --config with --weights and `overrides` (dotted keys) applied."""
+    from solrl.config import load_config
+
+    cfg = load_config(args.config)
+    if getattr(args, "weights", None):
+        overrides = {"model.weights": str(Path(args.weights).resolve()), **overrides}
+    return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # short names used in result keys -> model.dtype
+
+
+def load_policy(cfg, dtype: str | None = None):
+    """The policy of `cfg` (solrl.models.load_policy), in model.dtype `dtype` (float32 / bfloat16;
+    None = the config's, `auto` resolved on this machine)."""
+    from solrl.models import load_policy as load
+
+    return load(cfg.with_overrides(**{"model.dtype": dtype}) if dtype else cfg)
+
+
+def model_label(cfg) -> str:
+    return cfg.model.weights or "shipped"
+
+
+def prefect_env() -> str:
+    """A private Prefect home (SQLite DB, settings) and quiet logs, before Prefect is imported:
+    the flow then runs on an ephemeral Prefect server of this process, as `sol-rl run` does."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="solrl-bench-prefect-")
+    os.environ["PREFECT_HOME"] = home
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return home
 
 
 def set_threads(n: int | None) -> None:
@@ -154,3 +213,78 @@ def finish(out: Path, name: str, res: dict, text: str, pngs: list[Path], what: s
     print(text)
     print(f"\nwrote {out}/{name}.json, {name}.md, " + ", ".join(res["pngs"]) + f" ({res['wall_seconds']:.0f} s{what})")
     return res
+
+
+# --- proxy fidelity helpers (fidelity.py, shapes_quality.py) ---------------------------------------
+def study_prompts(cfg, train: tuple[str, ...], p: int, one_object: int | None = None, max_iterations: int = 100_000) -> list[dict]:
+    """`p` distinct prompts the default run explores, with each one's candidate seeds: walk the
+    run's prompt draws (ALGORITHM §2; run.seed, iterations 0, 1, ..., over all training prompts,
+    i.e. without a prompts.pool) and keep the first distinct prompts until there are
+    `one_object` one-object and p - one_object two-object ones (None: the first p, any kind).
+    Each comes with the N = explore.n seeds that iteration gives it."""
+    from solrl.plan import iteration_prompts
+    from solrl.seeds import seed as candidate_seed
+    from solrl.shapes.prompts import parse
+
+    want = None if one_object is None else {1: one_object, 2: p - one_object}
+    out, seen = [], set()
+    for it in range(max_iterations):
+        for pid, text in iteration_prompts(cfg, it, train, None):
+            n_obj = parse(text).n_objects
+            if text in seen or (want is not None and want.get(n_obj, 0) <= sum(1 for r in out if r["objects"] == n_obj)):
+                continue
+            seen.add(text)
+            seeds = [candidate_seed(cfg.run.seed, it, pid, c) for c in range(cfg.explore.n)]
+            out.append({"iteration": it, "prompt_id": pid, "prompt": text, "objects": n_obj, "seeds": seeds})
+            if len(out) == p:
+                return sorted(out, key=lambda r: (r["objects"], r["iteration"]))
+    raise ValueError(f"the first {max_iterations} iterations' prompt draws hold fewer than the {p} prompts asked for ({want})")
+
+
+def proxy_metrics(proxy, truth, k: int, seeds) -> dict:
+    """solrl.fidelity.ranking_metrics of one prompt's N seeds, plus the regret: the true reward
+    of the truly best seed minus the best true reward among the proxy's top-K/2 (ties broken
+    by seed, as the selection does; 0 = the proxy kept the best seed)."""
+    import numpy as np
+
+    from solrl.fidelity import ranking_metrics
+
+    proxy, truth, seeds = np.asarray(proxy, float), np.asarray(truth, float), np.asarray(seeds)
+    m = ranking_metrics(proxy, truth, k=k, seeds=seeds)
+    top = np.lexsort((seeds, -proxy))[: k // 2]
+    m["regret"] = float(truth.max() - truth[top].max())
+    return m
+
+
+def summarise_metrics(per_prompt: list[dict]) -> dict:
+    """Mean over prompts of proxy_metrics rows, with the spread of Spearman's rho."""
+    import math
+
+    import numpy as np
+
+    from solrl.fidelity import mean_metrics
+
+    out = mean_metrics(per_prompt)
+    rho = [m["spearman"] for m in per_prompt]
+    out["spearman_min"], out["spearman_max"] = float(np.min(rho)), float(np.max(rho))
+    out["spearman_sem"] = float(np.std(rho, ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
+    out["prompts"] = len(per_prompt)
+    return out
+
+
+def interleaved(fns: dict, repeats: int, per: dict | None = None, warmup: bool = True, log: str = "") -> dict[str, list[float]]:
+    """Time every fn of `fns` (name -> zero-argument callable) once per repeat, in an order
+    rotated from repeat to repeat; seconds per call divided by per[name] (default 1). With
+    `warmup`, one untimed call of each first."""
+    names = list(fns)
+    if warmup:
+        for n in names:
+            fns[n]()
+    out = {n: [] for n in names}
+    for r in range(repeats):
+        for n in rotated(names, r):
+            t, _ = timed(fns[n])
+            out[n].append(t / (per or {}).get(n, 1))
+        if log:
+            print(f"[{log}] timing repeat {r + 1}/{repeats} done", flush=True)
+    return out

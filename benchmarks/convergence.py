@@ -55,11 +55,9 @@ def config_for(base, spec, args):
         over["explore.precision"] = "high"
     if args.prompts:
         over["prompts.per_iteration"] = args.prompts
-    over["eval.prompts"], over["eval.seeds_per_prompt"] = args.eval_prompts, args.eval_seeds
-    cfg = base
-    for k, v in over.items():
-        cfg = cfg.with_overrides(**{k: v})
-    return cfg
+    # the held-out evaluation set (one prompt per held-out pairing, at most --eval-prompts of them)
+    over["eval.sets"], over["eval.held_out_prompts"], over["eval.seeds_per_prompt"] = ["held_out"], args.eval_prompts, args.eval_seeds
+    return base.with_overrides(**over)  # all at once: the mode and its explore precision are validated together
 
 
 def denoiser_cost(cfg, fp4_cost):
@@ -269,6 +267,7 @@ def print_summary(result, out_dir: Path | None = None):
 
 def main(argv=None):
     ap = C.parser(__doc__)
+    C.add_model_args(ap)
     ap.add_argument("--iterations", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (run.seed)")
     ap.add_argument("--modes", nargs="+", default=["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"])
@@ -280,7 +279,7 @@ def main(argv=None):
     ap.add_argument("--eval-seeds", type=int, default=2)
     ap.add_argument("--fp4-cost", type=float, default=0.5, help="cost of an NVFP4 transformer forward relative to high precision, for the denoiser-equivalent clock")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, 1 seed, 1 prompt, N 24/48, tiny eval")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, 1 seed, 1 prompt, N 8/16, K 4, tiny eval")
     ap.add_argument("--out", default="benchmarks/results/convergence")
     ap.add_argument("--replot", metavar="JSON", nargs="+",
                     help="only re-summarise and re-plot (possibly partial) convergence.json files into --out; several files "
@@ -295,18 +294,19 @@ def main(argv=None):
         print_summary(result, out_dir)
         return result
     if args.quick:
-        args.iterations, args.seeds, args.pool_seeds, args.pools, args.prompts = 2, [0], [0], [24, 48], 1
+        args.iterations, args.seeds, args.pool_seeds, args.pools, args.prompts = 2, [0], [0], [8, 16], 1
         args.eval_every, args.eval_prompts, args.eval_seeds = 1, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    from solrl.config import load_config
     from solrl.models import load_policy
+    from solrl.plan import primary_explore
     from solrl.stages import TrainState, evaluate, run_iteration
+    from storage.selection import select_seeds
 
-    base = load_config("shapes")
-    n_default = base.explore.n if not args.quick else 48
-    if args.quick:
-        base = base.with_overrides(**{"explore.n": 48})
+    base = C.base_config(args)
+    n_default = base.explore.n if not args.quick else 16
+    if args.quick:  # the pipeline tests' tiny sizes
+        base = base.with_overrides(**{"explore.n": 16, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8, "eval.steps": 4})
     args.n = n_default
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,9 +314,9 @@ def main(argv=None):
     runs = []
     for spec in specs:
         cfg = config_for(base, spec, args)
-        policy = load_policy("shapes", lora_rank=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha, seed=cfg.run.seed)
+        policy = load_policy(cfg)
         state = TrainState.fresh(policy, cfg)
-        ev = evaluate(policy, state, cfg, with_media=False)
+        ev = evaluate(policy, state.ema, cfg, with_media=False)
         runs.append({**spec, "cfg": cfg, "policy": policy, "state": state, "clock": 0.0, "equiv": 0.0,
                      "eval": [{"iteration": 0, "seconds": 0.0, "denoiser_equiv": 0.0, "reward": float(np.mean(ev["reward"]))}],
                      "seconds_per_iteration": [], "stage_seconds": [], "train_reward": [],
@@ -325,22 +325,22 @@ def main(argv=None):
     from solrl.stages import explore_quant
 
     warm = runs[0]["policy"]
-    fp4, _ = warm.sampler_copy(explore_quant(warm, runs[0]["cfg"]))
+    fp4, _ = warm.sampler_copy(explore_quant(warm, runs[0]["cfg"], primary_explore(runs[0]["cfg"])))
     for b in sorted({min(r["cfg"].explore.n, r["cfg"].explore.batch) for r in runs}):
         warm.sample(fp4, ["a red circle"] * b, list(range(b)), 1)
     print(f"{len(runs)} runs x {args.iterations} iterations; reward before training {runs[0]['eval'][0]['reward']:.4f}", flush=True)
     t_start = time.perf_counter()
     for it in range(args.iterations):
         for r in runs:
-            res = run_iteration(r["policy"], r["state"], r["cfg"], it)
+            res = run_iteration(r["policy"], r["state"], r["cfg"], it, select_seeds)
             secs = sum(res.seconds.values())
             r["clock"] += secs
             r["equiv"] += r["denoiser_equiv_per_iteration"]
             r["seconds_per_iteration"].append(secs)
             r["stage_seconds"].append(res.seconds)
-            r["train_reward"].append(res.metrics["reward_mean"])
+            r["train_reward"].append(res.metrics[-1]["reward_mean"])
             if (it + 1) % args.eval_every == 0 or it + 1 == args.iterations:
-                ev = evaluate(r["policy"], r["state"], r["cfg"], with_media=False)
+                ev = evaluate(r["policy"], r["state"].ema, r["cfg"], with_media=False)
                 r["eval"].append({"iteration": it + 1, "seconds": r["clock"], "denoiser_equiv": r["equiv"], "reward": float(np.mean(ev["reward"]))})
         line = "  ".join(f"{r['name']}={r['eval'][-1]['reward']:.3f}" for r in runs)
         print(f"[{time.perf_counter() - t_start:7.0f} s] iteration {it + 1}/{args.iterations}: {line}", flush=True)

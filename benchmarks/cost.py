@@ -1,24 +1,29 @@
-"""Cost of the explore proxy (issue 7, item 2): time, memory and selection on the shapes preset.
+"""Cost of Sol-RL's sampling and of one iteration on a shapes model: explore vs rollout, float32 vs bf16, selection.
 
-1. Per-candidate wall time of explore sampling for each precision (nvfp4 = W4A4 NVFP4 emulated,
-   fp8, none = full precision) and step count, against the high-precision rollout (float32,
-   10 Euler steps). One process, one prompt, the same seeds; every repeat times every variant
-   once in a shuffled order (and each thread count in turn), so drift and background load hit
-   all variants alike; reported are medians over repeats of the ms per candidate and of the
-   per-repeat ratio to the rollout measured in that same repeat. The explore batch is
-   explore.batch (96); the rollout is timed at that batch and at K = 24, the batch the
-   pipeline regenerates one prompt's kept seeds in. Decoding + the shapes reward is timed
-   separately (it is the same for every variant).
-2. Explore-weight memory: packed NVFP4 / FP8 bytes from the QuantReport vs the same layers in
-   bf16 (2 bytes per weight), and the whole transformer (unquantised layers stay bf16).
-3. DuckDB selection time (storage.selection.select_seeds, the pipeline's SQL) over synthetic
-   explore tables of 1 M and 10 M rows (N = 96 candidates per prompt, K = 24).
+1. Per-candidate sampling time, side by side in one process, one prompt, the same seeds: the
+   explore copy (nvfp4 = W4A4 NVFP4 emulated as exact bf16 block products, nvfp4-r<r> = with
+   the SVDQuant low-rank branch, fp8, high) at each step count, in the config's model.dtype
+   (auto: bf16 on a CPU with avx512_bf16/AMX), against the high-precision rollouts
+   (rollout.steps = 10): bf16 (the reference), bf16 at batch K (one prompt's kept seeds) and
+   float32. Every repeat times every variant once in a shuffled order (and each thread count in
+   turn); reported are medians of ms per candidate and of the per-repeat ratio to the bf16
+   rollout measured in the same repeat. The goal: explore (NVFP4, 6 steps) ÷ rollout (bf16, 10
+   steps) ≤ 0.9. What limits it is measured in an instrumented pass (timers around every
+   quantised layer, its activation quantiser and its block GEMM, and around the same layers of
+   the bf16 rollout): the NVFP4 block product runs as a float32 GEMM (oneDNN, bf16 fpmath)
+   because no CPU kernel takes bf16 inputs and returns a float32 result, plus the quantiser of
+   every activation; with --layer-bench-repeats, solrl.quant.bench's per-layer timings too.
+2. One default iteration of the config end to end, in memory (solrl.stages.run_iteration with
+   the DuckDB selection), model.dtype float32 vs bfloat16: interleaved repeats of iteration 0
+   from the same fresh adapters, medians, per-repeat ratio float32 ÷ bf16 (goal ≥ 2).
+3. Explore-weight memory: packed NVFP4 / FP8 bytes from the QuantReport vs the same layers in bf16.
+4. DuckDB selection time (storage.selection.select_seeds, the pipeline's SQL) over synthetic
+   explore tables of 1 M and 10 M rows (N = 96 candidates per prompt, K = 24), against the
+   reference window query.
 
-Emulated NVFP4 on a CPU does the float32 matmul *plus* the quantisation of every activation, so
-it is slower than full precision here; the speed-up of the paper needs NVFP4 tensor cores.
-
-    python benchmarks/cost.py --out benchmarks/results/cost --threads 1 2   # full
-    python benchmarks/cost.py --quick --out /tmp/cost                       # smoke
+    python benchmarks/cost.py --threads 1 --out benchmarks/results/cost                # full (20-25 min)
+    python benchmarks/cost.py --threads 1 2 --out benchmarks/results/cost              # also at 2 threads (part 1 only)
+    python benchmarks/cost.py --quick --threads 1 --out /tmp/cost                      # smoke
 """
 
 from __future__ import annotations
@@ -27,11 +32,17 @@ import os
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import bench_common as C
 
-PRECISIONS = ("nvfp4", "fp8", "none")
+PRECISIONS = ("nvfp4", "fp8", "high")
+GOAL_EXPLORE_OVER_ROLLOUT = 0.9
+GOAL_FP32_OVER_BF16_ITERATION = 2.0
+# --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY)
+QUICK_ITERATION = {"prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8,
+                   "eval.train_prompts": 2, "eval.held_out_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 4}
 
 
 @contextmanager
@@ -47,38 +58,56 @@ def eager_nvfp4():
             os.environ["SOLRL_NO_COMPILE"] = old
 
 
+def explore_copies(policy, cfg, lowranks) -> dict:
+    """name -> (explore copy, QuantReport): nvfp4, nvfp4-r<r>, fp8, high."""
+    from solrl.plan import primary_explore
+    from solrl.stages import explore_quant
+
+    spec = primary_explore(cfg)
+    specs = {p: replace(spec, precision=p, lowrank=0) for p in PRECISIONS}
+    specs |= {f"nvfp4-r{r}": replace(spec, precision="nvfp4", lowrank=r) for r in lowranks if r}
+    return {name: policy.sampler_copy(explore_quant(policy, cfg, s)) for name, s in specs.items()}
+
+
 # --- 1. time per candidate ---------------------------------------------------------------------
 def variants(args, cfg) -> list[dict]:
-    out = [{"name": f"{p}/{s}", "precision": p, "steps": s, "batch": args.batch, "kind": "explore"} for p in PRECISIONS for s in args.steps]
-    if os.environ.get("SOLRL_NO_COMPILE") != "1":  # also the eager kernel (what the tests run), at the default steps
-        out.append({"name": f"nvfp4-eager/{cfg.explore.steps}", "precision": "nvfp4", "steps": cfg.explore.steps, "batch": args.batch, "kind": "explore", "eager": True})
-    out.append({"name": "rollout", "precision": "none", "steps": cfg.rollout.steps, "batch": args.batch, "kind": "rollout"})
-    out.append({"name": f"rollout-b{cfg.select.k}", "precision": "none", "steps": cfg.rollout.steps, "batch": min(cfg.select.k, args.batch), "kind": "rollout"})
+    e, B, ed = cfg.explore.steps, args.batch, args.explore_dtype
+    out = [{"name": f"{p}/{s}", "copy": p, "steps": s, "batch": B, "kind": "explore", "dtype": ed} for p in PRECISIONS for s in args.steps]
+    out += [{"name": f"nvfp4-r{r}/{e}", "copy": f"nvfp4-r{r}", "steps": e, "batch": B, "kind": "explore", "dtype": ed} for r in args.lowranks if r]
+    if os.environ.get("SOLRL_NO_COMPILE") != "1":  # also the eager quantiser (what the tests run), at the default steps
+        out.append({"name": f"nvfp4-eager/{e}", "copy": "nvfp4", "steps": e, "batch": B, "kind": "explore", "dtype": ed, "eager": True})
+    R, K = cfg.rollout.steps, min(cfg.select.k, B)
+    out.append({"name": "rollout-bf16", "copy": "rollout", "steps": R, "batch": B, "kind": "rollout", "dtype": "bf16"})
+    out.append({"name": f"rollout-bf16-b{K}", "copy": "rollout", "steps": R, "batch": K, "kind": "rollout", "dtype": "bf16"})
+    out.append({"name": "rollout-fp32", "copy": "rollout", "steps": R, "batch": B, "kind": "rollout", "dtype": "fp32"})
     return out
 
 
-def time_sampling(args, cfg, policy, models) -> dict:
+def time_sampling(args, cfg, policies, copies, prompt) -> dict:
+    """copies: dtype -> name -> (model, report); the rollout copy is copies[d]["high"]."""
+    import numpy as np
     import torch
 
-    prompt = policy.train_prompts()[0]
     seeds = list(range(args.batch))
-    cond_full = policy.encode([prompt] * args.batch)
+    cond_full = {d: p.encode_rows([prompt] * args.batch) for d, p in policies.items()}
     vs = variants(args, cfg)
 
     def once(v, steps=None) -> float:
-        idx = torch.arange(v["batch"])
-        cond = policy.select_cond(cond_full, idx)
-        model = models[v["precision"]][0]
+        d = v["dtype"]
+        policy = policies[d]
+        cond = policy.select_cond(cond_full[d], torch.arange(v["batch"]))
+        model = copies[d]["high" if v["copy"] == "rollout" else v["copy"]][0]
+        call = lambda: policy.sample(model, [prompt] * v["batch"], seeds[: v["batch"]], steps or v["steps"], cfg.rollout.solver, cond=cond)  # noqa: E731
         t = time.perf_counter()
         if v.get("eager"):
             with eager_nvfp4():
-                policy.sample(model, [prompt] * v["batch"], seeds[: v["batch"]], steps or v["steps"], cfg.rollout.solver, cond=cond)
+                call()
         else:
-            policy.sample(model, [prompt] * v["batch"], seeds[: v["batch"]], steps or v["steps"], cfg.rollout.solver, cond=cond)
+            call()
         return 1000.0 * (time.perf_counter() - t) / v["batch"]
 
     t0 = time.perf_counter()
-    for th in args.threads:  # warm-up: the first call compiles the NVFP4 kernel; every shape once
+    for th in args.threads:  # warm-up: the first call compiles the quantiser; every shape once
         C.set_threads(th)
         for v in vs:
             once(v, steps=1)
@@ -93,65 +122,233 @@ def time_sampling(args, cfg, policy, models) -> dict:
             this = {v["name"]: once(v) for v in order}
             for name, x in this.items():
                 ms[th][name].append(x)
-                ratio[th][name].append(x / this["rollout"])
-        print(f"[cost] timing repeat {r + 1}/{args.repeats} done", flush=True)
+                ratio[th][name].append(x / this["rollout-bf16"])
+        print(f"[cost] sampling repeat {r + 1}/{args.repeats} done", flush=True)
     C.set_threads(args.threads[0])
 
-    # decode + reward, per candidate (the same for every variant)
-    x0 = policy.sample(models["none"][0], [prompt] * args.batch, seeds, 1, cond=cond_full)
-    from solrl.stages import score
+    from solrl.stages import score  # decode + reward per candidate (the same for every variant)
 
+    pe = policies[args.explore_dtype]
+    x0 = pe.sample(copies[args.explore_dtype]["high"][0], [prompt] * args.batch, seeds, 1, cond=cond_full[args.explore_dtype])
     score_ms = []
-    for _ in range(max(3, args.repeats)):  # as an iteration scores: decode, weighted and report rewards
+    for _ in range(max(3, args.repeats)):
         t = time.perf_counter()
-        score(policy, cfg, x0, [prompt] * args.batch)
+        score(pe, cfg, x0, [prompt] * args.batch)
         score_ms.append(1000.0 * (time.perf_counter() - t) / args.batch)
 
-    out = {"warmup_seconds": warmup, "variants": vs, "by_threads": {}, "score_ms_per_candidate": C.median(score_ms)}
-    import numpy as np
-
+    out = {"warmup_seconds": warmup, "variants": vs, "reference": "rollout-bf16", "by_threads": {}, "score_ms_per_candidate": C.median(score_ms)}
+    e, K = cfg.explore.steps, min(cfg.select.k, args.batch)
     for th in args.threads:
         rows = {}
         for v in vs:
             rows[v["name"]] = {**v, "ms_per_candidate": C.median(ms[th][v["name"]]), "ms_all": ms[th][v["name"]],
-                               "over_rollout": C.median(ratio[th][v["name"]]), "ms_per_candidate_step": C.median(ms[th][v["name"]]) / v["steps"]}
+                               "over_rollout_bf16": C.median(ratio[th][v["name"]]),
+                               "over_rollout_fp32": C.median([a / b for a, b in zip(ms[th][v["name"]], ms[th]["rollout-fp32"])]),
+                               "ms_per_candidate_step": C.median(ms[th][v["name"]]) / v["steps"]}
         fits = {}
-        for p in PRECISIONS:
-            if len(args.steps) >= 2:
+        if len(args.steps) >= 2:
+            for p in PRECISIONS:
                 slope, icpt = np.polyfit(args.steps, [rows[f"{p}/{s}"]["ms_per_candidate"] for s in args.steps], 1)
                 fits[p] = {"ms_per_step": float(slope), "ms_fixed": float(icpt)}
-        for p in PRECISIONS:
-            if p in fits:
-                fits[p]["per_step_over_none"] = fits[p]["ms_per_step"] / fits["none"]["ms_per_step"]
-        # one iteration's sampling for one prompt (N explore + K regenerate) vs sampling all N at full precision
-        n, k, e = cfg.explore.n, cfg.select.k, cfg.explore.steps
-        derived = {}
+            R = cfg.rollout.steps
+            fits["rollout-bf16"] = {"ms_per_step": rows["rollout-bf16"]["ms_per_candidate"] / R, "ms_fixed": 0.0}
+            for p in fits:
+                fits[p]["per_step_over_bf16_rollout_step"] = fits[p]["ms_per_step"] / fits["rollout-bf16"]["ms_per_step"]
+        headline = {}
         if f"nvfp4/{e}" in rows:
-            t_ex, t_b24, t_b = rows[f"nvfp4/{e}"]["ms_per_candidate"], rows[f"rollout-b{k}"]["ms_per_candidate"], rows["rollout"]["ms_per_candidate"]
-            derived = {
-                "sol_rl_ms_per_prompt": n * t_ex + k * t_b24,
-                "naive_scaling_ms_per_prompt": n * t_b,
-                "sol_rl_over_naive_scaling": (n * t_ex + k * t_b24) / (n * t_b),
-                "explore_share_of_sol_rl_sampling": n * t_ex / (n * t_ex + k * t_b24),
+            x = rows[f"nvfp4/{e}"]["over_rollout_bf16"]
+            n = cfg.explore.n
+            t_ex, t_bk, t_b = rows[f"nvfp4/{e}"]["ms_per_candidate"], rows[f"rollout-bf16-b{K}"]["ms_per_candidate"], rows["rollout-bf16"]["ms_per_candidate"]
+            headline = {
+                "explore_variant": f"nvfp4/{e}", "explore_over_rollout_bf16": x, "goal": GOAL_EXPLORE_OVER_ROLLOUT, "goal_met": bool(x <= GOAL_EXPLORE_OVER_ROLLOUT),
+                "explore_over_rollout_fp32": rows[f"nvfp4/{e}"]["over_rollout_fp32"],
+                "rollout_fp32_over_bf16": rows["rollout-fp32"]["over_rollout_bf16"],
+                # one prompt's sampling: sol_rl (N explore + K rollouts) vs naive_scaling (N rollouts), bf16 rollouts
+                "sol_rl_over_naive_scaling_sampling": (n * t_ex + cfg.select.k * t_bk) / (n * t_b),
+                "explore_share_of_sol_rl_sampling": n * t_ex / (n * t_ex + cfg.select.k * t_bk),
             }
-        out["by_threads"][str(th)] = {"rows": rows, "linear_fit": fits, "per_prompt_sampling": derived}
+        out["by_threads"][str(th)] = {"rows": rows, "linear_fit": fits, "headline": headline}
     return out
 
 
-# --- 2. memory -------------------------------------------------------------------------------------
-def memory(models, total_params: int) -> dict:
+# --- 1b. what limits the ratio ------------------------------------------------------------------------
+class LayerClock:
+    """Wall time spent inside the named modules of a model (forward pre/post hooks)."""
+
+    def __init__(self, model, names):
+        self.seconds, self.handles, self._t = 0.0, [], {}
+        for name in names:
+            mod = model.get_submodule(name)
+            self.handles.append(mod.register_forward_pre_hook(self._pre))
+            self.handles.append(mod.register_forward_hook(self._post))
+
+    def _pre(self, mod, args):
+        self._t[id(mod)] = time.perf_counter()
+
+    def _post(self, mod, args, out):
+        self.seconds += time.perf_counter() - self._t.pop(id(mod))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+@contextmanager
+def quant_clocks(model):
+    """Seconds in the activation quantiser and in the block GEMM of every EmulatedLinear of `model`
+    (wrapping each layer's quantiser and solrl.quant.linear.block_mm, restored on exit)."""
+    import solrl.quant.linear as QL
+
+    acc = {"quantiser": 0.0, "block_gemm": 0.0, "calls": 0}
+
+    def clocked(fn, key):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            acc[key] += time.perf_counter() - t
+            if key == "block_gemm":
+                acc["calls"] += 1
+            return out
+
+        return wrapper
+
+    layers = [m for m in model.modules() if isinstance(m, QL.EmulatedLinear)]
+    saved = [(m, m._act) for m in layers]
+    orig_mm = QL.block_mm
+    for m in layers:
+        m._act = clocked(m._act, "quantiser")
+    QL.block_mm = clocked(orig_mm, "block_gemm")
+    try:
+        yield acc
+    finally:
+        QL.block_mm = orig_mm
+        for m, act in saved:
+            m._act = act
+
+
+def limits(args, cfg, policies, copies, prompt) -> dict:
+    """One instrumented explore (nvfp4, explore.steps) and one bf16 rollout: where the time goes,
+    per candidate, and the ratio if parts of the NVFP4 layer cost less."""
+    e, R, B = cfg.explore.steps, cfg.rollout.steps, args.batch
+    seeds = list(range(B))
+    pe, pb = policies[args.explore_dtype], policies["bf16"]
+    explore_model, report = copies[args.explore_dtype]["nvfp4"]
+    rollout_model = copies["bf16"]["high"][0]
+    reps = max(1, args.limit_repeats)
+    res = {"explore_total": [], "explore_layers": [], "quantiser": [], "block_gemm": [], "rollout_total": [], "rollout_layers": []}
+    cond_e, cond_b = pe.encode_rows([prompt] * B), pb.encode_rows([prompt] * B)
+    for _ in range(reps):
+        clock = LayerClock(explore_model, report.modules)
+        with quant_clocks(explore_model) as acc:
+            t, _ = C.timed(pe.sample, explore_model, [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond_e)
+        clock.remove()
+        res["explore_total"].append(t)
+        res["explore_layers"].append(clock.seconds)
+        res["quantiser"].append(acc["quantiser"])
+        res["block_gemm"].append(acc["block_gemm"])
+        clock = LayerClock(rollout_model, report.modules)
+        t, _ = C.timed(pb.sample, rollout_model, [prompt] * B, seeds, R, cfg.rollout.solver, cond=cond_b)
+        clock.remove()
+        res["rollout_total"].append(t)
+        res["rollout_layers"].append(clock.seconds)
+    ms = {k: 1000.0 * C.median(v) / B for k, v in res.items()}
+    T_e, T_r, L_e, L_r = ms["explore_total"], ms["rollout_total"], ms["explore_layers"], ms["rollout_layers"]
+    q, g = ms["quantiser"], ms["block_gemm"]
+    bf16_layers_at_explore_steps = L_r * e / R
+    out = {
+        "explore": f"nvfp4, {e} steps, {args.explore_dtype}", "rollout": f"bf16, {R} steps", "batch": B, "repeats": reps, "quantised_layers": len(report.modules),
+        "ms_per_candidate": {
+            "explore_total": T_e, "explore_quantised_layers": L_e, "explore_quantiser": q, "explore_block_gemm": g,
+            "explore_layer_other": L_e - q - g,  # per-tensor scales, bias, casts
+            "explore_rest": T_e - L_e,  # attention, norms, unquantised layers, solver
+            "rollout_total": T_r, "rollout_same_layers_bf16": L_r, "rollout_rest": T_r - L_r,
+        },
+        "shares_of_explore": {"quantiser": q / T_e, "block_gemm": g / T_e, "layer_other": (L_e - q - g) / T_e, "rest": (T_e - L_e) / T_e},
+        "nvfp4_layer_over_bf16_layer_per_step": (L_e / e) / (L_r / R) if L_r else None,
+        "block_gemm_over_bf16_layer_per_step": (g / e) / (L_r / R) if L_r else None,
+        "explore_over_rollout": {
+            "measured (instrumented)": T_e / T_r,
+            "without the activation quantiser": (T_e - q) / T_r,
+            "quantised layers at bf16-Linear speed": (T_e - L_e + bf16_layers_at_explore_steps) / T_r,
+            "quantised layers at 4x bf16-Linear speed (FP4 tensor cores)": (T_e - L_e + bf16_layers_at_explore_steps / 4) / T_r,
+            "quantised layers free (floor)": (T_e - L_e) / T_r,
+        },
+    }
+    return out
+
+
+def layer_bench(args) -> list[dict]:
+    """solrl.quant.bench's per-layer timings (it sets one torch thread; restored after)."""
+    import torch
+
+    from solrl.quant import bench
+
+    th = torch.get_num_threads()
+    shapes = ((args.batch, 64, 192, 768), (args.batch, 64, 768, 192))
+    try:
+        return bench.run(args.layer_bench_repeats, shapes)
+    finally:
+        torch.set_num_threads(th)
+
+
+# --- 2. one iteration, float32 vs bf16 ---------------------------------------------------------------
+def time_iterations(args, cfg) -> dict:
+    from solrl.stages import TrainState, run_iteration
+    from storage.selection import select_seeds
+
+    cfgs = {d: cfg.with_overrides(**{"model.dtype": C.DTYPES[d]}) for d in ("fp32", "bf16")}
+    pols = {d: C.load_policy(c) for d, c in cfgs.items()}
+    init = {d: p.adapter_state("default") for d, p in pols.items()}
+
+    def once(d):
+        p = pols[d]
+        p.load_adapter("default", init[d])
+        p.load_adapter("old", init[d])
+        state = TrainState.fresh(p, cfgs[d])
+        t, res = C.timed(run_iteration, p, state, cfgs[d], 0, select_seeds)
+        ev = res.eval["reward"] if res.eval else []
+        return {"seconds": t, "stages": dict(res.seconds), "train_reward": res.metrics[-1]["reward_mean"], "eval_reward": sum(ev) / len(ev) if ev else None}
+
+    warm = {}
+    if args.iteration_warmup:
+        for d in pols:
+            warm[d] = once(d)["seconds"]
+            print(f"[cost] warm-up iteration {d}: {warm[d]:.1f} s", flush=True)
+    reps = []
+    for r in range(args.iteration_repeats):
+        rep = {d: once(d) for d in C.rotated(list(pols), r)}
+        rep["fp32_over_bf16"] = rep["fp32"]["seconds"] / rep["bf16"]["seconds"]
+        reps.append(rep)
+        print(f"[cost] iteration repeat {r + 1}/{args.iteration_repeats}: fp32 {rep['fp32']['seconds']:.1f} s, bf16 {rep['bf16']['seconds']:.1f} s", flush=True)
+    stages = list(reps[0]["fp32"]["stages"])
+    med = {d: {"seconds": C.median([x[d]["seconds"] for x in reps]), "stages": {s: C.median([x[d]["stages"][s] for x in reps]) for s in stages},
+               "train_reward": C.median([x[d]["train_reward"] for x in reps])} for d in ("fp32", "bf16")}
+    ratio = C.median([x["fp32_over_bf16"] for x in reps])
+    return {
+        "iteration": {"prompts": cfg.prompts.per_iteration, "explore_n": cfg.explore.n, "explore_steps": cfg.explore.steps, "explore_precision": cfg.explore.precision,
+                      "k": cfg.select.k, "rollout_steps": cfg.rollout.steps, "eval_every": cfg.eval.every, "eval_steps": cfg.eval.steps},
+        "warmup_seconds": warm, "repeats": reps, "median": med,
+        "stage_fp32_over_bf16": {s: med["fp32"]["stages"][s] / med["bf16"]["stages"][s] for s in stages if med["bf16"]["stages"][s] > 0},
+        "fp32_over_bf16": ratio, "fp32_over_bf16_min": min(x["fp32_over_bf16"] for x in reps), "fp32_over_bf16_max": max(x["fp32_over_bf16"] for x in reps),
+        "goal": GOAL_FP32_OVER_BF16_ITERATION, "goal_met": bool(ratio >= GOAL_FP32_OVER_BF16_ITERATION),
+    }
+
+
+# --- 3. memory -------------------------------------------------------------------------------------
+def memory(copies, total_params: int) -> dict:
     out = {"transformer_params": total_params, "whole_bf16_bytes": 2 * total_params, "whole_fp32_bytes": 4 * total_params}
-    for p in ("nvfp4", "fp8"):
-        rep = models[p][1]
+    for name, (_, rep) in copies.items():
+        if not rep.weights:
+            continue
         bf16 = 2 * rep.weights
         whole = 2 * (total_params - rep.weights) + rep.packed_bytes
-        out[p] = {
+        out[name] = {
             "layers": len(rep.modules),
             "weights": rep.weights,
             "packed_bytes": rep.packed_bytes,
             "bits_per_weight": rep.bits_per_weight,
             "selected_bf16_bytes": bf16,
-            "selected_fp32_bytes": rep.dense_bytes,
+            "selected_dense_bytes": rep.dense_bytes,
             "packed_over_bf16": rep.packed_bytes / bf16,
             "whole_explore_bytes": whole,
             "whole_over_bf16": whole / (2 * total_params),
@@ -226,33 +423,66 @@ def time_selection(args, cfg, prompts) -> dict:
 # --- report ------------------------------------------------------------------------------------------
 def summary(res: dict) -> str:
     cfg = res["config"]
-    lines = [f"## Explore cost on the shapes preset (batch {cfg['batch']}, {cfg['repeats']} interleaved repeats, medians)", ""]
+    m = res["machine"]
+    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on)
+    lines = [f"## Cost on {m['cpu_model']} ({flags}); explore copies in {cfg['explore_dtype']}, batch {cfg['batch']}, {cfg['repeats']} interleaved repeats, medians", ""]
     for th, d in res["timing"]["by_threads"].items():
-        head = ["variant", "precision", "steps", "batch", "ms / candidate", "ms / candidate-step", "× rollout (same repeat)"]
-        rows = [[name, v["precision"] + (" (eager kernel)" if v.get("eager") else ""), v["steps"], v["batch"], v["ms_per_candidate"], v["ms_per_candidate_step"], v["over_rollout"]]
+        head = ["variant", "copy", "dtype", "steps", "batch", "ms / candidate", "ms / candidate-step", "× bf16 rollout", "× fp32 rollout"]
+        rows = [[name, v["copy"] + (" (eager quantiser)" if v.get("eager") else ""), v["dtype"], v["steps"], v["batch"], v["ms_per_candidate"], v["ms_per_candidate_step"], v["over_rollout_bf16"], v["over_rollout_fp32"]]
                 for name, v in d["rows"].items()]
         lines += [f"### torch threads = {th}", "", C.md_table(head, rows), ""]
+        h = d["headline"]
+        if h:
+            lines.append(f"**explore ({h['explore_variant']}) ÷ rollout (bf16, {cfg['rollout_steps']} steps) = {h['explore_over_rollout_bf16']:.2f}** "
+                         f"(goal ≤ {h['goal']}: {'met' if h['goal_met'] else 'not met'}); ÷ float32 rollout {h['explore_over_rollout_fp32']:.2f}; "
+                         f"float32 rollout ÷ bf16 rollout {h['rollout_fp32_over_bf16']:.2f}. Per prompt, sol_rl sampling (N explore + K bf16 rollouts) ÷ naive_scaling "
+                         f"(N bf16 rollouts) = {h['sol_rl_over_naive_scaling_sampling']:.2f}; explore is {100 * h['explore_share_of_sol_rl_sampling']:.0f} % of sol_rl sampling.")
         if d["linear_fit"]:
             lines.append("linear fit ms/candidate = fixed + per_step × steps: " + "; ".join(
-                f"{p}: {f['ms_per_step']:.2f} ms/step ({f['per_step_over_none']:.2f}× none) + {f['ms_fixed']:.2f} ms" for p, f in d["linear_fit"].items()))
-        if d["per_prompt_sampling"]:
-            s = d["per_prompt_sampling"]
-            lines.append(f"sampling per prompt: sol_rl (N nvfp4 explore + K rollout) {s['sol_rl_ms_per_prompt'] / 1000:.2f} s vs naive_scaling (N rollout) "
-                         f"{s['naive_scaling_ms_per_prompt'] / 1000:.2f} s = {s['sol_rl_over_naive_scaling']:.2f}×; explore is {100 * s['explore_share_of_sol_rl_sampling']:.0f} % of sol_rl sampling")
+                f"{p}: {f['ms_per_step']:.2f} ms/step ({f['per_step_over_bf16_rollout_step']:.2f}× a bf16 rollout step) + {f['ms_fixed']:.2f} ms" for p, f in d["linear_fit"].items()))
         lines.append("")
-    lines.append(f"decode + shapes reward: {res['timing']['score_ms_per_candidate']:.3f} ms / candidate (same for every variant; not in the times above); "
+    lines.append(f"decode + reward: {res['timing']['score_ms_per_candidate']:.3f} ms / candidate (same for every variant; not in the times above); "
                  f"warm-up (incl. compile) {res['timing']['warmup_seconds']:.1f} s")
-    m = res["memory"]
+    lim = res["limits"]
+    ms = lim["ms_per_candidate"]
+    lines += ["", f"### What limits explore ÷ rollout (instrumented, {lim['explore']} vs {lim['rollout']}, batch {lim['batch']}, {lim['quantised_layers']} quantised layers)", ""]
+    lines.append(C.md_table(["part", "ms / candidate", "share of explore"], [
+        ["explore total", ms["explore_total"], 1.0],
+        ["  activation quantiser (NVFP4 factors of every input)", ms["explore_quantiser"], lim["shares_of_explore"]["quantiser"]],
+        ["  block GEMM (float32 oneDNN, bf16 fpmath)", ms["explore_block_gemm"], lim["shares_of_explore"]["block_gemm"]],
+        ["  rest of the quantised layers (scales, bias, casts)", ms["explore_layer_other"], lim["shares_of_explore"]["layer_other"]],
+        ["  everything else (attention, norms, unquantised layers, solver)", ms["explore_rest"], lim["shares_of_explore"]["rest"]],
+        ["bf16 rollout total", ms["rollout_total"], ""],
+        ["  the same layers as bf16 Linear", ms["rollout_same_layers_bf16"], ""],
+    ]))
+    lines += ["", "Per step, an NVFP4 layer costs " + (f"{lim['nvfp4_layer_over_bf16_layer_per_step']:.2f}× a bf16 Linear (its block GEMM alone {lim['block_gemm_over_bf16_layer_per_step']:.2f}×). "
+              if lim["nvfp4_layer_over_bf16_layer_per_step"] else "n/a. ") + "Explore ÷ rollout if ...: " + "; ".join(f"{k}: {v:.2f}" for k, v in lim["explore_over_rollout"].items()) + "."]
+    if res.get("layer_bench"):
+        lines += ["", "### Per layer (solrl.quant.bench, 1 thread, medians)", ""]
+        lines.append(C.md_table(["shape", "variant", "median ms", "× fp32 Linear", "× bf16 Linear"],
+                                [[r["shape"], r["variant"], r["median_ms"], r["x_fp32_linear"], r["x_bf16_linear"]] for r in res["layer_bench"]]))
+    it = res.get("iteration")
+    if it:
+        i = it["iteration"]
+        lines += ["", f"### One iteration in memory (run_iteration: {i['prompts']} prompts × N {i['explore_n']} {i['explore_precision']} {i['explore_steps']} steps, K {i['k']}, "
+                  f"rollout {i['rollout_steps']} steps, eval every {i['eval_every']}), float32 vs bf16, {len(it['repeats'])} interleaved repeat(s), medians", ""]
+        stages = list(it["median"]["fp32"]["stages"])
+        rows = [[d, it["median"][d]["seconds"]] + [it["median"][d]["stages"][s] for s in stages] + [it["median"][d]["train_reward"]] for d in ("fp32", "bf16")]
+        rows.append(["fp32 ÷ bf16", it["fp32_over_bf16"]] + [it["stage_fp32_over_bf16"].get(s, "") for s in stages] + [""])
+        lines.append(C.md_table(["model.dtype", "wall s"] + [f"{s} s" for s in stages] + ["train reward"], rows))
+        lines.append(f"\n**float32 ÷ bf16 iteration = {it['fp32_over_bf16']:.2f}×** ({it['fp32_over_bf16_min']:.2f}..{it['fp32_over_bf16_max']:.2f} over repeats; "
+                     f"goal ≥ {it['goal']}×: {'met' if it['goal_met'] else 'not met'})")
+    mem = res["memory"]
     lines += ["", "### Explore-weight memory", ""]
     head = ["format", "layers", "weights", "packed bytes", "bits / weight", "same layers bf16", "packed / bf16", "whole transformer", "whole / bf16"]
-    rows = [[p, m[p]["layers"], f"{m[p]['weights']:,}", f"{m[p]['packed_bytes']:,}", m[p]["bits_per_weight"], f"{m[p]['selected_bf16_bytes']:,}", m[p]["packed_over_bf16"], f"{m[p]['whole_explore_bytes']:,}", m[p]["whole_over_bf16"]]
-            for p in ("nvfp4", "fp8")]
-    rows.append(["bf16", "", f"{m['transformer_params']:,} params", "", 16.0, "", 1.0, f"{m['whole_bf16_bytes']:,}", 1.0])
+    rows = [[p, x["layers"], f"{x['weights']:,}", f"{x['packed_bytes']:,}", x["bits_per_weight"], f"{x['selected_bf16_bytes']:,}", x["packed_over_bf16"], f"{x['whole_explore_bytes']:,}", x["whole_over_bf16"]]
+            for p, x in mem.items() if isinstance(x, dict)]
+    rows.append(["bf16", "", f"{mem['transformer_params']:,} params", "", 16.0, "", 1.0, f"{mem['whole_bf16_bytes']:,}", 1.0])
     lines.append(C.md_table(head, rows))
     s = res["selection"]
     lines += ["", f"### DuckDB selection (select_seeds, N = {s['meta']['n']}, K = {s['meta']['k']}; duckdb {s['meta']['duckdb']}, {s['meta']['duckdb_threads']} threads)", ""]
-    head = ["rows", "prompts", "selected rows", "seconds (median)", "rows / s", "ms / prompt", "table build s"]
-    rows = [[f"{d['rows']:,}", f"{d['prompts']:,}", f"{d['selected_rows']:,}", d["seconds"], f"{d['rows_per_second']:,.0f}", d["ms_per_prompt"], d["build_seconds"]] for d in s["sizes"].values()]
+    head = ["rows", "prompts", "selected rows", "seconds (median)", "rows / s", "ms / prompt", "window query ÷ select_seeds", "table build s"]
+    rows = [[f"{d['rows']:,}", f"{d['prompts']:,}", f"{d['selected_rows']:,}", d["seconds"], f"{d['rows_per_second']:,.0f}", d["ms_per_prompt"], d["window_over_select"], d["build_seconds"]] for d in s["sizes"].values()]
     lines.append(C.md_table(head, rows))
     return "\n".join(lines)
 
@@ -260,54 +490,90 @@ def summary(res: dict) -> str:
 def plot(res: dict, out: Path) -> list[Path]:
     plt = C.pyplot()
     cfg = res["config"]
-    colours = {"nvfp4": "tab:red", "fp8": "tab:blue", "none": "tab:green"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    colours = {"nvfp4": "tab:red", "fp8": "tab:blue", "high": "tab:green"}
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.6))
     styles = ["-", "--", ":"]
     for i, (th, d) in enumerate(res["timing"]["by_threads"].items()):
         for p in PRECISIONS:
-            ys = [d["rows"][f"{p}/{s}"]["over_rollout"] for s in cfg["steps"]]
+            ys = [d["rows"][f"{p}/{s}"]["over_rollout_bf16"] for s in cfg["steps"]]
             axes[0].plot(cfg["steps"], ys, "o" + styles[i % 3], color=colours[p], label=f"{p}, {th} thread(s)")
-    axes[0].axhline(1.0, color="k", lw=1, ls=":", label="rollout (fp32, 10 steps)")
-    axes[0].set(title="explore time per candidate / rollout time", xlabel="explore steps", ylabel="× rollout (median of per-repeat ratios)")
+        for name, v in d["rows"].items():
+            if name.startswith("nvfp4-r") or name.startswith("nvfp4-eager"):
+                axes[0].plot([v["steps"]], [v["over_rollout_bf16"]], "x", color="tab:purple" if "-r" in name else "tab:orange", label=f"{name}, {th} thread(s)")
+        axes[0].axhline(d["rows"]["rollout-fp32"]["over_rollout_bf16"], color="grey", lw=1, ls="-.", label="float32 rollout")
+    axes[0].axhline(1.0, color="k", lw=1, ls=":", label=f"bf16 rollout ({cfg['rollout_steps']} steps)")
+    axes[0].axhline(GOAL_EXPLORE_OVER_ROLLOUT, color="tab:red", lw=1, ls="--", label=f"goal {GOAL_EXPLORE_OVER_ROLLOUT}")
+    axes[0].set(title="sampling time per candidate ÷ bf16 rollout", xlabel="explore steps", ylabel="× bf16 rollout (median of per-repeat ratios)")
     axes[0].set_xticks(cfg["steps"])
-    m = res["memory"]
-    names = ["bf16", "fp8", "nvfp4"]
-    sel = [m["nvfp4"]["selected_bf16_bytes"], m["fp8"]["packed_bytes"], m["nvfp4"]["packed_bytes"]]
-    whole = [m["whole_bf16_bytes"], m["fp8"]["whole_explore_bytes"], m["nvfp4"]["whole_explore_bytes"]]
-    x = range(len(names))
-    axes[1].bar([i - 0.2 for i in x], [b / 2**20 for b in sel], 0.4, label="quantised layers")
-    axes[1].bar([i + 0.2 for i in x], [b / 2**20 for b in whole], 0.4, label="whole transformer")
-    axes[1].set_xticks(list(x), names)
-    axes[1].set(title="explore weights (MiB)", ylabel="MiB")
+    lim = res["limits"]["ms_per_candidate"]
+    parts = [("quantiser", lim["explore_quantiser"], "tab:red"), ("block GEMM", lim["explore_block_gemm"], "tab:orange"), ("layer other", lim["explore_layer_other"], "tab:pink"),
+             ("rest", lim["explore_rest"], "lightgrey")]
+    left = 0.0
+    for label, w, c in parts:
+        axes[1].barh(1, w, left=left, color=c, label=label)
+        left += w
+    axes[1].barh(0, lim["rollout_same_layers_bf16"], color="tab:blue", label="same layers, bf16 Linear")
+    axes[1].barh(0, lim["rollout_rest"], left=lim["rollout_same_layers_bf16"], color="lightgrey")
+    axes[1].set_yticks([0, 1], [f"rollout\n{res['limits']['rollout']}", f"explore\n{res['limits']['explore']}"])
+    axes[1].set(title="where the time goes (ms / candidate)", xlabel="ms per candidate")
+    axes[1].legend(fontsize=7)
+    it = res.get("iteration")
+    if it:
+        stages = list(it["median"]["fp32"]["stages"])
+        cols = plt.get_cmap("tab10")
+        for j, dt in enumerate(("fp32", "bf16")):
+            left = 0.0
+            for k, s in enumerate(stages):
+                w = it["median"][dt]["stages"][s]
+                axes[2].barh(j, w, left=left, color=cols(k), label=s if j == 0 else None)
+                left += w
+            axes[2].text(left, j, f" {it['median'][dt]['seconds']:.1f} s", va="center", fontsize=8)
+        axes[2].set_yticks([0, 1], ["float32", "bf16"])
+        axes[2].set(title=f"one iteration in memory: float32 ÷ bf16 = {it['fp32_over_bf16']:.2f}× (goal ≥ {it['goal']})", xlabel="seconds (median)")
+        axes[2].legend(fontsize=7)
+    else:
+        axes[2].set_axis_off()
     sizes = res["selection"]["sizes"]
-    axes[2].loglog([d["rows"] for d in sizes.values()], [d["seconds"] for d in sizes.values()], "o-")
+    axes[3].loglog([d["rows"] for d in sizes.values()], [d["seconds"] for d in sizes.values()], "o-")
     for d in sizes.values():
-        axes[2].annotate(f"{d['seconds']:.2f} s", (d["rows"], d["seconds"]), textcoords="offset points", xytext=(5, -12), fontsize=8)
-    axes[2].set(title="DuckDB selection time (select_seeds)", xlabel="explore rows", ylabel="seconds (median)")
+        axes[3].annotate(f"{d['seconds']:.2f} s", (d["rows"], d["seconds"]), textcoords="offset points", xytext=(5, -12), fontsize=8)
+    axes[3].set(title="DuckDB selection time (select_seeds)", xlabel="explore rows", ylabel="seconds (median)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7) if ax.get_legend_handles_labels()[0] else None
-    fig.suptitle("shapes explore cost (emulated low precision on CPU)", fontsize=11)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(f"shapes cost on {res['machine']['cpu_model']} (emulated low precision on CPU)", fontsize=11)
     return C.save_figure(fig, out, "cost")
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__, "cost", quick="batch 8, steps 2 4, 2 repeats, 10k selection rows")
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 4 6 8 10; quick 2 4)")
+    ap = C.parser(__doc__, "cost", quick="batch 8, steps 2 6, 2 repeats, the tests' tiny iteration once, 10k selection rows")
+    C.add_model_args(ap)
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 6 10; quick 2 6)")
+    ap.add_argument("--lowranks", type=int, nargs="+", default=None, help="NVFP4 low-rank branch ranks also timed at explore.steps (default 32; quick 8)")
+    ap.add_argument("--explore-dtype", choices=["fp32", "bf16"], default=None, help="model.dtype of the explore copies (default: the config's, auto resolved)")
     ap.add_argument("--batch", type=int, default=None, help="candidates per sampling call (default explore.batch = 96; quick 8)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved timing repeats (default 5; quick 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved sampling repeats (default 5; quick 2)")
+    ap.add_argument("--limit-repeats", type=int, default=None, help="instrumented passes for the 'what limits' breakdown (default 3; quick 1)")
+    ap.add_argument("--layer-bench-repeats", type=int, default=None, help="rounds of solrl.quant.bench per layer shape (default 21; quick 2; 0 = skip)")
+    ap.add_argument("--iteration-repeats", type=int, default=None, help="interleaved repeats of the float32 vs bf16 iteration (default 3; quick 1; 0 = skip)")
+    ap.add_argument("--no-iteration-warmup", dest="iteration_warmup", action="store_false", default=None, help="skip the untimed first iteration per dtype")
     ap.add_argument("--rows", type=int, nargs="+", default=None, help="synthetic explore rows for the selection timing (default 1000000 10000000; quick 10000)")
     ap.add_argument("--select-repeats", type=int, default=None, help="selection repeats per size (default 3; quick 2)")
-    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts to time, interleaved (default: torch's default)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts to time part 1 at, interleaved (default: torch's default); parts 2-4 use the first")
     args = ap.parse_args(argv)
     q = args.quick
     import torch
 
     torch.set_flush_denormal(True)
     args.threads = args.threads or [torch.get_num_threads()]
-    args.steps = sorted(set(args.steps or ([2, 4] if q else [2, 4, 6, 8, 10])))
+    args.steps = sorted(set(args.steps or ([2, 6] if q else [2, 6, 10])))
+    args.lowranks = sorted(set(args.lowranks if args.lowranks is not None else ([8] if q else [32])))
     args.batch = args.batch or (8 if q else 96)
     args.repeats = args.repeats or (2 if q else 5)
+    args.limit_repeats = args.limit_repeats or (1 if q else 3)
+    args.layer_bench_repeats = args.layer_bench_repeats if args.layer_bench_repeats is not None else (2 if q else 21)
+    args.iteration_repeats = args.iteration_repeats if args.iteration_repeats is not None else (1 if q else 3)
+    args.iteration_warmup = (not q) if args.iteration_warmup is None else args.iteration_warmup
     args.rows = args.rows or ([10_000] if q else [1_000_000, 10_000_000])
     args.select_repeats = args.select_repeats or (2 if q else 3)
     out = Path(args.out)
@@ -315,31 +581,40 @@ def main(argv=None) -> dict:
     C.set_threads(args.threads[0])
     machine = C.machine()
 
-    from solrl.config import load_config
-    from solrl.models import load_policy
-    from solrl.stages import explore_quant
+    from solrl.models import resolve
 
     t_start = time.perf_counter()
-    cfg = load_config(C.REPO / "configs" / "shapes.yaml")
-    policy = load_policy(cfg.model.family, weights=cfg.model.weights, lora_rank=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha, seed=cfg.run.seed)
-    models = {}
-    for p in PRECISIONS:
-        quant = None if p == "none" else explore_quant(policy, cfg.with_overrides(**{"explore.precision": p}))
-        models[p] = policy.sampler_copy(quant)
-    total_params = sum(x.numel() for x in models["none"][0].parameters())
+    cfg = C.base_config(args)
+    args.explore_dtype = args.explore_dtype or {v: k for k, v in C.DTYPES.items()}[resolve(cfg).dtype]
+    policies = {d: C.load_policy(cfg, C.DTYPES[d]) for d in ("fp32", "bf16")}
+    copies = {d: explore_copies(policies[d], cfg, args.lowranks) if d == args.explore_dtype else {"high": policies[d].sampler_copy(None)} for d in policies}
+    prompt = policies["bf16"].train_prompts()[0]
+    total_params = sum(x.numel() for x in copies[args.explore_dtype]["high"][0].parameters())
     res = {
-        "config": {"steps": args.steps, "batch": args.batch, "repeats": args.repeats, "threads": args.threads, "rollout_steps": cfg.rollout.steps,
-                   "solver": cfg.rollout.solver, "explore_n": cfg.explore.n, "k": cfg.select.k, "explore_steps_default": cfg.explore.steps},
-        "quant": {p: models[p][1].summary() for p in PRECISIONS},
-        "memory": memory(models, total_params),
-        "timing": time_sampling(args, cfg, policy, models),
-        "selection": time_selection(args, cfg, policy.train_prompts()),
+        "config": {"config_file": str(args.config), "model": C.model_label(cfg), "steps": args.steps, "lowranks": args.lowranks, "batch": args.batch, "repeats": args.repeats,
+                   "threads": args.threads, "explore_dtype": C.DTYPES[args.explore_dtype], "rollout_steps": cfg.rollout.steps, "solver": cfg.rollout.solver,
+                   "explore_n": cfg.explore.n, "k": cfg.select.k, "explore_steps_default": cfg.explore.steps, "prompt": prompt},
         "machine": machine,
+        "quant": {name: rep.summary() for name, (_, rep) in copies[args.explore_dtype].items()},
+        "memory": memory(copies[args.explore_dtype], total_params),
+        "timing": time_sampling(args, cfg, policies, copies, prompt),
+        "limits": limits(args, cfg, policies, copies, prompt),
+        "layer_bench": layer_bench(args) if args.layer_bench_repeats else [],
         "quick": q,
     }
+    del copies, policies
+    if args.iteration_repeats:
+        res["iteration"] = time_iterations(args, cfg.with_overrides(**QUICK_ITERATION) if q else cfg)
+    res["selection"] = time_selection(args, cfg, cfg_prompts(cfg))
     res["wall_seconds"] = time.perf_counter() - t_start
     text = summary(res)
     return C.finish(out, "cost", res, text, plot(res, out))
+
+
+def cfg_prompts(cfg) -> tuple[str, ...]:
+    from solrl.registry import family_class
+
+    return family_class(cfg.model.family).prompt_sets(cfg)[0]
 
 
 if __name__ == "__main__":

@@ -1,32 +1,37 @@
 """Orchestration and storage overhead (issue 7, item 3): one shapes iteration, Prefect flow vs direct.
 
-One default `shapes` iteration through the Prefect flow vs the same stage functions called
-directly.
+One default `shapes` iteration (--config, default configs/shapes.yaml; --weights another model)
+through the Prefect flow vs the same stage functions called directly.
 
 Three ways to run iteration 0 of a fresh run with the same config, in one process:
   flow    the Prefect flow `sol-rl` (ephemeral Prefect, a private temporary PREFECT_HOME), i.e.
           what `sol-rl run` does: subflow, tasks, per-prompt shards, artifacts, plus storage;
   steps   tasks.steps.run_steps: the same stage steps with storage (Parquet, PNG and x0 bytes,
           adapters, sha256 commits) but no Prefect, i.e. `sol-rl run --no-prefect`;
-  direct  solrl.stages.run_iteration: the stage functions in memory, no storage.
-All three do the same compute (same prompts, seeds, models; the train and eval rewards are
-compared). One-time costs are measured first and reported apart: importing Prefect and the
-flow, starting the ephemeral Prefect server (a no-op flow), the first real flow run (loads the
-policy, compiles the NVFP4 kernel) and loading the direct path's policy. Then --repeats rounds,
+  direct  solrl.stages.run_iteration: the stage functions in memory, no storage (plus the
+          baseline evaluation, solrl.stages.evaluate of the LoRA init, which the other two
+          run before iteration 0 when eval is on).
+All three do the same compute (same prompts, seeds, models; the train reward and the mean
+eval and baseline rewards per evaluation set are compared). One-time costs are measured first
+and reported apart: importing Prefect and the flow, starting the ephemeral Prefect server (a
+no-op flow), the first real flow run (loads the policy, compiles the NVFP4 activation
+quantiser) and loading the direct path's policy. Then --repeats rounds,
 each running the three in a rotated order. Per repeat:
   orchestration share = (flow - steps) / flow,  storage share = (steps - direct) / flow,
   together            = (flow - direct) / flow;
 medians over repeats. Per-stage times come from the commit records (flow, steps) and from
-run_iteration (direct).
+run_iteration (direct). One asymmetry, small against an iteration (~0.2 s): run_iteration
+builds its explore and regenerate copies every call, while the flow and the steps take them
+from the process's policy cache (tasks/cache.py), which keeps them across these repeats of
+the same iteration 0 (same adapters); in a real run every iteration builds new copies.
 
-    python benchmarks/overhead.py --out benchmarks/results/overhead          # full: default iteration, 5 repeats
-    python benchmarks/overhead.py --quick --out /tmp/overhead                # smoke: a tiny iteration, 1 repeat
+    python benchmarks/overhead.py --threads 1 --out benchmarks/results/overhead    # full: default iteration, 5 repeats
+    python benchmarks/overhead.py --quick --threads 1 --out /tmp/overhead          # smoke: a tiny iteration, 1 repeat
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,35 +39,46 @@ from pathlib import Path
 
 import bench_common as C
 
-STAGES = ("explore", "select", "regenerate", "update", "eval")
+STAGES = ("baseline", "plan", "explore", "select", "regenerate", "update", "eval")
 VARIANTS = ("flow", "steps", "direct")
 # --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY), eval on
 QUICK = {
     "prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5,
-    "nft.micro_batch": 8, "eval.prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 4,
+    "nft.micro_batch": 8, "eval.train_prompts": 2, "eval.held_out_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 4,
 }
 
 
-def prefect_env() -> str:
-    """A private Prefect home (SQLite DB, settings) and quiet logs, before Prefect is imported."""
-    home = tempfile.mkdtemp(prefix="solrl-bench-prefect-")
-    os.environ["PREFECT_HOME"] = home
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return home
-
-
 def stage_seconds(run_uri: str) -> dict[str, float]:
-    from tasks.steps import open_run
+    """Seconds of iteration 0's stages (and the run's baseline) from their commit records."""
+    from tasks.run import open_run
 
     run = open_run(run_uri)
     out = {}
     for s in STAGES:
-        rec = run.store.commit_record(0, s)
+        rec = run.stage(0, s).record
         if rec:
             out[s] = rec["finished_at"] - rec["started_at"]
     return out
+
+
+def stored_rewards(run_uri: str) -> dict:
+    """Mean reward per evaluation set of the committed eval and baseline of iteration 0."""
+    from storage.queries import read_stage
+    from tasks.run import open_run
+
+    run = open_run(run_uri)
+    out = {}
+    for name, it in (("eval", 0), ("baseline", None)):
+        if run.stage(it, name).record:
+            out[name] = set_means(read_stage(run.store, it, name, "set, reward").to_pydict())
+    return out
+
+
+def set_means(cols: dict) -> dict[str, float]:
+    sets = {}
+    for s, r in zip(cols["set"], cols["reward"]):
+        sets.setdefault(s, []).append(r)
+    return {s: sum(v) / len(v) for s, v in sorted(sets.items())}
 
 
 def dir_bytes(path: Path) -> int:
@@ -70,7 +86,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def run(args) -> dict:
-    home = prefect_env()
+    home = C.prefect_env()
     import torch
 
     torch.set_flush_denormal(True)
@@ -78,8 +94,10 @@ def run(args) -> dict:
     logging.getLogger("solrl").setLevel(logging.WARNING)  # no per-stage progress lines
     machine = C.machine()
     root = Path(tempfile.mkdtemp(prefix="solrl-bench-runs-"))
-    config_path = str(C.REPO / "configs" / "shapes.yaml")
+    config_path = str(args.config)
     overrides = dict(QUICK) if args.quick else {}
+    if args.weights:
+        overrides["model.weights"] = str(Path(args.weights).resolve())
     one_time = {}
     try:
         t, _ = C.timed(__import__, "flows.sol_rl")
@@ -89,9 +107,11 @@ def run(args) -> dict:
         from flows.sol_rl import sol_rl
         from solrl.config import load_config
         from solrl.models import load_policy
-        from solrl.stages import TrainState, run_iteration
+        from solrl.stages import TrainState, evaluate, run_iteration
+        from storage.selection import select_seeds
         from storage.store import join
-        from tasks.steps import open_run, run_steps
+        from tasks.run import open_run
+        from tasks.steps import run_steps
 
         cfg = load_config(config_path)
         if overrides:
@@ -107,29 +127,41 @@ def run(args) -> dict:
 
         def via_flow(name):
             t, summaries = C.timed(sol_rl, config=config_path, run_id=name, iterations=1, run_root=str(root), overrides=overrides or None)
-            s = summaries[0]
-            return t, {"train_reward": s["train_reward"], "eval_reward": s.get("eval_reward")}, stage_seconds(join(str(root), name))
+            uri = join(str(root), name)
+            return t, {"train_reward": summaries[0]["train_reward"], **stored_rewards(uri)}, stage_seconds(uri)
 
         def via_steps(name):
-            r = open_run(join(str(root), name), cfg)
-            t, s = C.timed(run_steps, r, 0)
-            return t, {"train_reward": s["train_reward"], "eval_reward": s.get("eval_reward")}, stage_seconds(join(str(root), name))
+            uri = join(str(root), name)
+            r = open_run(uri, cfg)
+            r.acquire()
+            try:
+                t, s = C.timed(run_steps, r, 0)
+            finally:
+                r.release()
+            return t, {"train_reward": s["train_reward"], **stored_rewards(uri)}, stage_seconds(uri)
 
-        t, _ = C.timed(via_flow, "warmup-flow")
-        one_time["first_flow_iteration_s"] = t
-        t, policy = C.timed(load_policy, cfg.model.family, weights=cfg.model.weights, lora_rank=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha, seed=cfg.run.seed)
+        if not args.quick:  # (quick: the one repeat is the first flow run, cold)
+            t, _ = C.timed(via_flow, "warmup-flow")
+            one_time["first_flow_iteration_s"] = t
+        t, policy = C.timed(load_policy, cfg)
         one_time["direct_policy_load_s"] = t
         init = policy.adapter_state("default")
 
         def via_direct(name):
             policy.load_adapter("default", init)
             policy.load_adapter("old", init)
+            t0 = time.perf_counter()
+            stages, rewards = {}, {}
+            if cfg.eval.every:  # the baseline the flow and the steps evaluate before iteration 0
+                stages["baseline"], base = C.timed(evaluate, policy, init, cfg, False)
+                rewards["baseline"] = set_means(base)
             state = TrainState.fresh(policy, cfg)  # EMA = a copy of the adapter just reset
-            t, res = C.timed(run_iteration, policy, state, cfg, 0)
-            ev = res.eval["reward"] if res.eval else None
-            return t, {"train_reward": res.metrics["reward_mean"], "eval_reward": sum(ev) / len(ev) if ev else None}, dict(res.seconds)
+            _, res = C.timed(run_iteration, policy, state, cfg, 0, select_seeds)
+            if res.eval:
+                rewards["eval"] = set_means(res.eval)
+            return time.perf_counter() - t0, {"train_reward": res.metrics[-1]["reward_mean"], **rewards}, {**stages, **res.seconds}
 
-        if not args.quick:  # (the flow's warm-up already ran every code path once)
+        if not args.quick:  # (after the flow's warm-up: every code path ran once)
             t, _ = C.timed(via_direct, "warmup-direct")
             one_time["first_direct_iteration_s"] = t
 
@@ -154,13 +186,16 @@ def run(args) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
     med, shares = aggregate(reps)
-    same = {k: max(abs(r[a][k] - r["direct"][k]) for r in reps for a in ("flow", "steps")) if reps[0]["direct"][k] is not None else None
-            for k in ("train_reward", "eval_reward")}
+    same = {"train_reward": max(abs(r[a]["train_reward"] - r["direct"]["train_reward"]) for r in reps for a in ("flow", "steps"))}
+    for key in ("eval", "baseline"):  # mean reward per evaluation set
+        same[f"{key}_reward"] = (max(abs(r[a][key][s] - r["direct"][key][s]) for r in reps for a in ("flow", "steps") for s in r["direct"][key])
+                                 if key in reps[0]["direct"] else None)
     return {
         "config": {"quick": args.quick, "overrides": overrides, "repeats": args.repeats, "threads": torch.get_num_threads(),
                    "prompts": cfg.prompts.per_iteration, "explore_n": cfg.explore.n, "explore_steps": cfg.explore.steps, "k": cfg.select.k,
-                   "rollout_steps": cfg.rollout.steps, "eval_every": cfg.eval.every, "eval_prompts": cfg.eval.prompts,
-                   "eval_seeds_per_prompt": cfg.eval.seeds_per_prompt},
+                   "rollout_steps": cfg.rollout.steps, "eval_every": cfg.eval.every, "eval_sets": list(cfg.eval.sets),
+                   "eval_train_prompts": cfg.eval.train_prompts, "eval_held_out_prompts": cfg.eval.held_out_prompts,
+                   "eval_seeds_per_prompt": cfg.eval.seeds_per_prompt, "config_file": config_path, "model": C.model_label(cfg)},
         "one_time": one_time,
         "repeats": reps,
         "median": med,
@@ -196,7 +231,7 @@ def aggregate(reps: list[dict]) -> tuple[dict, dict]:
 
 def summary(res: dict) -> str:
     cfg, med, sh = res["config"], res["median"], res["shares"]
-    it = f"{cfg['prompts']} prompts × N {cfg['explore_n']} ({cfg['explore_steps']} steps), K {cfg['k']}, rollout {cfg['rollout_steps']} steps, eval {cfg['eval_prompts']}×{cfg['eval_seeds_per_prompt']}"
+    it = f"{cfg['prompts']} prompts × N {cfg['explore_n']} ({cfg['explore_steps']} steps), K {cfg['k']}, rollout {cfg['rollout_steps']} steps, eval sets {'+'.join(cfg['eval_sets'])} × {cfg['eval_seeds_per_prompt']} seed(s), model {cfg['model']}"
     lines = [f"## One shapes iteration ({it}): Prefect flow vs stage functions ({cfg['repeats']} interleaved repeat(s), medians, {cfg['threads']} torch thread(s))", ""]
     head = ["way", "wall s"] + [f"{s} s" for s in STAGES] + ["sum of stages s", "bytes written"]
     rows = []
@@ -220,7 +255,7 @@ def summary(res: dict) -> str:
             f"#{i + 1} flow {r['flow']['seconds']:.1f}, steps {r['steps']['seconds']:.1f}, direct {r['direct']['seconds']:.1f}" for i, r in enumerate(res["repeats"])),
         "",
         "One-time costs, seconds (not in the above; first_noop_flow = ephemeral Prefect server start, first_flow_iteration = "
-        "policy load + NVFP4 compile + first tasks): " + "; ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in res["one_time"].items()),
+        "policy load + quantiser compile + first tasks): " + "; ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in res["one_time"].items()),
         "",
         "Same compute check, max |reward difference| vs direct over repeats: " + ", ".join(
             f"{k} {v:.2e}" if v is not None else f"{k} n/a" for k, v in res["max_abs_reward_difference_vs_direct"].items()),
@@ -232,7 +267,8 @@ def plot(res: dict, out: Path) -> list[Path]:
     plt = C.pyplot()
     med = res["median"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [3, 2]})
-    colours = {"explore": "tab:red", "select": "tab:purple", "regenerate": "tab:blue", "update": "tab:green", "eval": "tab:olive", "other": "lightgrey"}
+    colours = {"baseline": "tab:brown", "plan": "tab:cyan", "explore": "tab:red", "select": "tab:purple", "regenerate": "tab:blue", "update": "tab:green", "eval": "tab:olive",
+               "other": "lightgrey"}
     ways = ["direct", "steps", "flow"]
     for i, v in enumerate(ways):
         left = 0.0
@@ -262,7 +298,8 @@ def plot(res: dict, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__, "overhead", quick="the tests' tiny iteration, 1 repeat")
+    ap = C.parser(__doc__, "overhead", quick="the tests' tiny iteration, 1 repeat, no warm-up runs")
+    C.add_model_args(ap)
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; quick 1)")
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)

@@ -1,90 +1,153 @@
-"""Side-by-side timing of shapes models of different widths (same process, interleaved repeats).
+"""Side-by-side timing of shapes models (e.g. of different widths), in one process, interleaved repeats.
 
-For each model directory: per-candidate time of explore (NVFP4 emulated, 6 steps, batch 96) and
-regeneration (float32, 10 steps), wall time of a default `sol_rl` iteration (4 prompts, N = 96,
-K = 24; eval off) after one warm-up iteration, and optionally pretraining seconds per step
-(compiled; the first step, which compiles, excluded). Medians of --repeats. Writes JSON.
+For each model directory (default: --weights, i.e. the shipped model) and each model.dtype in
+--dtypes (default: the config's, auto resolved): per-candidate sampling time of explore (the
+config's explore copy, NVFP4 emulated, explore.steps = 6) and of the high-precision rollout
+(rollout.steps = 10), batch explore.batch (96); the wall time of one default iteration in
+memory (solrl.stages.run_iteration with the DuckDB selection; eval off, as in training between
+evaluations) after one warm-up iteration; and optionally pretraining seconds per step (compiled;
+the first step, which compiles, excluded). Medians of --repeats.
 
-    python benchmarks/shapes_timing.py /tmp/pt/h128 /tmp/pt/h192 --out benchmarks/results/shapes_timing.json
+    python benchmarks/shapes_timing.py /tmp/pt/h128 /tmp/pt/h192 --dtypes float32 bfloat16 --threads 1 --out benchmarks/results/shapes_timing
+    python benchmarks/shapes_timing.py --quick --threads 1 --out /tmp/st                    # smoke: shipped model, tiny iteration
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
-import torch
+import bench_common as C
+
+QUICK_ITERATION = {"prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model directories (shapes.safetensors + config.json)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pretrain-steps", type=int, default=0, help="also time this many compiled pretraining steps per width (after the compiling first step)")
-    ap.add_argument("--out", default="benchmarks/results/shapes_timing.json")
-    args = ap.parse_args(argv)
+def run(args) -> dict:
+    import torch
+
     torch.set_flush_denormal(True)
-    from solrl.config import RunConfig
-    from solrl.models import load_policy
+    from solrl.models import resolve
+    from solrl.plan import primary_explore
     from solrl.stages import TrainState, explore_quant, run_iteration
+    from storage.selection import select_seeds
 
-    cfg = RunConfig().with_overrides(**{"eval.every": 0})
-    prompt = "a blue square above a yellow triangle"
-    seeds = list(range(96))
-    policies = {m: load_policy("shapes", weights=m) for m in args.models}
-    copies = {m: (p.sampler_copy(explore_quant(p, cfg))[0], p.sampler_copy(None)[0]) for m, p in policies.items()}
-    for m, p in policies.items():  # warm-up (compiles the NVFP4 kernel once)
-        p.sample(copies[m][0], [prompt] * 8, seeds[:8], 1)
-    times = {m: {"explore": [], "regenerate": []} for m in args.models}
-    for _ in range(args.repeats):
-        for m, p in policies.items():
-            cond = p.encode([prompt] * 96)
-            t = time.perf_counter()
-            p.sample(copies[m][0], [prompt] * 96, seeds, 6, cond=cond)
-            times[m]["explore"].append((time.perf_counter() - t) / 96 * 1000)
-            t = time.perf_counter()
-            p.sample(copies[m][1], [prompt] * 96, seeds, 10, cond=cond)
-            times[m]["regenerate"].append((time.perf_counter() - t) / 96 * 1000)
-    states = {m: TrainState.fresh(p, cfg) for m, p in policies.items()}
-    iters = {m: [] for m in args.models}
-    for i in range(args.repeats + 1):
-        for m, p in policies.items():
-            t = time.perf_counter()
-            res = run_iteration(p, states[m], cfg, i)
-            if i:  # the first iteration is warm-up
-                iters[m].append({"total": time.perf_counter() - t, **res.seconds})
-    out = {}
+    base = C.base_config(args, **{"eval.every": 0, **(QUICK_ITERATION if args.quick else {})})
+    dtypes = args.dtypes or [resolve(base).dtype]
+    combos = {}
     for m in args.models:
-        params = sum(x.numel() for x in copies[m][1].parameters())
-        e, r = statistics.median(times[m]["explore"]), statistics.median(times[m]["regenerate"])
-        out[m] = {
-            "params": params,
-            "ms_per_candidate_explore_nvfp4_6": e,
-            "ms_per_candidate_regenerate_fp32_10": r,
-            "explore_over_regenerate": e / r,
-            "iteration_seconds_median": statistics.median(x["total"] for x in iters[m]),
-            "iteration_stage_seconds": iters[m],
+        for d in dtypes:
+            cfg = base.with_overrides(**{"model.weights": str(Path(m).resolve()) if m != "shipped" else None, "model.dtype": d})
+            pol = C.load_policy(cfg)
+            combos[f"{m} [{d}]"] = {"model": m, "dtype": d, "cfg": cfg, "policy": pol,
+                                   "explore": pol.sampler_copy(explore_quant(pol, cfg, primary_explore(cfg)))[0], "rollout": pol.sampler_copy(None)[0]}
+    b = args.batch
+    prompt = "a blue square above a yellow triangle"
+    seeds = list(range(b))
+    fns, per = {}, {}
+    for name, c in combos.items():
+        p, cfg = c["policy"], c["cfg"]
+        cond = p.encode_rows([prompt] * b)
+        fns[f"{name}|explore"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(c["explore"], [prompt] * b, seeds, cfg.explore.steps, cfg.rollout.solver, cond=cond)
+        fns[f"{name}|rollout"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(c["rollout"], [prompt] * b, seeds, cfg.rollout.steps, cfg.rollout.solver, cond=cond)
+        per[f"{name}|explore"] = per[f"{name}|rollout"] = b / 1000.0  # -> ms per candidate
+    ms = C.interleaved(fns, args.repeats, per=per, warmup=True, log="shapes_timing")
+
+    iters = {name: [] for name in combos}
+    for name, c in combos.items():
+        c["state"] = TrainState.fresh(c["policy"], c["cfg"])
+    for i in range(args.repeats + 1):  # iteration 0 is the warm-up
+        for name in C.rotated(list(combos), i):
+            c = combos[name]
+            t, res = C.timed(run_iteration, c["policy"], c["state"], c["cfg"], i, select_seeds)
+            if i:
+                iters[name].append({"total": t, **res.seconds})
+        print(f"[shapes_timing] iteration {i} done{' (warm-up)' if i == 0 else ''}", flush=True)
+    out = {}
+    for name, c in combos.items():
+        e, r = C.median(ms[f"{name}|explore"]), C.median(ms[f"{name}|rollout"])
+        out[name] = {
+            "model": c["model"], "dtype": c["dtype"],
+            "params": sum(x.numel() for x in c["rollout"].parameters()),
+            "ms_per_candidate_explore": e,
+            "ms_per_candidate_rollout": r,
+            "explore_over_rollout": e / r,
+            "iteration_seconds_median": C.median([x["total"] for x in iters[name]]),
+            "iteration_stage_seconds": iters[name],
         }
     if args.pretrain_steps:
         from solrl.shapes import model as M
         from solrl.shapes.pretrain import pretrain
 
-        for m in args.models:
-            cfgm = M.load(m)[0]
+        for name, c in combos.items():
+            if c["dtype"] != dtypes[0]:
+                continue
+            cfgm = M.load(Path(c["cfg"].model.weights) if c["cfg"].model.weights else M.WEIGHTS_DIR)[0]
             t = time.perf_counter()
             meta = pretrain(cfgm, 1 + args.pretrain_steps, Path("/tmp/solrl-timing-pretrain"), log=lambda s: None)
             first, last = meta["history"][0], meta["history"][-1]  # step 0 includes the compile
-            out[m]["pretrain_s_per_step"] = (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["step"] - first["step"])
-            out[m]["pretrain_wall_s"] = time.perf_counter() - t
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    for m, d in out.items():
-        print(f"{m}: {d['params']:,} params | explore {d['ms_per_candidate_explore_nvfp4_6']:.1f} ms/cand | regenerate {d['ms_per_candidate_regenerate_fp32_10']:.1f} ms/cand "
-              f"(ratio {d['explore_over_regenerate']:.2f}) | iteration {d['iteration_seconds_median']:.1f} s" + (f" | pretrain {d['pretrain_s_per_step']:.3f} s/step" if "pretrain_s_per_step" in d else ""))
-    return out
+            out[name]["pretrain_s_per_step"] = (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["step"] - first["step"])
+            out[name]["pretrain_wall_s"] = time.perf_counter() - t
+    cfg = base
+    return {"config": {"config_file": str(args.config), "models": args.models, "dtypes": dtypes, "batch": b, "repeats": args.repeats, "explore_steps": cfg.explore.steps,
+                       "explore_precision": cfg.explore.precision, "rollout_steps": cfg.rollout.steps, "prompts_per_iteration": cfg.prompts.per_iteration,
+                       "explore_n": cfg.explore.n, "k": cfg.select.k, "eval": "off"},
+            "models": out}
+
+
+def summary(res) -> str:
+    c = res["config"]
+    head = ["model [dtype]", "params", f"explore ms / cand ({c['explore_precision']}, {c['explore_steps']} steps)", f"rollout ms / cand ({c['rollout_steps']} steps)",
+            "explore ÷ rollout", "iteration s (median)", "pretrain s / step"]
+    rows = [[name, f"{d['params']:,}", d["ms_per_candidate_explore"], d["ms_per_candidate_rollout"], d["explore_over_rollout"], d["iteration_seconds_median"],
+             d.get("pretrain_s_per_step", "")] for name, d in res["models"].items()]
+    return "\n".join([f"## shapes models side by side (batch {c['batch']}, {c['repeats']} interleaved repeats, medians; iteration: {c['prompts_per_iteration']} prompts × N {c['explore_n']}, "
+                      f"K {c['k']}, eval off)", "", C.md_table(head, rows)])
+
+
+def plot(res, out: Path) -> list[Path]:
+    import numpy as np
+
+    plt = C.pyplot()
+    names = list(res["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(names) + 3.5))
+    y = np.arange(len(names))
+    m = res["models"]
+    axes[0].barh(y - 0.2, [m[n]["ms_per_candidate_explore"] for n in names], 0.4, label="explore")
+    axes[0].barh(y + 0.2, [m[n]["ms_per_candidate_rollout"] for n in names], 0.4, label="rollout")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].set(xlabel="ms per candidate (median)", title="sampling cost per candidate")
+    axes[0].legend(fontsize=8)
+    axes[1].barh(y, [m[n]["iteration_seconds_median"] for n in names], color="tab:grey")
+    axes[1].set_yticks(y, names, fontsize=8)
+    axes[1].set(xlabel="seconds (median)", title="one iteration in memory (eval off)")
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="x")
+    return C.save_figure(fig, out, "shapes_timing")
+
+
+def main(argv=None):
+    ap = C.parser(__doc__, "shapes_timing", quick="the shipped model, batch 8, the tests' tiny iteration, 1 repeat")
+    C.add_model_args(ap)
+    ap.add_argument("models", nargs="*", help="model directories (shapes.safetensors + config.json); default: --weights, else the shipped model")
+    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=None, help="model.dtype values to time (default: the config's, auto resolved)")
+    ap.add_argument("--batch", type=int, default=None, help="candidates per timed sampling call (default explore.batch = 96; quick 8)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
+    ap.add_argument("--pretrain-steps", type=int, default=0, help="also time this many compiled pretraining steps per model (after the compiling first step)")
+    C.add_threads_arg(ap)
+    args = ap.parse_args(argv)
+    C.set_threads(args.threads)
+    q = args.quick
+    args.models = args.models or [args.weights or "shipped"]
+    args.weights = None  # each model is given by its directory
+    args.batch = args.batch or (8 if q else C.base_config(args).explore.batch)
+    args.repeats = args.repeats or (1 if q else 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    machine = C.machine()
+    res = run(args)
+    res.update(machine=machine, quick=q, wall_seconds=time.perf_counter() - t0)
+    return C.finish(out, "shapes_timing", res, summary(res), plot(res, out))
 
 
 if __name__ == "__main__":

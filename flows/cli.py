@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -89,20 +88,6 @@ def _log_to_stderr() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _stop_on_signals() -> None:
-    """SIGINT/SIGTERM ask the compute loops to stop at their next safe point; a second signal
-    exits at once (nothing uncommitted is ever read as committed, so that is safe too)."""
-    from solrl import interrupt
-
-    def handler(signum, frame):
-        if interrupt.requested():
-            os._exit(128 + signum)
-        interrupt.request(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 @app.command()
 def run(
     config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, shapes-long, flux, sd35, sana"),
@@ -136,36 +121,43 @@ def run(
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
     _log_to_stderr()
-    _stop_on_signals()
-    summaries = []
+    from flows import stops
+    from tasks.status import format_summary
+
+    stops.install()  # SIGINT/SIGTERM: stop at the next safe point (flows/stops.py)
+    server, stopped = None, None
     try:
         with _errors(resume):
             if no_prefect:
-                from tasks.status import format_summary
                 from tasks.steps import run_steps
 
                 run_.acquire(take_over)
                 try:
                     for i in range(n):
-                        summaries.append(run_steps(run_, i))
-                        console.print(format_summary(summaries[-1]))
+                        console.print(format_summary(run_steps(run_, i)))
                 finally:
                     run_.release()
             else:
                 _quiet_prefect()
+                server = stops.start_server()  # Prefect's temporary server, in a session of its own
                 from flows.sol_rl import sol_rl
-                from tasks.status import format_summary
 
-                summaries = sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster)
-                for s in summaries:
+                stops.quiet_expected_stop()
+                interrupt.check()
+                for s in sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster):
                     console.print(format_summary(s))
     except interrupt.StopRequested as e:
-        from tasks.status import status as run_status
+        stopped = e
+    finally:
+        if server is not None:
+            stops.stop_server(server)
+    if stopped is not None:
+        from tasks.status import next_stage
 
-        where = next(((r["iteration"], k) for r in run_status(run_) for k, v in r.items() if k != "iteration" and v[0] != "ok" and v[0] != "-"), None)
-        at = f" in iteration {where[0]} ({where[1]})" if where else ""
-        err.print(f"stopped by {e}{at}: nothing half-done was committed; resume with: {resume}", highlight=False)
-        raise typer.Exit(130 if str(e) == "SIGINT" else 143)
+        where = next_stage(run_, n)
+        at = "" if where is None else f" at the {where[1]}" + ("" if where[0] is None else f" of iteration {where[0]}")
+        err.print(f"stopped by {stopped}{at}: nothing half-done was committed; resume with: {resume}", highlight=False)
+        stops.fast_exit(stops.exit_code())
     console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
 
 

@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # The deployment's working directory is the checkout; make its packages importable there too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flows import stops  # noqa: E402
 from flows.cluster import api_for_workers, dask_cluster, task_runner  # noqa: E402
 from solrl.config import load_config  # noqa: E402
 from solrl.models import check_model  # noqa: E402
@@ -64,6 +65,7 @@ def _artifacts(run, iteration: int) -> dict:
 
 @flow(name="sol-rl-iteration", log_prints=True)
 def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> dict:
+    stops.reclaim_sigterm()
     run = open_run(run_uri)
     T.run_stage(run_uri, iteration, "plan", lease)
     if iteration == 0 and run.cfg.eval.every:
@@ -85,6 +87,7 @@ def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, itera
     it (default: <config>-<timestamp>); overrides: dotted keys, e.g. {"explore.n": 16};
     take_over: take over the lease of a run whose holder looks gone; cluster: an existing Dask
     scheduler (tcp://host:8786) for the explore/regenerate shards."""
+    stops.reclaim_sigterm()
     cfg = load_config(config)
     run_id = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if cluster:

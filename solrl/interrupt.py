@@ -14,8 +14,10 @@ _stop = threading.Event()
 _reason = ["stop requested"]
 
 
-class StopRequested(Exception):
-    """Raised by `check()` after `request()`; the stage in flight is abandoned, uncommitted."""
+class StopRequested(BaseException):
+    """Raised by `check()` after `request()`; the stage in flight is abandoned, uncommitted.
+    A BaseException, like KeyboardInterrupt: no `except Exception` swallows it and Prefect
+    neither retries it nor prints a traceback for it."""
 
 
 def request(reason: str = "stop requested") -> None:

@@ -116,3 +116,16 @@ def verify(run: Run) -> tuple[int, list[str]]:
             if sel != reg:
                 problems.append(f"iter={i:05d}/regenerate: regenerated seeds are not exactly the selected seeds")
     return checked, problems
+
+
+def next_stage(run: Run, iterations: int) -> tuple[int | None, str] | None:
+    """The first stage a resume would compute: (iteration, stage), or None when all is done."""
+    if run.cfg.eval.every and not is_done(run, run.stage(None, "baseline")):
+        return None, "baseline"
+    for i in range(iterations):
+        if not is_done(run, run.stage(i, "plan")):
+            return i, "plan"
+        for name in plan_of(run, i).stages[1:]:
+            if not is_done(run, run.stage(i, name)):
+                return i, name
+    return None

@@ -1,5 +1,10 @@
-"""The benchmark scripts (issue 7) in their --quick smoke mode: each writes its JSON (expected
-keys, finite numbers), its PNG(s) and prints a markdown summary table."""
+"""The benchmark scripts in their --quick smoke mode: each writes its JSON (expected keys, finite
+numbers within their bounds), its PNG(s) and prints a markdown summary table.
+
+Each script runs with one torch thread and the eager NVFP4 quantiser; the scripts of the selected
+tests start together when the first test runs, SOLRL_BENCH_JOBS (default 2) at a time, longest
+first, and each test checks its own script's output. The file takes about 1.5-2 minutes on 2 idle
+cores (~3 on cores shared with other jobs); SOLRL_BENCH_JOBS=1 runs one script at a time."""
 
 from __future__ import annotations
 
@@ -8,24 +13,45 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# longest first (measured --quick wall times), so the concurrent runs finish together
+SCRIPTS = ("scaling", "overhead", "cost", "convergence", "fidelity", "shapes_timing", "shapes_quality")
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def run_quick(script: str, out: Path) -> str:
-    # one torch thread: robust timing when the machine is shared; eager NVFP4 kernel (no compile)
+def _run(script: str, out: Path) -> subprocess.CompletedProcess:
+    # one torch thread: robust timing when the machine is shared; eager NVFP4 quantiser (no compile)
     env = dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg")
-    p = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--threads", "1", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    return subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--threads", "1", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+
+
+@pytest.fixture(scope="module")
+def quick(request, tmp_path_factory):
+    """script -> (its --quick output folder, a future of its completed process), for the scripts
+    whose tests are selected in this session."""
+    selected = {item.name for item in request.session.items}
+    wanted = [s for s in SCRIPTS if any(n.startswith(f"test_{s}_quick") for n in selected)]
+    root = tmp_path_factory.mktemp("bench_quick")
+    pool = ThreadPoolExecutor(max_workers=max(1, int(os.environ.get("SOLRL_BENCH_JOBS", "2"))))
+    runs = {s: (root / s, pool.submit(_run, s, root / s)) for s in wanted}
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_quick(quick, script: str) -> tuple[Path, str]:
+    out, future = quick[script]
+    p = future.result()
     assert p.returncode == 0, f"{script} --quick failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     assert "|---|" in p.stdout  # the markdown summary table
-    return p.stdout
+    return out, p.stdout
 
 
 def load(out: Path, name: str) -> dict:
@@ -35,6 +61,8 @@ def load(out: Path, name: str) -> dict:
     for key in ("platform", "cpu_model", "cpu_count", "torch", "torch_threads"):
         assert m[key], key
     assert m["torch_threads"] == 1
+    assert {"avx512_bf16", "amx_bf16"} <= set(m["cpu_flags"]) and all(isinstance(v, bool) for v in m["cpu_flags"].values())
+    assert m["bf16_matmul"] == (m["cpu_flags"]["avx512_bf16"] or m["cpu_flags"]["amx_bf16"])
     for png in data["pngs"]:
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
     assert (out / f"{name}.md").read_text().count("|---|") >= 1
@@ -57,40 +85,84 @@ def all_finite(x) -> bool:
     return bool(vals) and all(math.isfinite(v) for v in vals)
 
 
-def test_fidelity_quick(tmp_path):
-    run_quick("fidelity", tmp_path)
-    d = load(tmp_path, "fidelity")
-    assert d["pngs"] == ["fidelity.png", "fidelity_heatmap.png"]
-    steps = d["config"]["explore_steps"]
-    assert set(d["overall"]) == {"nvfp4", "fp8", "none"}
-    for prec, by_steps in d["overall"].items():
-        assert sorted(int(s) for s in by_steps) == steps
-        for m in by_steps.values():
-            for key in ("spearman", "kendall", "top_hit", "bottom_hit", "mean_true_rank_top", "mean_true_rank_bottom"):
-                assert math.isfinite(m[key]), (prec, key)
-            assert -1 <= m["spearman"] <= 1 and 0 <= m["top_hit"] <= 1
-            assert 1 <= m["mean_true_rank_top"] <= d["config"]["seeds_per_prompt"]
-    assert len(d["per_prompt"]) == d["config"]["prompts"] == 2
-    assert all(set(r["metrics"]) == {f"{p}/{s}" for p in ("nvfp4", "fp8", "none") for s in steps} for r in d["per_prompt"])
-    assert set(d["best_steps"]) == {"nvfp4", "fp8", "none"}
+def check_ranking(m: dict, n: int, k: int) -> None:
+    """Bounds of one proxy-fidelity metrics row (N seeds, top/bottom-K/2)."""
+    for key in ("spearman", "kendall", "top_hit", "bottom_hit", "mean_true_rank_top", "mean_true_rank_bottom", "regret"):
+        assert math.isfinite(m[key]), key
+    assert -1 <= m["spearman"] <= 1 and -1 <= m["kendall"] <= 1
+    assert 0 <= m["top_hit"] <= 1 and 0 <= m["bottom_hit"] <= 1
+    assert (k // 2 + 1) / 2 <= m["mean_true_rank_top"] <= n - (k // 2 - 1) / 2
+    assert (k // 2 + 1) / 2 <= m["mean_true_rank_bottom"] <= n - (k // 2 - 1) / 2
+    assert m["regret"] >= 0
+
+
+def test_fidelity_quick(quick):
+    out, _ = run_quick(quick, "fidelity")
+    d = load(out, "fidelity")
+    assert d["pngs"] == ["fidelity.png", "fidelity_heatmap.png", "fidelity_cost.png"]
+    cfg = d["config"]
+    steps, n, k = cfg["explore_steps"], cfg["seeds_per_prompt"], cfg["k"]
+    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "high"}
+    assert set(d["overall"]) == {"fp32", "bf16"}  # the two truths side by side
+    for truth, by_variant in d["overall"].items():
+        assert set(by_variant) == variants
+        for v, by_steps in by_variant.items():
+            assert sorted(int(s) for s in by_steps) == steps
+            for m in by_steps.values():
+                check_ranking(m, n, k)
+    check_ranking(d["truth_agreement"], n, k)
+    assert len(d["per_prompt"]) == cfg["prompts"] == 2
+    assert sorted(r["objects"] for r in d["per_prompt"]) == [1, 2]  # one one-object and one two-object prompt
+    names = {f"{v}/{s}" for v in variants for s in steps}
+    for r in d["per_prompt"]:
+        assert set(r["metrics"]["fp32"]) == set(r["metrics"]["bf16"]) == names
+        # per-seed rewards for a winner's-curse audit
+        assert len(r["seeds"]) == len(set(r["seeds"])) == n
+        assert set(r["truth"]) == {"fp32", "bf16"} and set(r["proxy"]) == names
+        assert all(len(x) == n and all_finite(x) for x in [*r["truth"].values(), *r["proxy"].values()])
+    q = d["quant"]
+    assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4
+    assert 4.5 < q["nvfp4-r8"]["bits_per_weight"] < 16  # + the bf16 low-rank factors
+    assert q["fp8"]["bits_per_weight"] == pytest.approx(8.0, abs=0.01)
+    assert q["high"]["weights"] == 0
+    rows = d["cost"]["rows"]
+    assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")}
+    assert rows[f"rollout-bf16/{cfg['truth_steps']}"]["over_rollout_bf16"] == 1.0
+    for r in rows.values():
+        assert r["ms_per_candidate"] > 0 and r["over_rollout_bf16"] > 0 and math.isfinite(r["over_rollout_fp32"])
+    assert set(d["best_steps"]) == {"fp32", "bf16"}
     assert all_finite(d["sampling_seconds"])
 
 
-def test_cost_quick(tmp_path):
-    run_quick("cost", tmp_path)
-    d = load(tmp_path, "cost")
+def test_cost_quick(quick):
+    out, _ = run_quick(quick, "cost")
+    d = load(out, "cost")
     assert d["pngs"] == ["cost.png"]
-    rows = d["timing"]["by_threads"]["1"]["rows"]
-    assert {"rollout", "rollout-b24"} <= set(rows)
-    assert {f"{p}/{s}" for p in ("nvfp4", "fp8", "none") for s in d["config"]["steps"]} <= set(rows)
+    t = d["timing"]["by_threads"]["1"]
+    rows = t["rows"]
+    assert {"rollout-bf16", "rollout-bf16-b8", "rollout-fp32", "nvfp4-r8/6"} <= set(rows)
+    assert {f"{p}/{s}" for p in ("nvfp4", "fp8", "high") for s in d["config"]["steps"]} <= set(rows)
     for r in rows.values():
-        assert r["ms_per_candidate"] > 0 and math.isfinite(r["over_rollout"])
-    assert rows["rollout"]["over_rollout"] == 1.0
-    assert all_finite(d["timing"]["by_threads"]["1"]["linear_fit"])
+        assert r["ms_per_candidate"] > 0 and math.isfinite(r["over_rollout_bf16"]) and math.isfinite(r["over_rollout_fp32"])
+    assert rows["rollout-bf16"]["over_rollout_bf16"] == 1.0
+    assert all_finite(t["linear_fit"])
+    h = t["headline"]  # explore (NVFP4, 6 steps) ÷ rollout (bf16, 10 steps), goal 0.9
+    assert h["explore_variant"] == "nvfp4/6" and h["goal"] == 0.9 and h["explore_over_rollout_bf16"] > 0 and isinstance(h["goal_met"], bool)
+    lim = d["limits"]
+    assert all_finite(lim["ms_per_candidate"]) and all_finite(lim["explore_over_rollout"])
+    assert sum(lim["shares_of_explore"].values()) == pytest.approx(1.0)
+    assert lim["ms_per_candidate"]["explore_quantiser"] > 0 and lim["ms_per_candidate"]["explore_block_gemm"] > 0
+    assert lim["quantised_layers"] == 48
+    assert {r["variant"] for r in d["layer_bench"]} >= {"block-product", "bf16-linear", "fp32-linear"}
+    it = d["iteration"]  # one iteration, float32 vs bf16
+    assert set(it["median"]) == {"fp32", "bf16"}
+    assert set(it["median"]["fp32"]["stages"]) == {"explore", "select", "regenerate", "update", "eval"}
+    assert it["fp32_over_bf16"] > 0 and it["goal"] == 2.0 and all_finite(it["median"])
     mem = d["memory"]
     assert mem["nvfp4"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4: 4.5 bits per quantised weight
     assert mem["nvfp4"]["packed_over_bf16"] == pytest.approx(4.5 / 16, abs=0.002)
     assert mem["fp8"]["packed_over_bf16"] == pytest.approx(0.5, abs=0.001)
+    assert mem["nvfp4"]["bits_per_weight"] < mem["nvfp4-r8"]["bits_per_weight"] < mem["fp8"]["bits_per_weight"]
     assert 0 < mem["nvfp4"]["whole_over_bf16"] < mem["fp8"]["whole_over_bf16"] < 1
     sizes = d["selection"]["sizes"]
     assert list(sizes) == ["10000"]
@@ -98,13 +170,43 @@ def test_cost_quick(tmp_path):
     assert s["selected_rows"] == s["prompts"] * 24 and s["seconds"] > 0 and all_finite(s)
 
 
-def test_overhead_quick(tmp_path):
-    run_quick("overhead", tmp_path)
-    d = load(tmp_path, "overhead")
+def test_shapes_quality_quick(quick):
+    out, _ = run_quick(quick, "shapes_quality")
+    d = load(out, "shapes_quality")
+    assert d["pngs"] == ["shapes_quality.png"]
+    assert d["config"]["model"] == "shipped" and d["params"] > 0
+    assert d["bits_per_weight"] == pytest.approx(4.5, abs=0.01)
+    for dt in ("float32", "bfloat16"):
+        for split, n in (("train", 4), ("held_out", 4)):
+            q = d["quality"][dt][split]
+            assert q["prompts"] == n
+            assert 0 <= q["reward"] <= 1 and 0 <= q["strict"] <= 1 and q["within_prompt_std"] >= 0
+        check_ranking(d["fidelity"][dt]["overall"], d["config"]["seeds_per_prompt"], d["config"]["k"])
+        assert len(d["fidelity"][dt]["per_prompt"]) == 2
+        ms = d["ms_per_candidate"][dt]
+        assert ms["explore_nvfp4"] > 0 and ms["rollout"] > 0
+    assert all_finite(d["ms_per_candidate"])
+
+
+def test_shapes_timing_quick(quick):
+    out, _ = run_quick(quick, "shapes_timing")
+    d = load(out, "shapes_timing")
+    assert d["pngs"] == ["shapes_timing.png"]
+    (name, m), = d["models"].items()
+    assert m["model"] == "shipped" and m["params"] > 0
+    for key in ("ms_per_candidate_explore", "ms_per_candidate_rollout", "explore_over_rollout", "iteration_seconds_median"):
+        assert m[key] > 0 and math.isfinite(m[key]), key
+    assert len(m["iteration_stage_seconds"]) == 1 and all_finite(m["iteration_stage_seconds"])
+
+
+def test_overhead_quick(quick):
+    out, _ = run_quick(quick, "overhead")
+    d = load(out, "overhead")
     assert d["pngs"] == ["overhead.png"]
+    stages = {"baseline", "explore", "select", "regenerate", "update", "eval"}
     for v in ("flow", "steps", "direct"):
         assert d["median"][v]["seconds"] > 0
-        assert set(d["median"][v]["stages"]) == {"explore", "select", "regenerate", "update", "eval"}
+        assert set(d["median"][v]["stages"]) == (stages | {"plan"} if v != "direct" else stages)  # commit records vs run_iteration
     assert d["median"]["flow"]["bytes_written"] > 0
     sh = d["shares"]
     assert all_finite(sh)
@@ -112,20 +214,44 @@ def test_overhead_quick(tmp_path):
     assert sh["overhead_share"] < 1
     assert all_finite(d["one_time"])
     # the three ways did the same compute
-    assert d["max_abs_reward_difference_vs_direct"]["train_reward"] < 1e-9
+    diff = d["max_abs_reward_difference_vs_direct"]
+    assert diff["train_reward"] < 1e-9 and diff["eval_reward"] < 1e-9 and diff["baseline_reward"] < 1e-9
 
 
-def test_convergence_quick_and_replot(tmp_path):
-    out = run_quick("convergence", tmp_path / "run")
-    assert "sol_rl vs naive_scaling" in out
-    d = json.loads((tmp_path / "run" / "convergence.json").read_text())
+def test_scaling_quick(quick):
+    out, _ = run_quick(quick, "scaling")
+    d = load(out, "scaling")
+    assert d["pngs"] == ["scaling.png"]
+    s = d["summary"]
+    per = s["per_runner"]
+    assert set(per) == {"in-process", "dask-2"}  # quick: no dask-1, E(2) relative to in-process
+    for name, p in per.items():
+        assert p["explore_s"] > 0 and p["explore_compute_s"] > 0 and p["iteration_s"] >= p["explore_s"], name
+        if name.startswith("dask-"):  # the shards ran on the cluster's worker processes
+            assert 1 <= len(p["explore_workers"]) <= int(name.removeprefix("dask-"))
+    assert len(d["runs"]) == 2 and all(len(r["iterations"]) == 1 for r in d["runs"])
+    assert s["efficiency_reference"] == "in-process"
+    assert s["efficiency"]["2"] == pytest.approx(s["speedup_vs_in_process"]["2"] / 2)
+    assert s["efficiency_per_added_worker"]["2"] == pytest.approx(s["efficiency"]["2"])
+    assert set(s["speedup_vs_in_process"]) == {"2"} and all_finite(s["speedup_vs_in_process"]) and isinstance(s["goal_met"]["2"], bool)
+    f = s["fixed_cost"]
+    assert f["reference"] == "dask-2" and all_finite({k: v for k, v in f.items() if not isinstance(v, (dict, str))})
+    for k in ("dask-2",):
+        assert f[k]["cluster_start_s"] > 0 and f[k]["cluster_close_s"] >= 0 and math.isfinite(f[k]["one_iteration_run_share"])
+    assert d["same_train_rewards_as_in_process"] is True  # the runner does not change what is computed
+
+
+def test_convergence_quick_and_replot(quick, tmp_path):
+    run_dir, stdout = run_quick(quick, "convergence")
+    assert "sol_rl vs naive_scaling" in stdout
+    d = json.loads((run_dir / "convergence.json").read_text())
     assert d["args"]["quick"] is True and d["partial"] is False
     assert d["machine"]["torch_threads"] == 1
-    assert (tmp_path / "run" / "convergence.md").read_text().count("|---|") >= 2
+    assert (run_dir / "convergence.md").read_text().count("|---|") >= 2
     for png in ("convergence_modes.png", "convergence_pool_size.png"):
-        assert (tmp_path / "run" / png).read_bytes()[:8] == PNG_MAGIC, png
+        assert (run_dir / png).read_bytes()[:8] == PNG_MAGIC, png
     groups = {r["group"] for r in d["runs"]}
-    assert groups == {"sol_rl", "diffusionnft", "naive_scaling", "naive_quant", "sol_rl_N24"}
+    assert groups == {"sol_rl", "diffusionnft", "naive_scaling", "naive_quant", "sol_rl_N8"}
     for r in d["runs"]:
         assert [e["iteration"] for e in r["eval"]] == [0, 1, 2]
         assert len(r["seconds_per_iteration"]) == 2 and all(s > 0 for s in r["seconds_per_iteration"])
@@ -134,7 +260,7 @@ def test_convergence_quick_and_replot(tmp_path):
     assert len({r["eval"][0]["reward"] for r in d["runs"]}) == 1
     s = d["summary"]
     assert set(s["final"]) == groups
-    assert [row["n"] for row in s["pool_size"]] == [24, 48]
+    assert [row["n"] for row in s["pool_size"]] == [8, 16]
     assert set(s["parity_seconds"]) == set(s["parity_denoiser_equiv"]) == {"naive_scaling", "diffusionnft"}
     for rows in s["parity_seconds"].values():
         assert [r["progress"] for r in rows["rows"]] == [0.25, 0.5, 0.75, 1.0]
@@ -144,7 +270,7 @@ def test_convergence_quick_and_replot(tmp_path):
 
     # --replot re-derives the same summary from the JSON alone; merging a result with itself is refused.
     env = dict(os.environ, MPLBACKEND="Agg")
-    src = str(tmp_path / "run" / "convergence.json")
+    src = str(run_dir / "convergence.json")
     p = subprocess.run([sys.executable, "benchmarks/convergence.py", "--replot", src, "--out", str(tmp_path / "re")],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
