@@ -404,6 +404,7 @@ class IterationResult:
     metrics: list[dict[str, float]]
     eval: dict[str, list] | None
     seconds: dict[str, float]
+    audit: dict[str, list] | None = None
 
     @property
     def iteration(self) -> int:
@@ -411,8 +412,10 @@ class IterationResult:
 
 
 def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, select_fn: SelectFn, with_media: bool = False, progress: Progress | None = None) -> IterationResult:
-    """The iteration's plan executed in memory, any mode: explore -> select -> regenerate ->
-    update (-> evaluate). `select_fn` is the DuckDB selection (storage.selection.select_seeds)."""
+    """The iteration's plan executed in memory, any mode: explore -> select -> regenerate
+    (-> audit) -> update (-> evaluate). `select_fn` is the DuckDB selection
+    (storage.selection.select_seeds). The run's baseline evaluation is the caller's (it is not
+    part of an iteration): `evaluate(policy, TrainState.fresh(policy, cfg).ema, cfg)`."""
     plan = plan_iteration(cfg, iteration, policy.train_prompts(), policy.resolved.pool)
     seconds: dict[str, float] = {}
     ex = None
@@ -429,6 +432,12 @@ def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: 
     else:
         samples = regenerate(policy, cfg, selected, progress=progress, with_media=with_media)
     seconds["regenerate"] = time.perf_counter() - t
+    audited = None
+    if plan.runs("audit"):
+        t = time.perf_counter()
+        primary = policy.sampler_copy(explore_quant(policy, cfg, plan.primary))[0] if plan.primary != plan.explore else None
+        audited = audit(policy, cfg, plan, ex.columns, dict(zip(samples.columns["seed"], samples.columns["reward"])), primary_model=primary, progress=progress)
+        seconds["audit"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics = update(policy, state, cfg, iteration, samples, progress)
     seconds["update"] = time.perf_counter() - t
@@ -437,4 +446,4 @@ def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: 
         t = time.perf_counter()
         ev = evaluate(policy, state.ema, cfg, with_media=with_media)
         seconds["eval"] = time.perf_counter() - t
-    return IterationResult(plan, ex.columns if ex else None, selected, samples, metrics, ev, seconds)
+    return IterationResult(plan, ex.columns if ex else None, selected, samples, metrics, ev, seconds, audited)

@@ -23,6 +23,7 @@ def small_run(tmp_path_factory):
     data = {k: dict(v) for k, v in TINY.items()}
     data["run"]["iterations"] = 2
     data["eval"]["every"] = 1
+    data["fidelity"] = {"audit_prompts": 1}
     run = open_run(str(root / "nb"), RunConfig.model_validate(data))
     for i in range(2):
         steps.run_steps(run, i)
@@ -48,7 +49,7 @@ def _outputs(nb):
 def test_seed_rankings_notebook(small_run):
     nb = _execute("seed_rankings.ipynb", f'RUN_URI = "{small_run / "nb"}"\nITERATION = 1')
     errors, images = _outputs(nb)
-    assert errors == [] and len(images) == 2  # the scatter and the image grid
+    assert errors == [] and len(images) == 2 + 2  # the scatter, the image grid, the previews of the 2 prompts
     text = str(nb.cells)
     assert "kept_spearman" in text and "proxy_reward" in text
 
@@ -57,6 +58,8 @@ def test_run_report_notebook(small_run):
     nb = _execute("run_report.ipynb", f'RUN_URI = "{small_run / "nb"}"')
     errors, images = _outputs(nb)
     assert errors == [] and len(images) == 5  # rewards, fidelity, stage times, losses, eval grid
+    text = str(nb.cells)
+    assert "gain" in text and "spearman" in text  # the paired-gain table and the audits
 
 
 def test_report_command_writes_pngs_and_index(small_run, tmp_path):

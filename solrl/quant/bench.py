@@ -87,7 +87,15 @@ def variants(x: torch.Tensor, lin: nn.Linear) -> dict:
 
 
 def run(repeats: int = 41, shapes=((96, 64, 192, 768), (96, 64, 768, 192), (1, 64, 192, 768), (1, 64, 768, 192))) -> list[dict]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run(repeats, shapes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(repeats, shapes) -> list[dict]:
     rows = []
     for bsz, tokens, k, n in shapes:
         g = torch.Generator().manual_seed(0)
