@@ -1,367 +1,332 @@
-"""Convergence of the four modes on the shapes preset, and the pool size N for sol_rl.
+"""The four modes ranked with paired statistics: sol_rl vs naive_scaling vs diffusionnft vs naive_quant, and the pool size N.
 
-Every run starts from the shipped shapes model with a fresh LoRA; runs with the same training
-seed see the same prompt draws and the same candidate seeds (both derive from run.seed). The
-runs advance in lock-step, one iteration of each in turn, so that whatever else loads the
-machine loads every mode alike. Measured per iteration: the stage times (explore, select,
-regenerate, update; evaluation excluded) and, every --eval-every iterations, the held-out
-reward of the EMA adapter (fixed prompts and seeds, 20 Euler steps, high precision).
+Every run is the learning preset (default configs/shapes-long.yaml) under --runs-root/<variant>-seed<s>,
+through the artifact store (benchmarks/learning.py runs them: resumable, lock-step). All runs render
+the same evaluation (prompt, seed) pairs, whatever their mode or training seed, and each has the
+same baseline (the base model on those pairs), so:
 
-Time-to-parity (the paper's protocol): for a baseline B and progress p in 25/50/75/100 %,
-target = r0 + p (max_B - r0) where r0 is the reward before training and max_B the best of B's
-seed-averaged curve; speedup = time B needs to reach the target / time sol_rl needs. Times are
-read off piecewise-linear seed-averaged curves; "never" when a curve does not reach the target.
+* per run and evaluated iteration: the paired gain over the baseline ± its SE over the n pairs;
+* per mode: the mean gain over training seeds ± the SE over seeds;
+* mode differences (sol_rl − naive_scaling, sol_rl − diffusionnft, naive_quant − sol_rl): per
+  training seed, the difference of the two runs' gains on the same pairs (= the paired difference
+  of their eval rewards), then mean ± SE over seeds; the half-range of the final levels is given
+  only as context;
+* cost per iteration: denoiser evaluations (explore N·steps per prompt, NVFP4 at --fp4-cost; rollout
+  K·steps; audit; training K·times·5) and CPU seconds (stage times from the commit records);
+  time-to-parity on both clocks at 25/50/75/100 % of naive_scaling's final gain, only for levels
+  where naive_scaling's curve is more than 5 SE above its baseline;
+* pool size: sol_rl at N = 24, 48, 96 (K = 24) on --pool-seeds;
+* the winner's curse, from the audit rows (every explored seed of the first prompt regenerated in
+  high precision, each iteration): for the selected top and bottom seeds, how far the proxy rank
+  was from the true rank, as N grows.
 
-Emulated NVFP4 on a CPU is *slower* than float32 (it does the float32 matmul plus the
-quantisation), so the measured CPU wall time cannot show the paper's explore speed-up. We
-therefore also report a second clock, "denoiser-equivalents": each transformer forward of a
-candidate costs 1 in high precision and `--fp4-cost` (default 0.5) in NVFP4; each training
-forward+backward costs 3. Its speed-ups are what the algorithm would give where NVFP4 runs at
-that relative cost (a Blackwell GPU); its measured CPU counterpart is also printed.
-
-    python benchmarks/convergence.py --out benchmarks/results/convergence   # full (~2 h on 2 cores)
-    python benchmarks/convergence.py --quick --out /tmp/conv                # smoke (~1 min)
+    python benchmarks/convergence.py --seeds 0 1 2 --out benchmarks/results/convergence            # runs, then analysis
+    python benchmarks/convergence.py --seeds 0 1 2 --only sol_rl diffusionnft --out ...               # a share of the runs (one process per core)
+    python benchmarks/convergence.py --replot --out benchmarks/results/convergence                    # analysis of what is committed
+    python benchmarks/convergence.py --quick --out /tmp/conv                                          # smoke (~1 min)
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
 
 import bench_common as C
+import learning as L
 import numpy as np
-import torch
 
-BASELINES = ("naive_scaling", "diffusionnft")
+MODES = {
+    "sol_rl": {"run.mode": "sol_rl"},
+    "naive_scaling": {"run.mode": "naive_scaling", "explore.precision": "high"},
+    "diffusionnft": {"run.mode": "diffusionnft"},
+    "naive_quant": {"run.mode": "naive_quant"},
+}
+DIFFS = (("sol_rl", "naive_scaling"), ("sol_rl", "diffusionnft"), ("naive_quant", "sol_rl"))
 PROGRESS = (0.25, 0.5, 0.75, 1.0)
+COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
 
 
-def run_specs(modes, seeds, pools, pool_seeds, n_default):
-    specs = []
-    for s in seeds:
-        for m in modes:
-            specs.append({"name": f"{m}/seed{s}", "mode": m, "seed": s, "n": n_default, "group": m})
-    for s in pool_seeds:
-        for n in pools:
-            if n != n_default:
-                specs.append({"name": f"sol_rl_N{n}/seed{s}", "mode": "sol_rl", "seed": s, "n": n, "group": f"sol_rl_N{n}"})
-    return specs
-
-
-def config_for(base, spec, args):
-    over = {"run.mode": spec["mode"], "run.seed": spec["seed"], "explore.n": spec["n"], "eval.every": 0}
-    if spec["mode"] == "naive_scaling":
-        over["explore.precision"] = "high"
-    if args.prompts:
-        over["prompts.per_iteration"] = args.prompts
-    # the held-out evaluation set (one prompt per held-out pairing, at most --eval-prompts of them)
-    over["eval.sets"], over["eval.held_out_prompts"], over["eval.seeds_per_prompt"] = ["held_out"], args.eval_prompts, args.eval_seeds
-    return base.with_overrides(**over)  # all at once: the mode and its explore precision are validated together
-
-
-def denoiser_cost(cfg, fp4_cost):
-    """Transformer-forward equivalents one iteration spends (per prompt x prompts)."""
-    P, N, K = cfg.prompts.per_iteration, cfg.explore.n, cfg.select.k
-    low = fp4_cost if cfg.explore.precision in ("nvfp4", "fp8") else 1.0
-    mode = cfg.run.mode
-    explore = 0.0 if mode == "diffusionnft" else P * N * (cfg.rollout.steps if mode.startswith("naive") else cfg.explore.steps) * low
-    regen = P * K * cfg.rollout.steps if mode in ("sol_rl", "diffusionnft") else 0.0
-    n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
-    # per sample and training time: old + ref forwards (no grad) + theta forward/backward (~3)
-    train = P * K * n_times * (2 + 3)
-    return explore + regen + train
-
-
-def first_crossing(times, rewards, target):
-    """Earliest time a piecewise-linear curve reaches target (None if never)."""
-    for i in range(len(rewards)):
-        if rewards[i] >= target:
-            if i == 0:
-                return times[0]
-            t0, t1, r0, r1 = times[i - 1], times[i], rewards[i - 1], rewards[i]
-            return t0 + (t1 - t0) * (target - r0) / (r1 - r0) if r1 != r0 else t1
-    return None
-
-
-def mean_curve(runs, clock, gain=False):
-    """Seed-averaged (time, reward) at the common eval points: time and reward averaged. With
-    `gain`, each run's reward before training is subtracted first (its eval draws set that level)."""
-    k = min(len(r["eval"]) for r in runs)
-    t = np.mean([[e[clock] for e in r["eval"][:k]] for r in runs], axis=0)
-    y = np.mean([[e["reward"] - (r["eval"][0]["reward"] if gain else 0.0) for e in r["eval"][:k]] for r in runs], axis=0)
-    it = [e["iteration"] for e in runs[0]["eval"][:k]]
-    return it, t.tolist(), y.tolist()
-
-
-def parity(groups, clock):
-    out = {}
-    sol = groups.get("sol_rl")
-    if not sol:
-        return out
-    _, ts, ys = mean_curve(sol, clock)
-    for b in BASELINES:
-        if b not in groups:
-            continue
-        _, tb, yb = mean_curve(groups[b], clock)
-        r0, top = yb[0], max(yb)
-        rows = []
-        for p in PROGRESS:
-            target = r0 + p * (top - r0)
-            tb_p, ts_p = first_crossing(tb, yb, target), first_crossing(ts, ys, target)
-            rows.append({"progress": p, "target": target, "baseline_time": tb_p, "sol_rl_time": ts_p,
-                         "speedup": (tb_p / ts_p) if (tb_p and ts_p) else None})
-        out[b] = {"r0": r0, "baseline_best": top, "rows": rows}
+def variant_specs(args, n_default: int) -> list[str]:
+    out = [f"{m}:" + ",".join(f"{k}={v}" for k, v in MODES[m].items()) for m in args.modes]
+    out += [f"sol_rl_N{n}:run.mode=sol_rl,explore.n={n}" for n in args.pools if n != n_default]  # N = the config's is the sol_rl run
     return out
 
 
-def pool_groups(result):
-    """{N: runs} for the pool-size comparison. The preset-N sol_rl runs are cut down to the
-    pool seeds, so every N is compared over the same training seeds (and eval draws)."""
-    pool_seeds = set(result["args"]["pool_seeds"])
+def se_over(vals) -> float:
+    return float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+
+
+def by_variant(runs: dict) -> dict[str, dict[int, list]]:
+    out: dict[str, dict[int, list]] = {}
+    for r in runs.values():
+        out.setdefault(r["variant"], {})[r["seed"]] = r["points"]
+    return out
+
+
+def mode_curves(runs: dict, eval_set: str) -> dict[str, dict]:
+    """Per variant, at each evaluated iteration common to its seeds: mean gain, SE over seeds,
+    the mean of the runs' own paired SEs, strict accuracy, and the cumulative clocks."""
     out = {}
-    for r in result["runs"]:
-        if r["group"].startswith("sol_rl_N"):
-            out.setdefault(r["n"], []).append(r)
-        elif r["group"] == "sol_rl" and r["seed"] in pool_seeds:
-            out.setdefault(r["n"], []).append(r)
-    return dict(sorted(out.items())) if len(out) > 1 else {}
+    for v, seeds in by_variant(runs).items():
+        evals = {s: [p for p in pts if eval_set in p] for s, pts in seeds.items()}
+        k = min(len(e) for e in evals.values())
+        rows = []
+        for j in range(k):
+            ps = [evals[s][j] for s in evals]
+            it = ps[0]["iteration"]
+            cum = lambda key: float(np.mean([sum(q[key] for q in seeds[s] if q["iteration"] <= it) for s in seeds]))  # noqa: E731
+            gains = [p[eval_set]["gain"] for p in ps]
+            rows.append({"iteration": it, "gain": float(np.mean(gains)), "se_seeds": se_over(gains), "se_pairs": float(np.mean([p[eval_set]["se"] for p in ps])),
+                         "strict": float(np.mean([p[eval_set]["strict"] for p in ps])) if ps[0][eval_set].get("strict") is not None else None,
+                         "strict_base": ps[0][eval_set].get("strict_base"), "cpu_seconds": cum("seconds"), "denoiser": cum("denoiser"), "seeds": len(ps)})
+        out[v] = rows
+    return out
 
 
-def _final_stats(runs):
-    last = [r["eval"][-1]["reward"] for r in runs]
-    # Late mean: every eval in the second half of training, all seeds. One eval of a few
-    # dozen images is noisy; this is the steadier figure to compare groups by. Gains are taken
-    # run by run against the run's own start: the eval draws follow the training seed.
-    half = max(e["iteration"] for e in runs[0]["eval"]) / 2
-    late = [(e["reward"], e["reward"] - r["eval"][0]["reward"]) for r in runs for e in r["eval"] if e["iteration"] > half]
-    nan = float("nan")
-    return {
-        "seeds": len(runs),
-        "r0": float(np.mean([r["eval"][0]["reward"] for r in runs])),
-        "final_mean": float(np.mean(last)),
-        "late_mean": float(np.mean([x for x, _ in late])) if late else nan,
-        "final_gain": float(np.mean([r["eval"][-1]["reward"] - r["eval"][0]["reward"] for r in runs])),
-        "late_gain": float(np.mean([g for _, g in late])) if late else nan,
-        "final_spread": float((max(last) - min(last)) / 2),
-    }
-
-
-def groups_of(result) -> dict[str, list]:
-    """Runs by group (a mode, or sol_rl_N<n>), in run order."""
-    groups = {}
-    for r in result["runs"]:
-        groups.setdefault(r["group"], []).append(r)
-    return groups
-
-
-def plot(result, out_dir: Path):
-    import matplotlib.ticker
-
-    plt = C.pyplot()
-    groups = groups_of(result)
-    colors = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
-    for g, runs in groups.items():
-        if g not in colors:
+def differences(runs: dict, eval_set: str) -> dict[str, list]:
+    """a − b per training seed (same pairs), then mean ± SE over seeds, at every common eval."""
+    bv = by_variant(runs)
+    out = {}
+    for a, b in DIFFS:
+        if a not in bv or b not in bv:
             continue
-        for ax, clock in zip(axes, ("iteration", "seconds", "denoiser_equiv")):
-            for r in runs:
-                ax.plot([e[clock] for e in r["eval"]], [e["reward"] - r["eval"][0]["reward"] for e in r["eval"]], color=colors[g], alpha=0.25, lw=0.8)
-            it, t, y = mean_curve(runs, clock, gain=True)
-            ax.plot(t, y, color=colors[g], lw=2, label=f"{g} ({len(runs)} seeds)")
-    for ax, lab in zip(axes, ("iteration", "training wall time on this CPU (s)", "denoiser-forward equivalents (NVFP4 = %.2f)" % result["args"]["fp4_cost"])):
-        ax.set_xlabel(lab)
-        ax.set_ylabel("held-out reward gain over iteration 0")
-        ax.axhline(0, color="k", lw=0.6)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.suptitle("shapes: the four modes, reward gain of each run over its own start (thin: one training seed; thick: mean)")
-    C.save_figure(fig, out_dir, "convergence_modes")
+        seeds = sorted(set(bv[a]) & set(bv[b]))
+        if not seeds:
+            continue
+        pa = {s: {p["iteration"]: p[eval_set]["gain"] for p in bv[a][s] if eval_set in p} for s in seeds}
+        pb = {s: {p["iteration"]: p[eval_set]["gain"] for p in bv[b][s] if eval_set in p} for s in seeds}
+        its = sorted(set.intersection(*(set(pa[s]) & set(pb[s]) for s in seeds)))
+        rows = []
+        for it in its:
+            d = [pa[s][it] - pb[s][it] for s in seeds]
+            rows.append({"iteration": it, "mean": float(np.mean(d)), "se_seeds": se_over(d), "per_seed": d, "seeds": len(d)})
+        out[f"{a} - {b}"] = rows
+    return out
 
-    pools = pool_groups(result)
-    if pools:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-        for i, (n, runs) in enumerate(pools.items()):
-            it, t, y = mean_curve(runs, "iteration", gain=True)
-            axes[0].plot(it, y, color=plt.cm.viridis(i / max(1, len(pools) - 1)), lw=2, label=f"N = {n}")
+
+def first_crossing(xs, ys, target):
+    for i, y in enumerate(ys):
+        if y >= target:
+            if i == 0:
+                return xs[0]
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0) if y1 != y0 else x1
+    return None
+
+
+def parity(curves: dict) -> dict:
+    """Time for each mode to reach p × naive_scaling's final gain, on both clocks, for the
+    levels where naive_scaling is more than 5 SE above its baseline; speedup = t_ns / t_mode."""
+    ns = curves.get("naive_scaling")
+    if not ns:
+        return {}
+    final = ns[-1]
+    out = {"final_gain": final["gain"], "final_se_pairs": final["se_pairs"], "levels": []}
+    for p in PROGRESS:
+        target = p * final["gain"]
+        if target <= 5 * final["se_pairs"]:
+            out["levels"].append({"progress": p, "target": target, "skipped": "naive_scaling not 5 SE above its baseline at this level"})
+            continue
+        row = {"progress": p, "target": target}
+        for clock in ("cpu_seconds", "denoiser"):
+            t_ns = first_crossing([0.0] + [r[clock] for r in ns], [0.0] + [r["gain"] for r in ns], target)
+            for mode, rows in curves.items():
+                if mode.startswith("sol_rl_N"):
+                    continue
+                t = first_crossing([0.0] + [r[clock] for r in rows], [0.0] + [r["gain"] for r in rows], target)
+                row[f"{mode}_{clock}"] = t
+                if mode != "naive_scaling":
+                    row[f"speedup_{mode}_{clock}"] = (t_ns / t) if (t_ns and t) else None
+        out["levels"].append(row)
+    return out
+
+
+def cost_per_iteration(runs: dict) -> dict[str, dict]:
+    out = {}
+    for v, seeds in by_variant(runs).items():
+        pts = [p for ps in seeds.values() for p in ps]
+        out[v] = {"denoiser": float(np.mean([p["denoiser"] for p in pts])), "cpu_seconds": float(np.median([p["seconds"] for p in pts])), "iterations": len(pts)}
+    return out
+
+
+def winners_curse(runs_root: str, names: list[str]) -> dict[str, dict]:
+    """From the audit rows of every iteration: for the proxy-selected top/bottom seeds, the mean
+    |proxy rank − true rank| / N, the share whose true rank is outside the selected set's side
+    (a quantisation "winner"), and the true mean rank of the top side, per N."""
+    from storage.queries import read_stage
+    from tasks.run import open_run
+
+    out: dict[str, dict] = {}
+    for name in names:
+        run = open_run(str(Path(runs_root) / name))
+        k = run.cfg.select.k
+        acc = out.setdefault(f"N{run.cfg.explore.n}", {"rank_error_top": [], "rank_error_bottom": [], "false_top": [], "false_bottom": [], "true_rank_top": []})
+        for i in run.store.iterations():
+            if run.stage(i, "audit").record is None:
+                continue
+            rows = read_stage(run.store, i, "audit", "prompt_id, seed, proxy, proxy_rank, reward").to_pylist()
+            rows = [r for r in rows if r["proxy"] == "explore"]
+            for pid in {r["prompt_id"] for r in rows}:
+                mine = sorted((r for r in rows if r["prompt_id"] == pid), key=lambda r: (-r["reward"], r["seed"]))
+                n = len(mine)
+                true_rank = {r["seed"]: j + 1 for j, r in enumerate(mine)}
+                for side, sel in (("top", [r for r in mine if r["proxy_rank"] <= k // 2]), ("bottom", [r for r in mine if r["proxy_rank"] > n - k // 2])):
+                    acc[f"rank_error_{side}"] += [abs(r["proxy_rank"] - true_rank[r["seed"]]) / n for r in sel]
+                    wrong = [true_rank[r["seed"]] > k // 2 if side == "top" else true_rank[r["seed"]] <= n - k // 2 for r in sel]
+                    acc[f"false_{side}"] += wrong
+                    if side == "top":
+                        acc["true_rank_top"] += [true_rank[r["seed"]] / n for r in sel]
+    return {n: {k: (float(np.mean(v)), se_over([float(x) for x in v]), len(v)) for k, v in d.items() if v} for n, d in sorted(out.items(), key=lambda kv: int(kv[0][1:]))}
+
+
+def plot(res: dict, out: Path) -> list[Path]:
+    plt = C.pyplot()
+    pngs = []
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5))
+    for row, eval_set in enumerate(("train", "held_out")):
+        curves = res["curves"][eval_set]
+        for ax, clock, label in zip(axes[row], ("iteration", "cpu_seconds", "denoiser"), ("iteration", "CPU minutes (stages, eval excluded)", f"denoiser evaluations (NVFP4 forward = {res['fp4_cost']})")):
+            for mode, rows in curves.items():
+                if mode not in COLORS:
+                    continue
+                x = np.array([r[clock] for r in rows]) / (60.0 if clock == "cpu_seconds" else 1.0)
+                y = np.array([r["gain"] for r in rows])
+                e = np.array([r["se_seeds"] for r in rows])
+                ax.plot(x, y, "o-", color=COLORS[mode], ms=3, label=f"{mode} ({rows[0]['seeds'] if rows else 0} seeds)")
+                if np.isfinite(e).any():
+                    ax.fill_between(x, y - e, y + e, color=COLORS[mode], alpha=0.18)
+            ax.axhline(0, color="0.4", lw=0.7)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"{eval_set}: reward − base model (paired)")
+            ax.grid(alpha=0.3)
+        axes[row][0].legend(fontsize=8)
+    fig.suptitle("The four modes: paired gain over the base model (mean over training seeds, band ± 1 SE over seeds)")
+    pngs += C.save_figure(fig, out, "convergence_modes")
+    pool = {k: v for k, v in res["curves"]["train"].items() if k.startswith("sol_rl_N") or k == "sol_rl"}
+    if len(pool) > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+        for i, (name, rows) in enumerate(sorted(pool.items(), key=lambda kv: res["pool_n"][kv[0]])):
+            axes[0].errorbar([r["iteration"] for r in rows], [r["gain"] for r in rows], yerr=[r["se_seeds"] for r in rows], marker="o", capsize=2,
+                             color=plt.cm.viridis(i / max(1, len(pool) - 1)), label=f"N = {res['pool_n'][name]} ({rows[0]['seeds']} seeds)")
         axes[0].set_xlabel("iteration")
-        axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set_ylabel("held-out reward gain (mean of pool seeds)")
-        axes[0].legend()
+        axes[0].set_ylabel("train pool: paired gain")
+        axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
-        summ = result["summary"]["pool_size"]
-        ns = [row["n"] for row in summ]
-        axes[1].errorbar(ns, [row["final_mean"] for row in summ], yerr=[row["final_spread"] for row in summ], marker="o", capsize=4, label="final eval")
-        axes[1].plot(ns, [row["late_mean"] for row in summ], marker="s", ls="--", label="mean of 2nd-half evals")
+        wc = res["winners_curse"]
+        ns = [int(k[1:]) for k in wc]
+        for key, mk in (("rank_error_top", "o-"), ("rank_error_bottom", "s-"), ("false_top", "^--"), ("false_bottom", "v--")):
+            if all(key in wc[f"N{n}"] for n in ns):
+                axes[1].errorbar(ns, [wc[f"N{n}"][key][0] for n in ns], yerr=[wc[f"N{n}"][key][1] for n in ns], fmt=mk, capsize=3, label=key.replace("_", " "))
         axes[1].set_xlabel("pool size N (K = 24 kept)")
-        axes[1].set_ylabel("held-out reward (mean of pool seeds)")
-        axes[1].legend()
+        axes[1].set_ylabel("share (rank error as a fraction of N)")
+        axes[1].set_title("winner's curse: selected seeds whose proxy rank misleads", fontsize=9)
+        axes[1].legend(fontsize=8)
         axes[1].grid(alpha=0.3)
-        C.save_figure(fig, out_dir, "convergence_pool_size")
+        pngs += C.save_figure(fig, out, "convergence_pool_size")
+    return pngs
 
 
-def summarise(result):
-    groups = groups_of(result)
-    finals = {}
-    for g, runs in groups.items():
-        finals[g] = {
-            **_final_stats(runs),
-            "seconds_per_iteration": float(np.mean([np.mean(r["seconds_per_iteration"]) for r in runs])),
-            "denoiser_equiv_per_iteration": runs[0]["denoiser_equiv_per_iteration"],
-        }
-    pool = [{"n": n, **_final_stats(runs), "seeds": [r["seed"] for r in runs]} for n, runs in pool_groups(result).items()]
-    return {
-        "final": finals,
-        "parity_seconds": parity(groups, "seconds"),
-        "parity_denoiser_equiv": parity(groups, "denoiser_equiv"),
-        "pool_size": sorted(pool, key=lambda x: x["n"]),
-    }
+def fmt(m, s):
+    return "–" if m is None else (f"{m:+.4f} ± {s:.4f}" if s == s else f"{m:+.4f}")
 
 
-def merge_results(results):
-    """One result from several runs of this script that differ only in which runs they hold."""
-    first = results[0]
-    same = ("iterations", "eval_every", "eval_prompts", "eval_seeds", "fp4_cost", "n", "prompts", "threads")
-    for other in results[1:]:
-        diff = [k for k in same if other["args"].get(k) != first["args"].get(k)]
-        if diff:
-            raise SystemExit(f"cannot merge: these results differ in {', '.join(diff)}; rerun with the same settings.")
-    names = [r["name"] for res in results for r in res["runs"]]
-    if len(names) != len(set(names)):
-        raise SystemExit("cannot merge: the same run (mode/seed) appears in two results.")
-    merged = dict(first)
-    merged["args"] = dict(first["args"])
-    for key in ("seeds", "pool_seeds", "modes", "pools"):
-        merged["args"][key] = sorted({v for res in results for v in res["args"][key]}, key=str)
-    merged["partial"] = any(res["partial"] for res in results)
-    merged["runs"] = [r for res in results for r in res["runs"]]
-    merged["merged_from"] = len(results)
-    return merged
+def summarise(res: dict) -> str:
+    lines = [f"# The four modes on {res['config']} ({res['iterations']} iterations)\n"]
+    for eval_set in ("train", "held_out"):
+        lines.append(f"## Paired gain over the base model, `{eval_set}` set (mean ± SE over training seeds)\n")
+        curves = res["curves"][eval_set]
+        its = sorted({r["iteration"] for rows in curves.values() for r in rows})
+        header = ["iteration"] + list(curves)
+        rows = [[it] + [next((fmt(r["gain"], r["se_seeds"]) for r in curves[m] if r["iteration"] == it), "–") for m in curves] for it in its]
+        lines += [C.md_table(header, rows), ""]
+        lines.append(f"### Mode differences, `{eval_set}` (per seed on the same pairs, then mean ± SE over seeds)\n")
+        d = res["differences"][eval_set]
+        rows = [[name, r["iteration"], fmt(r["mean"], r["se_seeds"]), r["seeds"], ", ".join(f"{x:+.3f}" for x in r["per_seed"])] for name, rs in d.items() for r in rs[-3:]]
+        lines += [C.md_table(["difference", "iteration", "mean ± SE", "seeds", "per seed"], rows), ""]
+    lines.append("## Cost per iteration\n")
+    rows = [[m, f"{c['denoiser']:.0f}", f"{c['cpu_seconds']:.1f}"] for m, c in res["cost"].items()]
+    lines += [C.md_table(["variant", "denoiser evaluations", "CPU seconds (median)"], rows), ""]
+    lines.append("## Time to parity with naive_scaling (speedup = naive_scaling's time / the mode's)\n")
+    rows = []
+    for lv in res["parity"].get("levels", []):
+        if "skipped" in lv:
+            rows.append([f"{lv['progress']:.0%}", f"{lv['target']:+.4f}", lv["skipped"], ""])
+            continue
+        for mode in ("sol_rl", "diffusionnft", "naive_quant"):
+            a, b = lv.get(f"speedup_{mode}_denoiser"), lv.get(f"speedup_{mode}_cpu_seconds")
+            rows.append([f"{lv['progress']:.0%}", f"{lv['target']:+.4f}", mode, f"{a:.2f}× / {b:.2f}×" if a and b else "never (within the run)"])
+    lines += [C.md_table(["progress", "target gain", "mode", "speedup: denoiser / CPU clock"], rows), ""]
+    if res.get("winners_curse"):
+        lines.append("## Winner's curse (audited prompt, every iteration; mean ± SE, n)\n")
+        rows = [[n] + [f"{v[0]:.3f} ± {v[1]:.3f} ({v[2]})" if k in d else "–" for k, v in ((k, d.get(k)) for k in ("rank_error_top", "false_top", "true_rank_top", "rank_error_bottom", "false_bottom"))]
+                for n, d in res["winners_curse"].items()]
+        lines += [C.md_table(["N", "|proxy − true rank|/N, top", "top seeds not in the true top-K/2", "true rank/N of the top", "|proxy − true rank|/N, bottom", "bottom seeds not in the true bottom"], rows), ""]
+    return "\n".join(lines)
 
 
-def print_summary(result, out_dir: Path | None = None):
-    lines = []
-    emit = lines.append  # collected, then printed and kept as convergence.md
-    s = result["summary"]
-    emit("\n| run group | seeds | reward before | final reward (mean ± half-range) | gain, final | gain, 2nd half | s / iteration (CPU) | denoiser-equiv / iteration |")
-    emit("|---|---|---|---|---|---|---|---|")
-    for g, f in s["final"].items():
-        emit(f"| {g} | {f['seeds']} | {f['r0']:.4f} | {f['final_mean']:.4f} ± {f['final_spread']:.4f} | {f['final_gain']:+.4f} | {f['late_gain']:+.4f} "
-             f"| {f['seconds_per_iteration']:.1f} | {f['denoiser_equiv_per_iteration']:,.0f} |")
-    if s["pool_size"]:
-        emit("\n| pool size N | seeds | final reward | late mean (2nd half) |")
-        emit("|---|---|---|---|")
-        for row in s["pool_size"]:
-            emit(f"| {row['n']} | {row['seeds']} | {row['final_mean']:.4f} | {row['late_mean']:.4f} |")
-    for clock in ("parity_denoiser_equiv", "parity_seconds"):
-        for b, d in s[clock].items():
-            cells = " | ".join("never" if r["speedup"] is None else f"{r['speedup']:.2f}x" for r in d["rows"])
-            emit(f"\nsol_rl vs {b} ({clock}): speed-up at 25/50/75/100 % of {b}'s progress ({d['r0']:.4f} -> {d['baseline_best']:.4f}): {cells}")
-    text = "\n".join(lines)
-    print(text)
-    if out_dir is not None:
-        C.write_summary(out_dir, "convergence", text)
+def analyse(args, runs: dict) -> dict:
+    res = {"machine": C.machine(), "config": args.config, "iterations": args.iterations, "fp4_cost": args.fp4_cost, "seeds": args.seeds,
+           "runs": {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}}
+    res["curves"] = {s: mode_curves(runs, s) for s in ("train", "held_out")}
+    res["differences"] = {s: differences(runs, s) for s in ("train", "held_out")}
+    res["parity"] = parity(res["curves"]["train"])
+    res["cost"] = cost_per_iteration(runs)
+    res["pool_n"] = {r["variant"]: r["run"].cfg.explore.n for r in runs.values()}
+    audited = [k for k, r in runs.items() if r["variant"].startswith("sol_rl")]
+    res["winners_curse"] = winners_curse(args.runs_root, audited) if audited else {}
+    return res
 
 
 def main(argv=None):
-    ap = C.parser(__doc__)
-    C.add_model_args(ap)
-    ap.add_argument("--iterations", type=int, default=16)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (run.seed)")
-    ap.add_argument("--modes", nargs="+", default=["sol_rl", "diffusionnft", "naive_scaling", "naive_quant"])
-    ap.add_argument("--pools", type=int, nargs="*", default=[24, 48, 72, 96], help="pool sizes N for sol_rl")
-    ap.add_argument("--pool-seeds", type=int, nargs="*", default=[0], help="training seeds of the pool-size runs (N = the preset's comes from --seeds)")
-    ap.add_argument("--prompts", type=int, default=0, help="prompts per iteration (0 = the preset's)")
-    ap.add_argument("--eval-every", type=int, default=2)
-    ap.add_argument("--eval-prompts", type=int, default=24)
-    ap.add_argument("--eval-seeds", type=int, default=2)
-    ap.add_argument("--fp4-cost", type=float, default=0.5, help="cost of an NVFP4 transformer forward relative to high precision, for the denoiser-equivalent clock")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, 1 seed, 1 prompt, N 8/16, K 4, tiny eval")
-    ap.add_argument("--out", default="benchmarks/results/convergence")
-    ap.add_argument("--replot", metavar="JSON", nargs="+",
-                    help="only re-summarise and re-plot (possibly partial) convergence.json files into --out; several files "
-                         "(e.g. more training seeds run later with the same settings) are merged run by run")
+    ap = C.parser(__doc__, "convergence", "2 iterations of a tiny config, 2 modes, one seed")
+    ap.add_argument("--config", default="shapes-long", help="a preset name or a YAML path")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--pools", type=int, nargs="+", default=[24, 48, 96], help="sol_rl pool sizes N (the config's own N is the sol_rl run itself)")
+    ap.add_argument("--pool-seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--iterations", type=int, default=None, help="default: run.iterations of the config")
+    ap.add_argument("--only", nargs="*", help="run only these variants (e.g. sol_rl naive_quant sol_rl_N24)")
+    ap.add_argument("--runs-root", default=None, help="default: <out>/runs")
+    ap.add_argument("--replot", action="store_true", help="analyse the committed runs under --runs-root, run nothing")
+    ap.add_argument("--fp4-cost", type=float, default=0.5, help="cost of an NVFP4 forward in denoiser evaluations (a Blackwell GPU: ~0.5)")
+    C.add_threads_arg(ap)
     args = ap.parse_args(argv)
-    if args.replot:
-        result = merge_results([json.loads(Path(f).read_text()) for f in args.replot])
-        result["summary"] = summarise(result)
-        out_dir = Path(args.out)
-        C.write_json(out_dir, "convergence", result)
-        plot(result, out_dir)
-        print_summary(result, out_dir)
-        return result
+    C.set_threads(args.threads)
+    L.FP4_COST[0] = args.fp4_cost
+    from solrl.config import load_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    args.runs_root = args.runs_root or str(out / "runs")
+    base = load_config(args.config)
     if args.quick:
-        args.iterations, args.seeds, args.pool_seeds, args.pools, args.prompts = 2, [0], [0], [8, 16], 1
-        args.eval_every, args.eval_prompts, args.eval_seeds = 1, 2, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from solrl.models import load_policy
-    from solrl.plan import primary_explore
-    from solrl.stages import TrainState, evaluate, run_iteration
-    from storage.selection import select_seeds
+        base = base.with_overrides(**{"prompts.pool": 2, "prompts.per_iteration": 2, "explore.n": 8, "select.k": 4, "rollout.steps": 3, "explore.steps": 2,
+                                      "eval.every": 1, "eval.steps": 2, "eval.seeds_per_prompt": 1, "eval.held_out_prompts": 2, "nft.micro_batch": 8})
+        args.modes, args.pools, args.seeds, args.iterations = ["sol_rl", "diffusionnft"], [4, 8], args.seeds[:1], 2
+        args.pool_seeds = args.seeds
+    args.iterations = args.iterations or base.run.iterations
+    args.variant = variant_specs(args, base.explore.n)
+    seeds_for = lambda v: args.pool_seeds if v.startswith("sol_rl_N") else args.seeds  # noqa: E731
+    t0 = time.time()
+    runs = {}
+    for spec in args.variant:
+        name = spec.split(":", 1)[0]
+        if args.only and name not in args.only:
+            continue
+        one = type("A", (), {"variant": [spec], "seeds": seeds_for(name), "iterations": args.iterations, "runs_root": args.runs_root})
+        runs.update(L.open_runs(one, base, None))
+    if args.replot:  # what is committed, nothing computed
+        from tasks.steps import is_done
 
-    base = C.base_config(args)
-    n_default = base.explore.n if not args.quick else 16
-    if args.quick:  # the pipeline tests' tiny sizes
-        base = base.with_overrides(**{"explore.n": 16, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8, "eval.steps": 4})
-    args.n = n_default
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    specs = run_specs(args.modes, args.seeds, args.pools if "sol_rl" in args.modes else [], args.pool_seeds, n_default)
-    runs = []
-    for spec in specs:
-        cfg = config_for(base, spec, args)
-        policy = load_policy(cfg)
-        state = TrainState.fresh(policy, cfg)
-        ev = evaluate(policy, state.ema, cfg, with_media=False)
-        runs.append({**spec, "cfg": cfg, "policy": policy, "state": state, "clock": 0.0, "equiv": 0.0,
-                     "eval": [{"iteration": 0, "seconds": 0.0, "denoiser_equiv": 0.0, "reward": float(np.mean(ev["reward"]))}],
-                     "seconds_per_iteration": [], "stage_seconds": [], "train_reward": [],
-                     "denoiser_equiv_per_iteration": denoiser_cost(cfg, args.fp4_cost)})
-    # Compile the NVFP4 fake-quant kernel for every batch size before any clock starts.
-    from solrl.stages import explore_quant
-
-    warm = runs[0]["policy"]
-    fp4, _ = warm.sampler_copy(explore_quant(warm, runs[0]["cfg"], primary_explore(runs[0]["cfg"])))
-    for b in sorted({min(r["cfg"].explore.n, r["cfg"].explore.batch) for r in runs}):
-        warm.sample(fp4, ["a red circle"] * b, list(range(b)), 1)
-    print(f"{len(runs)} runs x {args.iterations} iterations; reward before training {runs[0]['eval'][0]['reward']:.4f}", flush=True)
-    t_start = time.perf_counter()
-    for it in range(args.iterations):
-        for r in runs:
-            res = run_iteration(r["policy"], r["state"], r["cfg"], it, select_seeds)
-            secs = sum(res.seconds.values())
-            r["clock"] += secs
-            r["equiv"] += r["denoiser_equiv_per_iteration"]
-            r["seconds_per_iteration"].append(secs)
-            r["stage_seconds"].append(res.seconds)
-            r["train_reward"].append(res.metrics[-1]["reward_mean"])
-            if (it + 1) % args.eval_every == 0 or it + 1 == args.iterations:
-                ev = evaluate(r["policy"], r["state"].ema, r["cfg"], with_media=False)
-                r["eval"].append({"iteration": it + 1, "seconds": r["clock"], "denoiser_equiv": r["equiv"], "reward": float(np.mean(ev["reward"]))})
-        line = "  ".join(f"{r['name']}={r['eval'][-1]['reward']:.3f}" for r in runs)
-        print(f"[{time.perf_counter() - t_start:7.0f} s] iteration {it + 1}/{args.iterations}: {line}", flush=True)
-        _write(runs, args, out_dir, partial=it + 1 < args.iterations)
-    result = _write(runs, args, out_dir, partial=False)
-    plot(result, out_dir)
-    print_summary(result, out_dir)
-    return result
-
-
-def _write(runs, args, out_dir, partial):
-    keep = ("name", "mode", "seed", "n", "group", "eval", "seconds_per_iteration", "stage_seconds", "train_reward", "denoiser_equiv_per_iteration")
-    result = {
-        "args": {k: v for k, v in vars(args).items()},
-        "machine": C.machine(),
-        "partial": partial,
-        "runs": [{k: r[k] for k in keep} for r in runs],
-    }
-    result["summary"] = summarise(result)
-    C.write_json(out_dir, "convergence", result)
-    return result
+        for r in runs.values():
+            done = [i for i in r["run"].store.iterations() if is_done(r["run"], r["run"].stage(i, "update"))]
+            r["points"] = [L.run_point(r["run"], i) for i in done]
+    else:
+        L.advance(runs, args.iterations, lambda i: C.write_json(out, f"convergence-progress-{'-'.join(args.only or ['all'])}", {"round": i, "runs": {k: r["points"] for k, r in runs.items()}}))
+    res = analyse(args, runs)
+    res["wall_seconds"] = time.time() - t0
+    return C.finish(out, "convergence", res, summarise(res), plot(res, out))
 
 
 if __name__ == "__main__":

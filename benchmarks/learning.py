@@ -173,7 +173,7 @@ def plot(runs: dict, out: Path, name: str) -> list[Path]:
 
 def main(argv=None):
     ap = C.parser(__doc__, "learning", "2 iterations of a tiny config, one seed")
-    ap.add_argument("--config", default="configs/shapes-long.yaml")
+    ap.add_argument("--config", default="shapes-long", help="a preset name or a YAML path")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=None, help="default: run.iterations of the config")
     ap.add_argument("--variant", action="append", help="name:key=value,key=value (dotted config keys); repeat for several")

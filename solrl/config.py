@@ -290,8 +290,9 @@ def _sentence(e: ValidationError, where: str) -> str:
 def load_config(path: str | Path) -> RunConfig:
     """Load and validate a YAML config; errors are one sentence naming the file and key."""
     p = Path(path)
-    if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-        p = CONFIG_DIR / f"{path}.yaml"
+    for candidate in (CONFIG_DIR / f"{path}.yaml", CONFIG_DIR.parent / path):  # a preset name, or a path relative to the checkout
+        if not p.exists() and candidate.exists():
+            p = candidate
     if not p.exists():
         raise ConfigError(f"config file {path} does not exist: pass a YAML path or a preset name ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})")
     try:

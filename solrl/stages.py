@@ -243,10 +243,11 @@ def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: 
         rows = [i for i, p in enumerate(explore_columns["prompt_id"]) if p == pid]
         seeds = [explore_columns["seed"][i] for i in rows]
         todo = [s for s in seeds if s not in kept]
-        x0, dur = sample_batched(policy, model, [text] * len(todo), todo, cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, policy.encode_rows([text] * len(todo)), progress)
-        truth_new, _ = score(policy, cfg, x0, [text] * len(todo))
         truth = dict(kept)
-        truth.update(zip(todo, truth_new.tolist()))
+        dur = []
+        if todo:  # (N = K: every seed was kept and regenerated already)
+            x0, dur = sample_batched(policy, model, [text] * len(todo), todo, cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, policy.encode_rows([text] * len(todo)), progress)
+            truth.update(zip(todo, score(policy, cfg, x0, [text] * len(todo))[0].tolist()))
         ms = dict(zip(todo, dur))
         for name, spec in proxies:
             if name == "explore":
