@@ -266,7 +266,7 @@ def summarise(res: dict) -> str:
 
 
 def analyse(args, runs: dict) -> dict:
-    res = {"machine": C.machine(), "config": args.config, "iterations": args.iterations, "fp4_cost": args.fp4_cost, "seeds": args.seeds,
+    res = {"quick": args.quick, "machine": C.machine(), "config": args.config, "iterations": args.iterations, "fp4_cost": args.fp4_cost, "seeds": args.seeds,
            "runs": {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}}
     res["curves"] = {s: mode_curves(runs, s) for s in ("train", "held_out")}
     res["differences"] = {s: differences(runs, s) for s in ("train", "held_out")}

@@ -191,13 +191,13 @@ def main(argv=None):
     args.runs_root = args.runs_root or str(out / "runs")
     base = load_config(args.config)
     if args.quick:
-        base = base.with_overrides(**{"prompts.pool": 2, "prompts.per_iteration": 2, "explore.n": 8, "select.k": 4, "rollout.steps": 4, "explore.steps": 2,
+        base = base.with_overrides(**{"prompts.pool": 2, "prompts.per_iteration": 2, "explore.n": 8, "select.k": 4, "rollout.steps": 4, "explore.steps": 2, "eval.every": 1,
                                       "eval.steps": 2, "eval.seeds_per_prompt": 1, "eval.held_out_prompts": 2, "nft.micro_batch": 8})
         args.iterations, args.seeds = 2, args.seeds[:1]
     args.iterations = args.iterations or base.run.iterations
     t0 = time.time()
     runs = open_runs(args, base, args.only)
-    res = {"machine": C.machine(), "config": args.config, "variants": variants(args), "seeds": args.seeds, "iterations": args.iterations}
+    res = {"quick": args.quick, "machine": C.machine(), "config": args.config, "variants": variants(args), "seeds": args.seeds, "iterations": args.iterations}
 
     def dump(i):
         res["runs"] = {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}

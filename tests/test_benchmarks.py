@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # longest first (measured --quick wall times), so the concurrent runs finish together
-SCRIPTS = ("scaling", "overhead", "cost", "convergence", "fidelity", "shapes_timing", "shapes_quality")
+SCRIPTS = ("scaling", "overhead", "cost", "soak", "convergence", "learning", "fidelity", "shapes_timing", "shapes_quality")
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -243,38 +243,43 @@ def test_scaling_quick(quick):
 
 def test_convergence_quick_and_replot(quick, tmp_path):
     run_dir, stdout = run_quick(quick, "convergence")
-    assert "sol_rl vs naive_scaling" in stdout
-    d = json.loads((run_dir / "convergence.json").read_text())
-    assert d["args"]["quick"] is True and d["partial"] is False
+    d = load(run_dir, "convergence")
     assert d["machine"]["torch_threads"] == 1
-    assert (run_dir / "convergence.md").read_text().count("|---|") >= 2
-    for png in ("convergence_modes.png", "convergence_pool_size.png"):
-        assert (run_dir / png).read_bytes()[:8] == PNG_MAGIC, png
-    groups = {r["group"] for r in d["runs"]}
-    assert groups == {"sol_rl", "diffusionnft", "naive_scaling", "naive_quant", "sol_rl_N8"}
-    for r in d["runs"]:
-        assert [e["iteration"] for e in r["eval"]] == [0, 1, 2]
-        assert len(r["seconds_per_iteration"]) == 2 and all(s > 0 for s in r["seconds_per_iteration"])
-        assert all_finite(r["eval"]) and all_finite(r["train_reward"])
-    # Same training seed, same eval draws: every run starts from the same reward.
-    assert len({r["eval"][0]["reward"] for r in d["runs"]}) == 1
-    s = d["summary"]
-    assert set(s["final"]) == groups
-    assert [row["n"] for row in s["pool_size"]] == [8, 16]
-    assert set(s["parity_seconds"]) == set(s["parity_denoiser_equiv"]) == {"naive_scaling", "diffusionnft"}
-    for rows in s["parity_seconds"].values():
-        assert [r["progress"] for r in rows["rows"]] == [0.25, 0.5, 0.75, 1.0]
-    # The denoiser-equivalent clock charges NVFP4 forwards at --fp4-cost: sol_rl (N NVFP4 candidates
-    # + 2K high-precision ones) costs less than naive_scaling (N high-precision candidates).
-    assert s["final"]["sol_rl"]["denoiser_equiv_per_iteration"] < s["final"]["naive_scaling"]["denoiser_equiv_per_iteration"]
-
-    # --replot re-derives the same summary from the JSON alone; merging a result with itself is refused.
-    env = dict(os.environ, MPLBACKEND="Agg")
-    src = str(run_dir / "convergence.json")
-    p = subprocess.run([sys.executable, "benchmarks/convergence.py", "--replot", src, "--out", str(tmp_path / "re")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert {r["variant"] for r in d["runs"].values()} == {"sol_rl", "diffusionnft", "sol_rl_N4"}
+    for r in d["runs"].values():
+        assert [p["iteration"] for p in r["points"]] == [0, 1]
+        assert all("train" in p and "held_out" in p and p["seconds"] > 0 for p in r["points"])
+    # Every run renders the same evaluation pairs: the same baseline, whatever the mode.
+    bases = {p["train"]["base"] for r in d["runs"].values() for p in r["points"]}
+    assert len(bases) == 1
+    curves = d["curves"]["train"]
+    assert set(curves) == {"sol_rl", "diffusionnft", "sol_rl_N4"} and all(len(rows) == 2 for rows in curves.values())
+    diff = d["differences"]["train"]["sol_rl - diffusionnft"][-1]
+    gains = {v: curves[v][-1]["gain"] for v in ("sol_rl", "diffusionnft")}
+    assert math.isclose(diff["mean"], gains["sol_rl"] - gains["diffusionnft"], abs_tol=1e-12)  # one seed: the paired difference
+    assert d["cost"]["sol_rl"]["denoiser"] > d["cost"]["diffusionnft"]["denoiser"] > 0
+    assert set(d["winners_curse"]) == {"N4", "N8"}
+    # --replot analyses what is committed without computing anything: the same curves.
+    env = dict(os.environ, MPLBACKEND="Agg", SOLRL_NO_COMPILE="1")
+    p = subprocess.run([sys.executable, "benchmarks/convergence.py", "--quick", "--replot", "--runs-root", str(run_dir / "runs"), "--out", str(tmp_path / "re")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert json.loads((tmp_path / "re" / "convergence.json").read_text())["summary"] == s
-    p = subprocess.run([sys.executable, "benchmarks/convergence.py", "--replot", src, src, "--out", str(tmp_path / "re2")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "same run" in p.stderr
+    assert json.loads((tmp_path / "re" / "convergence.json").read_text())["curves"] == d["curves"]
+
+
+def test_learning_quick(quick):
+    out, _ = run_quick(quick, "learning")
+    d = load(out, "learning")
+    (run,) = d["runs"].values()
+    assert [p["iteration"] for p in run["points"]] == [0, 1]
+    for p in run["points"]:
+        for s in ("train", "held_out"):
+            assert p[s]["n"] > 0 and math.isfinite(p[s]["gain"]) and p[s]["se"] >= 0
+    assert (out / "runs").is_dir()  # the runs themselves, resumable
+
+
+def test_soak_quick(quick):
+    out, _ = run_quick(quick, "soak")
+    d = load(out, "soak")
+    assert d["runs_completed"] == 2 and sum(d["faults_injected"].values()) >= 2
+    assert d["runs_byte_identical"] == 2 and d["runs_with_verify_problems"] == 0
