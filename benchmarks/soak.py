@@ -117,10 +117,13 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="of the fault draws")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads: must stay 1 (forked children must not wait on an OpenMP pool)")
     args = ap.parse_args(argv)
+    if args.threads != 1:
+        ap.error("--threads must be 1: the SIGKILL faults fork the process")
     import torch
 
-    torch.set_num_threads(1)  # micro models; and forked children must not wait on an OpenMP pool
+    torch.set_num_threads(1)
     if args.quick:
         args.runs, args.iterations = 2, 2
     out = Path(args.out)
