@@ -51,17 +51,10 @@ def attempt(uri: str, cfg, iterations: int) -> None:
 
 
 def fingerprint(uri: str) -> dict:
-    from storage.stages import ITERATION_STAGES
     from tasks.run import open_run
+    from tasks.status import fingerprint as of_run
 
-    run = open_run(uri)
-    out = {"baseline": run.stage(None, "baseline").content_id()}
-    for i in run.store.iterations():
-        for name in ITERATION_STAGES:
-            cid = run.stage(i, name).content_id()
-            if cid:
-                out[f"{i}/{name}"] = cid
-    return out
+    return of_run(open_run(uri))
 
 
 def count_writes(uri: str, cfg, iterations: int, log: Path) -> int:

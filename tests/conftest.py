@@ -26,3 +26,13 @@ def shapes_policy_factory():
     from solrl.models import load_policy
 
     return lambda cfg=None: load_policy(cfg or RunConfig().with_overrides(**{"model.dtype": "float32"}))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: torch threads only add synchronisation (many-fold slower when the cores are
+    shared), and a forked child must not wait on the parent's OpenMP pool. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

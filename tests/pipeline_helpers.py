@@ -69,16 +69,8 @@ def row_counts(run_dir: Path) -> dict[str, int]:
 
 
 def fingerprint(uri) -> dict[str, str]:
-    """Content id of every committed stage of a run (volatile columns and the run id excluded):
-    equal fingerprints = byte-identical rows, images, x0 and adapters."""
-    from storage.stages import ITERATION_STAGES
+    """Content ids of every committed stage of the run at `uri` (tasks.status.fingerprint)."""
     from tasks.run import open_run
+    from tasks.status import fingerprint as of_run
 
-    run = open_run(str(uri))
-    out = {"baseline": run.stage(None, "baseline").content_id()}
-    for i in run.store.iterations():
-        for name in ITERATION_STAGES:
-            cid = run.stage(i, name).content_id()
-            if cid:
-                out[f"{i}/{name}"] = cid
-    return out
+    return of_run(open_run(str(uri)))

@@ -8,7 +8,6 @@ import os
 import signal
 
 import pytest
-import torch
 from PIL import Image
 
 from solrl.fidelity import audit_metrics
@@ -17,20 +16,12 @@ from storage.queries import read_stage
 from tasks import steps
 from tasks.run import open_run
 from tasks.status import verify
-from test_reliability import micro, run_all  # noqa: F401 (the module's one-thread fixture is not imported: set it here)
+from test_reliability import micro, run_all
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 
 GUARD = {"fidelity.audit_prompts": 2, "fidelity.proxy_noise": 1.0, "fidelity.guard": {"enabled": True, "metric": "spearman", "threshold": 0.99, "window": 1, "fallback_precision": "fp8"},
          "run.iterations": 3}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_audit_rows_are_committed_verified_and_their_metrics_match(tmp_path):

@@ -25,13 +25,7 @@ from tiny_pipelines import BUILDERS
 FAMILIES = ("flux", "sd3", "sana")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: threads only add synchronisation (10x slower when the cores are shared).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices
 
 
 @pytest.fixture(scope="module")

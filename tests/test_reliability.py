@@ -25,9 +25,11 @@ from storage.stages import ITERATION_STAGES
 from tasks import steps
 from tasks.errors import explain
 from tasks.run import ConfigMismatch, RunDamaged, open_run
+from pipeline_helpers import fingerprint
 from tasks.status import verify
 
-pytestmark = pytest.mark.timeout(900)
+# micro models: one torch thread (and the fork-based kills need it)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]
 
 MICRO = {
     "run": {"seed": 5, "iterations": 1},
@@ -47,15 +49,6 @@ def micro(**over) -> RunConfig:
     return cfg.with_overrides(**over) if over else cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Micro models: threads only add synchronisation (many-fold slower when the cores are shared).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_all(uri: str, cfg: RunConfig, iterations: int = 1) -> None:
     """What `sol-rl run --no-prefect` does: open, lease, every iteration, release."""
     run = open_run(uri, cfg)
@@ -65,19 +58,6 @@ def run_all(uri: str, cfg: RunConfig, iterations: int = 1) -> None:
             steps.run_steps(run, i)
     finally:
         run.release()
-
-
-def fingerprint(uri: str) -> dict[str, str]:
-    """Content id of every committed stage (volatile columns excluded) and the adapter bytes."""
-    run = open_run(uri)
-    out = {}
-    for i in run.store.iterations():
-        for name in ITERATION_STAGES:
-            cid = run.stage(i, name).content_id()
-            if cid:
-                out[f"{i}/{name}"] = cid
-    out["baseline"] = run.stage(None, "baseline").content_id()
-    return out
 
 
 def uncommitted(root: Path) -> list[str]:
