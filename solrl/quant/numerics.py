@@ -19,7 +19,6 @@ arithmetic of a block-scaled MMA (tcgen05 on Blackwell). FP8 likewise: `fp8_fact
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 
@@ -143,7 +142,9 @@ _compiled: dict = {}
 def _kernel(fn, compiled: bool | None):
     """`fn` itself, or its torch.compile'd form (default: unless SOLRL_NO_COMPILE=1)."""
     if compiled is None:
-        compiled = os.environ.get("SOLRL_NO_COMPILE") != "1"
+        from ..settings import settings
+
+        compiled = not settings().no_compile
     if not compiled:
         return fn
     if fn not in _compiled:
