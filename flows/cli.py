@@ -8,8 +8,6 @@ and say how to resume.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -70,24 +68,6 @@ def _open(run_id: str, run_root: str | None):
         return open_run(uri)
 
 
-def _quiet_prefect() -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _log_to_stderr() -> None:
-    """Our own progress lines on stderr (Prefect's and httpx's chatter stays at WARNING)."""
-    logger = logging.getLogger("solrl")
-    if not logger.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(h)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # Prefect's root handler would print every line a second time
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 @app.command()
 def run(
     config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, shapes-long, flux, sd35, sana"),
@@ -120,43 +100,31 @@ def run(
         run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
-    _log_to_stderr()
+    from solrl.progress import log_to_stderr
+
+    log_to_stderr()
     from flows import stops
     from tasks.status import format_summary
 
     stops.install()  # SIGINT/SIGTERM: stop at the next safe point (flows/stops.py)
-    server, stopped = None, None
+    stopped = None
+    show = lambda summary: console.print(format_summary(summary))  # noqa: E731
     try:
         with _errors(resume):
             if no_prefect:
-                from tasks.steps import run_steps
+                from tasks.steps import run_iterations
 
-                run_.acquire(take_over)
-                try:
-                    for i in range(n):
-                        console.print(format_summary(run_steps(run_, i)))
-                finally:
-                    run_.release()
+                run_iterations(run_, n, take_over, show)
             else:
-                _quiet_prefect()
-                server = stops.start_server()  # Prefect's temporary server, in a session of its own
-                from flows.sol_rl import sol_rl
+                with stops.ephemeral_prefect():
+                    from flows.sol_rl import sol_rl
 
-                stops.quiet_expected_stop()
-                interrupt.check()
-                for s in sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster):
-                    console.print(format_summary(s))
+                    for summary in sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster):
+                        show(summary)
     except interrupt.StopRequested as e:
         stopped = e
-    finally:
-        if server is not None:
-            stops.stop_server(server)
     if stopped is not None:
-        from tasks.status import next_stage
-
-        where = next_stage(run_, n)
-        at = "" if where is None else f" at the {where[1]}" + ("" if where[0] is None else f" of iteration {where[0]}")
-        err.print(f"stopped by {stopped}{at}: nothing half-done was committed; resume with: {resume}", highlight=False)
+        err.print(stops.where_stopped(run_, n, stopped, resume), highlight=False)
         stops.fast_exit(stops.exit_code())
     console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
 
@@ -165,7 +133,6 @@ def run(
 def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)")):
     """Iterations x stages: commit state, stage times and the worker that committed each."""
     from storage.stages import ITERATION_STAGES
-    from tasks.status import iteration_summary
     from tasks.status import status as run_status
 
     r = _open(run_id, run_root)
@@ -182,16 +149,10 @@ def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="w
             state, secs, _ = row[stage]
             colour = {"ok": "green", "partial": "yellow", "stale": "red", "damaged": "red"}.get(state, "dim")
             cells.append(f"[{colour}]{state}[/]" + (f" {secs:.1f}s" if secs is not None else ""))
-        gains = ""
-        if row["update"][0] == "ok" and row["eval"][0] == "ok":
-            s = iteration_summary(r, row["iteration"])
-            gains = "; ".join(f"{k} {g['gain']:+.4f}±{g['se']:.4f}" for k, g in s.get("eval", {}).items())
-            if "audit" in s:
-                gains += f"; audit ρ {s['audit']['spearman']:.2f}"
-        t.add_row(str(row["iteration"]), *cells, gains)
+        t.add_row(str(row["iteration"]), *cells, row["headline"])
     console.print(t)
     for stage in stages:  # which processes (this one, or Dask workers) computed each stage
-        workers = sorted({w for row in rows if row[stage][2] for w in row[stage][2].split(", ")})
+        workers = sorted({w for row in rows for w in row[stage][2] if w})
         if workers:
             console.print(f"{stage}: computed by {', '.join(workers)}", highlight=False)
 
@@ -279,26 +240,11 @@ def export_lora(
 ):
     """Write a run's LoRA adapter in the diffusers format: load it with
     `pipeline.load_lora_weights(OUT)` into the family's pipeline (shapes exports for FLUX)."""
-    import json as _json
-
-    from safetensors.torch import load
-
-    from solrl.models.diffusers_base import export_diffusers_lora
-    from solrl.registry import family_class
+    from tasks.export import export_lora as export
 
     r = _open(run_id, run_root)
-    done = [i for i in r.store.iterations() if r.stage(i, "update").record]
-    if not done:
-        _fail(f"run {run_id} has no committed update yet: run at least one iteration first")
-    i = done[-1] if iteration is None else iteration
-    if i not in done:
-        _fail(f"iteration {i} of run {run_id} has no committed update: choose one of {done}")
-    h = r.stage(i, "update")
-    folder = "state/ema" if ema else "state/policy"
-    tensors = load(r.store.read_bytes(h.file(f"{folder}/adapter_model.safetensors")))
-    lora = _json.loads(r.store.read_bytes(h.file(f"{folder}/adapter_config.json")))
-    pipeline = family_class(r.cfg.model.family).pipeline_class
-    path = export_diffusers_lora(pipeline, tensors, out, lora["r"], lora["lora_alpha"], sorted(lora["target_modules"]))
+    with _errors():
+        path, pipeline, i = export(r, out, ema, iteration)
     console.print(f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)")
 
 

@@ -19,6 +19,7 @@ A second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -162,6 +163,33 @@ def quiet_expected_stop() -> None:
         for h in getattr(logging.getLogger(name), "handlers", []):
             if isinstance(h, logging.StreamHandler):
                 h.addFilter(f)
+
+
+@contextlib.contextmanager
+def ephemeral_prefect():
+    """Prefect in ephemeral mode, stoppable: quiet logs, our own temporary server (its own
+    session), Prefect's console lines about a requested stop dropped; the server stopped after
+    draining, on every way out."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = start_server()
+    try:
+        quiet_expected_stop()
+        interrupt.check()
+        yield
+    finally:
+        if server is not None:
+            stop_server(server)
+
+
+def where_stopped(run, iterations: int, stop: interrupt.StopRequested, resume: str) -> str:
+    """The one line a stopped run prints: which signal, the stage a resume starts at, how."""
+    from tasks.status import next_stage
+
+    where = next_stage(run, iterations)
+    at = "" if where is None else f" at the {where[1]}" + ("" if where[0] is None else f" of iteration {where[0]}")
+    return f"stopped by {stop}{at}: nothing half-done was committed; resume with: {resume}"
 
 
 def fast_exit(code: int) -> None:

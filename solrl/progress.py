@@ -29,3 +29,14 @@ def progress_bar(description: str, total: int):
             log.info("%s: %d/%d", description, min(done[0], total), total)
 
     yield advance
+
+
+def log_to_stderr() -> None:
+    """Our own progress lines on stderr, once (Prefect's and httpx's chatter stays at WARNING)."""
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # Prefect's root handler would print every line a second time
+    logging.getLogger("httpx").setLevel(logging.WARNING)

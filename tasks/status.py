@@ -60,21 +60,27 @@ def format_summary(s: dict) -> str:
 
 
 def status(run: Run) -> list[dict]:
-    """Every iteration × stage: state ("ok", "stale", "partial", "damaged" or "-") and seconds."""
+    """Every iteration × stage: (state, seconds, the processes that computed it), state being
+    "ok", "stale", "partial", "damaged" or "-"; and, once evaluated, a one-line `headline`."""
     rows = []
     for i in run.store.iterations():
-        row = {"iteration": i}
+        row = {"iteration": i, "headline": ""}
         for name in ITERATION_STAGES:
             h = run.stage(i, name)
             rec, damaged = h.read_record()
             if rec:
-                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], ", ".join(rec.get("workers") or [rec.get("worker", "")]))
+                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], rec.get("workers") or [rec.get("worker", "")])
             elif damaged:
-                row[name] = ("damaged", None, None)
+                row[name] = ("damaged", None, [])
             elif h.data_files():
-                row[name] = ("partial", None, None)
+                row[name] = ("partial", None, [])
             else:
-                row[name] = ("-", None, None)
+                row[name] = ("-", None, [])
+        if row["update"][0] == "ok" and row["eval"][0] == "ok":
+            s = iteration_summary(run, i)
+            row["headline"] = "; ".join(f"{k} {g['gain']:+.4f}±{g['se']:.4f}" for k, g in s.get("eval", {}).items())
+            if "audit" in s:
+                row["headline"] += f"; audit ρ {s['audit']['spearman']:.2f}"
         rows.append(row)
     return rows
 

@@ -282,3 +282,17 @@ def run_steps(run: Run, iteration: int) -> dict:
     for name in plan_of(run, iteration).stages[1:]:
         STEPS[name](run, iteration)
     return iteration_summary(run, iteration)
+
+
+def run_iterations(run: Run, iterations: int, take_over: bool = False, on_iteration=None) -> list[dict]:
+    """`sol-rl run --no-prefect`: every iteration in this process, holding the run's lease."""
+    run.acquire(take_over)
+    try:
+        out = []
+        for i in range(iterations):
+            out.append(run_steps(run, i))
+            if on_iteration:
+                on_iteration(out[-1])
+        return out
+    finally:
+        run.release()
