@@ -41,6 +41,25 @@ def _quiet_dask() -> None:
     logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)
 
 
+def gpu_sets(workers: int, per_worker: int) -> list[list[str]]:
+    """The devices of each worker, taken from the GPUs this process may use (its own
+    CUDA_VISIBLE_DEVICES, e.g. a scheduler's allocation "4,5,6,7", else all of them). The first
+    device stays with the flow's process (plan, audit, update and eval load a model there) when
+    there are enough GPUs; otherwise workers share it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())]
+    need = workers * per_worker
+    if len(devices) < need:
+        raise ValueError(f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {len(devices)} are visible: lower them")
+    pool = devices[1:] if len(devices) > need else devices
+    return [pool[i * per_worker : (i + 1) * per_worker] for i in range(workers)]
+
+
 @contextlib.contextmanager
 def dask_cluster(cluster):
     """Yield the scheduler address the iterations run on (None: in this process). A cluster
@@ -62,18 +81,18 @@ def dask_cluster(cluster):
 
     threads = cluster.threads_per_worker
     if cluster.gpus_per_worker:
-        g = cluster.gpus_per_worker
         workers = {
             f"gpu{i}": {"cls": Nanny, "options": {
                 "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
-                "env": {"CUDA_VISIBLE_DEVICES": ",".join(str(i * g + k) for k in range(g))}, "resources": {"GPU": g}}}
-            for i in range(cluster.workers)
+                "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
+            for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker))
         }
         scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
         c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
     else:
         c = LocalCluster(n_workers=cluster.workers, threads_per_worker=threads, processes=True, host="127.0.0.1", scheduler_port=0,
-                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
+                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
+                         preload=["flows.dask_worker"])
     try:
         yield c.scheduler_address
     finally:

@@ -63,7 +63,8 @@ def reclaim_sigterm() -> None:
 
 
 def exit_code() -> int:
-    return 128 + (_state["signum"] or signal.SIGINT)
+    """128 + the signal, or 1 when the run stopped for another reason (its lease was taken over)."""
+    return 128 + _state["signum"] if _state["signum"] else 1
 
 
 def _child_setup() -> None:  # in the forked server, before exec

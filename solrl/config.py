@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 from .modes import MODES, Mode
 from .registry import FAMILIES, REWARDS
 
@@ -274,10 +275,6 @@ class RunConfig(_Strict):
                 node = node[part]
             node[last] = value
         return RunConfig.model_validate(data)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _sentence(e: ValidationError, where: str) -> str:

@@ -59,6 +59,8 @@ def noise_batch(seed_values: list[int], shape: tuple[int, ...], device=None, dty
 def draw_prompts(run_seed: int, iteration: int, prompts: tuple[str, ...] | list[str], k: int) -> list[int]:
     """Indices of `k` distinct prompts for an iteration, keyed by (run seed, iteration)."""
     if k > len(prompts):
-        raise ValueError(f"prompts_per_iteration={k} exceeds the {len(prompts)} training prompts: lower it")
+        from .errors import ConfigError
+
+        raise ConfigError(f"prompts.per_iteration ({k}) exceeds the {len(prompts)} prompts it draws from: lower it")
     g = torch.Generator("cpu").manual_seed(stream_seed(run_seed, iteration, name="prompts"))
     return sorted(torch.randperm(len(prompts), generator=g)[:k].tolist())

@@ -281,7 +281,13 @@ class TrainState:
 def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
-    after the last step (ALGORITHM §7). One metrics row per optimizer step."""
+    after the last step (ALGORITHM §7). One metrics row per optimizer step. Samples with a
+    non-finite reward are left out (DESIGN §8); `n_dropped` counts them."""
+    finite = torch.isfinite(samples.rewards)
+    dropped = int((~finite).sum())
+    if dropped:
+        keep = finite.nonzero().flatten().tolist()
+        samples = Samples([samples.prompt_ids[i] for i in keep], [samples.prompts[i] for i in keep], samples.x0[keep], samples.rewards[keep])
     A, r = nft.advantages(samples.rewards, samples.prompt_ids)
     grid = torch.tensor(np.asarray(policy.sigmas(cfg.rollout.steps))[:-1], dtype=torch.float32)  # without the terminal 0
     n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
@@ -324,12 +330,12 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
                     progress(len(idx))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.nft.max_grad_norm))
         applied = bool(np.isfinite(sums["loss"]) and np.isfinite(grad_norm))
-        if applied:
+        ema_d = nft.ema_decay(state.step + 1)
+        if applied:  # a non-finite step is skipped: no optimizer step, no EMA update
             state.optimizer.step()
             state.step += 1
+            nft.lerp_(state.ema, policy.adapter_state("default"), ema_d)
         state.optimizer.zero_grad(set_to_none=True)
-        ema_d = nft.ema_decay(state.step)
-        nft.lerp_(state.ema, policy.adapter_state("default"), ema_d)
         rows.append({**sums, "grad_norm": grad_norm, "applied": float(applied), "lr": cfg.nft.lr, "optimizer_step": float(state.step), "ema_decay": ema_d, "n_samples": float(len(part))})
     # The old (sampling) policy decays towards θ once per iteration, after its last step.
     decay = nft.old_decay(state.step, cfg.nft.decay_type)
@@ -344,6 +350,7 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
         "adv_clipped_frac": float((A.abs() >= nft.ADV_CLIP).double().mean()),
         "r_mean": float(r.mean()),
         "n_times": float(n_times),
+        "n_dropped": float(dropped),
     }
     return [{"step_in_iteration": float(i), **row, **common} for i, row in enumerate(rows)]
 
@@ -417,6 +424,10 @@ def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: 
     (-> audit) -> update (-> evaluate). `select_fn` is the DuckDB selection
     (storage.selection.select_seeds). The run's baseline evaluation is the caller's (it is not
     part of an iteration): `evaluate(policy, TrainState.fresh(policy, cfg).ema, cfg)`."""
+    if cfg.fidelity.guard.enabled:
+        from .errors import ConfigError
+
+        raise ConfigError("fidelity.guard commits its decisions with the run: run it through the store (tasks.steps.run_steps, `sol-rl run`), not in memory")
     plan = plan_iteration(cfg, iteration, policy.train_prompts(), policy.resolved.pool)
     seconds: dict[str, float] = {}
     ex = None

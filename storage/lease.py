@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .store import RunStore
 
@@ -60,6 +61,7 @@ class Lease:
     store: RunStore
     timeout_s: float = 120.0
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    on_lost: Callable[[str], None] | None = field(default=None, repr=False)  # called with a reason when taken over
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     held: bool = False
@@ -117,8 +119,11 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.timeout_s / 4):
             try:
-                if (self.read() or {}).get("owner") != self.owner:
-                    return  # taken over: check() will tell the run
+                holder = self.read() or {}
+                if holder.get("owner") != self.owner:  # taken over: tell the run (it stops at a safe point)
+                    if self.on_lost is not None:
+                        self.on_lost(f"the loss of the lease (taken over by {holder.get('host')} pid {holder.get('pid')})")
+                    return
                 self.store.write_json(self.path, self._record(self._started))
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
                 pass

@@ -5,7 +5,9 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from .selection import select_seeds
+from solrl.errors import MissingInput
+
+from .selection import select_seeds_window
 from .store import COMMIT, RunStore
 
 
@@ -26,7 +28,7 @@ def read_stage(store: RunStore, iteration: int | None, stage: str, columns: str 
     """A committed stage's rows (only the files its commit lists), optionally of one prompt."""
     files = committed_files(store, iteration, stage)
     if not files:
-        raise FileNotFoundError(f"{store.uri}/{store.stage(iteration, stage).label} has no committed data: run or resume the run first")
+        raise MissingInput(f"{store.uri}/{store.stage(iteration, stage).label} has no committed data: run or resume the run first")
     con = connect(store)
     where, params = ("WHERE prompt_id = $pid", {"files": files, "pid": prompt_id}) if prompt_id is not None else ("", {"files": files})
     try:
@@ -36,9 +38,10 @@ def read_stage(store: RunStore, iteration: int | None, stage: str, columns: str 
 
 
 def reselect(store: RunStore, iteration: int, k: int, on_short_prompt: str = "error"):
-    """Re-run the selection SQL over the stored explore rows (for verify and the notebooks)."""
+    """The selection again over the stored explore rows, by the reference window SQL
+    (select_window.sql), not the fast path that made the stored one (for verify, the notebooks)."""
     explore = read_stage(store, iteration, "explore", "prompt_id, prompt, seed, reward")
-    return select_seeds(explore, k, on_short_prompt)
+    return select_seeds_window(explore, k, on_short_prompt)
 
 
 SEED_RANKING_SQL = """
@@ -61,7 +64,7 @@ def seed_ranking(store: RunStore, iteration: int, prompt_id: int | None = None) 
     selected = committed_files(store, iteration, "select")
     regen = committed_files(store, iteration, "regenerate")
     if not explore or not selected:
-        raise FileNotFoundError(f"{store.uri}/{store.stage(iteration, 'explore').label} has no committed explore/select data (mode diffusionnft has no explore)")
+        raise MissingInput(f"{store.uri}/{store.stage(iteration, 'explore').label} has no committed explore/select data (mode diffusionnft has no explore)")
     con = connect(store)
     try:
         where = "WHERE e.prompt_id = $pid" if prompt_id is not None else ""

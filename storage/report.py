@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from solrl.errors import MissingInput  # noqa: E402
+
 from .queries import paired_gains, read_stage, seed_ranking  # noqa: E402
 from .store import RunStore  # noqa: E402
 
@@ -28,7 +30,7 @@ def metrics_table(store: RunStore) -> pa.Table:
     """Every update metric row (one per optimizer step: loss terms, rewards, stage seconds)."""
     tables = [read_stage(store, i, "update") for i in committed_iterations(store)]
     if not tables:
-        raise FileNotFoundError(f"{store.uri} has no committed iteration yet")
+        raise MissingInput(f"{store.uri} has no committed iteration yet")
     return pa.concat_tables(tables, promote_options="default")
 
 
@@ -294,7 +296,7 @@ def fig_previews(store: RunStore, iteration: int, prompt_id: int, per_row: int =
     ex = read_stage(store, iteration, "explore", "seed, thumbnail", prompt_id=prompt_id).to_pydict()
     thumb = dict(zip(ex["seed"], ex["thumbnail"]))
     if not any(thumb.values()):
-        raise FileNotFoundError(f"iteration {iteration} stored no explore previews (explore.thumbnails was off)")
+        raise MissingInput(f"iteration {iteration} stored no explore previews (explore.thumbnails was off)")
     regen = read_stage(store, iteration, "regenerate", "seed, image", prompt_id=prompt_id).to_pydict()
     image = dict(zip(regen["seed"], regen["image"]))
     kept = [r for r in rows if r["side"]]

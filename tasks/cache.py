@@ -64,8 +64,8 @@ class PolicyCache:
             return self._policy
 
     def adapter_key(self, run, iteration: int) -> str:
-        if iteration == 0:
-            return INIT
+        if iteration == 0:  # the LoRA init (a fresh AdamW with this run's settings: keyed by its hash)
+            return f"{INIT}:{run.hash}"
         h = run.stage(iteration - 1, "update")
         rec = h.record
         if rec is None or rec["config_hash"] != run.hash:
@@ -79,7 +79,7 @@ class PolicyCache:
             key = self.adapter_key(run, iteration)
             if self._adapters != key:
                 state = TrainState.fresh(policy, run.cfg)
-                if key == INIT:
+                if key.startswith(INIT):
                     policy.load_adapter("default", self._init)
                     policy.load_adapter("old", self._init)
                     state.ema = {k: v.clone() for k, v in self._init.items()}
@@ -126,6 +126,8 @@ class PolicyCache:
         """The update of `iteration` has committed what the in-memory policy holds now."""
         with self._lock:
             self._adapters = self.adapter_key(run, iteration + 1)
+            if self._policy.device.type == "cuda":  # the old copies are GPU memory the evaluation needs
+                self._samplers = {}
 
 
 CACHE = PolicyCache()  # this process's

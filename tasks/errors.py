@@ -20,7 +20,7 @@ def _names(e: BaseException) -> set[str]:
 
 def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
     """(exit code, one sentence) for a known failure, None for a bug."""
-    from solrl.config import ConfigError
+    from solrl.errors import ConfigError, MissingInput
     from solrl.rewards import RewardUnavailable
     from storage.lease import LeaseHeld, LeaseLost
     from storage.selection import ShortPromptError
@@ -29,7 +29,7 @@ def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
     from .run import ConfigMismatch, RunDamaged
 
     again = f"; then resume with `{resume}`" if resume else ""
-    if isinstance(e, (ConfigError, ConfigMismatch, LeaseHeld, RunDamaged, RewardUnavailable, ShortPromptError)):
+    if isinstance(e, (ConfigError, MissingInput, ConfigMismatch, LeaseHeld, RunDamaged, RewardUnavailable, ShortPromptError)):
         return 2, str(e)
     if isinstance(e, LeaseLost):
         return 1, str(e)
@@ -40,9 +40,11 @@ def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
         return 1, f"no S3 credentials were found ({describe(e)}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile{again}"
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError", "ReadTimeoutError"} or isinstance(e, (ConnectionError, TimeoutError)):
         return 1, f"the run store is unreachable ({describe(e)}): check the endpoint and the network{again}"
-    if isinstance(e, FileNotFoundError) and e.errno is None:
-        return 2, str(e)  # our own "X is missing: do Y" sentences (an OS error carries an errno)
-    if isinstance(e, OSError):
+    if "distributed" in type(e).__module__ or "Timed out trying to connect" in str(e):
+        return 1, f"the Dask scheduler is unreachable ({describe(e)}): check cluster.address / --cluster and that its workers run"
+    if isinstance(e, FileNotFoundError):
+        return 1, f"a file of the run store is missing ({describe(e)}): run `sol-rl verify` to see what is damaged{again}"
+    if isinstance(e, OSError) and (e.errno is not None or names & {"ClientError", "BotoCoreError"}):
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         if e.errno == errno.ENOSPC:
             return 1, f"the disk is full{where}: free some space{again}"

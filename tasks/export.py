@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from solrl.errors import MissingInput
+
 from .run import Run
 
 
@@ -18,10 +20,10 @@ def export_lora(run: Run, out: Path, ema: bool = False, iteration: int | None = 
 
     done = [i for i in run.store.iterations() if run.stage(i, "update").record]
     if not done:
-        raise FileNotFoundError(f"run {run.run_id} has no committed update yet: run at least one iteration first")
+        raise MissingInput(f"run {run.run_id} has no committed update yet: run at least one iteration first")
     i = done[-1] if iteration is None else iteration
     if i not in done:
-        raise FileNotFoundError(f"iteration {i} of run {run.run_id} has no committed update: choose one of {done}")
+        raise MissingInput(f"iteration {i} of run {run.run_id} has no committed update: choose one of {done}")
     h = run.stage(i, "update")
     folder = "state/ema" if ema else "state/policy"
     tensors = load(run.store.read_bytes(h.file(f"{folder}/adapter_model.safetensors")))

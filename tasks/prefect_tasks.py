@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno
 
 from prefect import task
+from prefect.futures import wait
+
+from solrl import interrupt
 
 from storage.lease import Lease
 from storage.stages import STAGES
@@ -69,5 +72,9 @@ def run_stage(run_uri: str, iteration: int | None, name: str, lease: str | None 
     if started is None:
         return
     n = steps.shard_count(open_run(run_uri), iteration, name)
-    shard.map(run_uri, iteration, name, list(range(n)), lease).result()  # raises the first failing shard
+    futures = shard.map(run_uri, iteration, name, list(range(n)), lease)
+    while wait(futures, timeout=0.5).not_done:  # shards may run on Dask workers, which never see our signals:
+        interrupt.check()  # a requested stop ends the wait (the cluster is closed on the way out)
+    interrupt.check()
+    futures.result()  # raises the first failing shard
     commit(run_uri, iteration, name, started, lease)

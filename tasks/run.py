@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from solrl import __version__
 from solrl.config import Resolved, RunConfig, diff_keys
+from solrl.errors import MissingInput
 from storage.lease import Lease
 from storage.stages import STAGES
 from storage.store import RunStore, StageHandle, describe, join
@@ -67,7 +68,9 @@ class Run:
 
     def acquire(self, take_over: bool = False) -> Lease:
         """Hold the run's lease (released by `release()`, on every exit path of the caller)."""
-        self.lease = Lease(self.store, timeout_s=settings().lease_timeout_s).acquire(take_over)
+        from solrl import interrupt
+
+        self.lease = Lease(self.store, timeout_s=settings().lease_timeout_s, on_lost=interrupt.request).acquire(take_over)
         return self.lease
 
     def release(self) -> None:
@@ -129,7 +132,7 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
         if meta is None:
             if damaged:
                 raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it")
-            raise FileNotFoundError(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
+            raise MissingInput(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
         return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
     for var, value in (("SOLRL_S3_ENDPOINT", cfg.storage.s3_endpoint), ("SOLRL_S3_REGION", cfg.storage.s3_region)):
         if value:  # the config's S3 settings reach every store this process (and its Dask workers) opens

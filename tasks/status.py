@@ -69,7 +69,7 @@ def status(run: Run) -> list[dict]:
             h = run.stage(i, name)
             rec, damaged = h.read_record()
             if rec:
-                row[name] = ("ok" if is_done(run, h) else "stale", rec["finished_at"] - rec["started_at"], rec.get("workers") or [rec.get("worker", "")])
+                row[name] = ("ok" if is_done(run, h, deep=False) else "stale", rec["finished_at"] - rec["started_at"], rec.get("workers") or [rec.get("worker", "")])
             elif damaged:
                 row[name] = ("damaged", None, [])
             elif h.data_files():
@@ -112,7 +112,7 @@ def verify(run: Run) -> tuple[int, list[str]]:
         ok = lambda name: run.stage(i, name).record is not None and not run.stage(i, name).problems()  # noqa: E731
         if run.cfg.mode.selection == "extremes" and ok("select") and ok("explore"):
             stored = read_stage(run.store, i, "select", "prompt_id, seed, side, proxy_rank, proxy_reward").to_pylist()
-            again, _ = reselect(run.store, i, run.cfg.select.k, run.cfg.select.on_short_prompt)
+            again, _ = reselect(run.store, i, run.cfg.select.k, run.cfg.select.on_short_prompt)  # the reference (window) SQL
             if stored != again.select(["prompt_id", "seed", "side", "proxy_rank", "proxy_reward"]).to_pylist():
                 problems.append(f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows")
         if ok("regenerate") and ok("select"):
@@ -125,14 +125,15 @@ def verify(run: Run) -> tuple[int, list[str]]:
 
 
 def next_stage(run: Run, iterations: int) -> tuple[int | None, str] | None:
-    """The first stage a resume would compute: (iteration, stage), or None when all is done."""
-    if run.cfg.eval.every and not is_done(run, run.stage(None, "baseline")):
+    """The first stage a resume would compute: (iteration, stage), or None when all is done
+    (file sizes checked, not their hashes: this answers in a moment on a large run)."""
+    if run.cfg.eval.every and not is_done(run, run.stage(None, "baseline"), deep=False):
         return None, "baseline"
     for i in range(iterations):
-        if not is_done(run, run.stage(i, "plan")):
+        if not is_done(run, run.stage(i, "plan"), deep=False):
             return i, "plan"
         for name in plan_of(run, i).stages[1:]:
-            if not is_done(run, run.stage(i, name)):
+            if not is_done(run, run.stage(i, name), deep=False):
                 return i, name
     return None
 

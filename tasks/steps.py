@@ -41,13 +41,16 @@ def worker() -> str:
 
 
 # --- the stage lifecycle ------------------------------------------------------------------------
-def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None) -> bool:
+def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None, deep: bool = True) -> bool:
+    """Committed with this config, on the inputs committed now, and intact: every file re-hashed
+    (deep, what a resume does: cost grows with the run), or only their sizes (status, where a
+    stopped run will resume)."""
     rec, _ = h.read_record()
     if rec is None or rec["config_hash"] != run.hash:
         return False
     if rec.get("inputs") != (run.inputs(h.iteration, h.name) if inputs is None else inputs):
         return False
-    return not h.problems()
+    return not h.problems(deep=deep)
 
 
 def begin(run: Run, iteration: int | None, name: str) -> float | None:
@@ -55,6 +58,8 @@ def begin(run: Run, iteration: int | None, name: str) -> float | None:
     h = run.stage(iteration, name)
     if is_done(run, h):
         return None
+    if run.lease is not None:
+        run.lease.check()  # never clear a stage of a run another process took over
     removed = h.clear()
     if removed:
         log.warning("%s: removed %d uncommitted or invalid file(s) before re-running", h.label, len(removed))
@@ -65,8 +70,7 @@ def commit(run: Run, iteration: int | None, name: str, started: float, extra: di
     """Commit a stage once all its files are written (for a sharded stage: every shard's part)."""
     h = run.stage(iteration, name)
     if STAGES[name].sharded:
-        n = len(plan_of(run, iteration).prompts) if name == "explore" else len(_selected_prompt_ids(run, iteration))
-        missing = [s for s in range(n) if not h.exists(part(s))]
+        missing = [s for s in range(shard_count(run, iteration, name)) if not h.exists(part(s))]
         if missing:
             raise RuntimeError(f"{h.label} is missing shard(s) {missing}; not committing")
     if run.lease is not None:

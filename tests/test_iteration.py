@@ -60,3 +60,27 @@ def test_other_modes_one_iteration(shapes_policy_factory, mode):
         # the training rewards are the explore rewards of the selected seeds
         by_seed = dict(zip(res.explore["seed"], res.explore["reward"]))
         assert res.samples.rewards.tolist() == [by_seed[s] for s in res.selected["seed"]]
+
+
+def test_several_optimizer_steps_per_iteration(shapes_policy_factory):
+    """nft.steps_per_iteration = 2: two optimizer steps over two halves of the kept samples, the
+    EMA after each, the old policy decayed once (after the last), deterministic."""
+    import copy
+
+    from solrl import nft
+
+    cfg = RunConfig().with_overrides(**{**TINY, "model.dtype": "float32", "nft.steps_per_iteration": 2, "eval.every": 0})
+    policy, state, (res,) = _run(shapes_policy_factory, cfg, 1)
+    assert [m["step_in_iteration"] for m in res.metrics] == [0.0, 1.0] and [m["optimizer_step"] for m in res.metrics] == [1.0, 2.0]
+    assert [m["n_samples"] for m in res.metrics] == [4.0, 4.0]  # 2 prompts x K 4, split in two
+    assert [m["ema_decay"] for m in res.metrics] == [nft.ema_decay(1), nft.ema_decay(2)]
+    assert res.metrics[-1]["old_decay"] == nft.old_decay(2, cfg.nft.decay_type)
+    # old = d * init + (1 - d) * theta, once, with d of step 2
+    init = shapes_policy_factory(cfg).adapter_state("default")
+    theta, old = policy.adapter_state("default"), policy.adapter_state("old")
+    d = nft.old_decay(2, cfg.nft.decay_type)
+    want = copy.deepcopy(init)
+    nft.lerp_(want, theta, d)
+    assert all(torch.equal(old[k], want[k]) for k in old)
+    p2, s2, (res2,) = _run(shapes_policy_factory, cfg, 1)
+    assert res2.metrics == res.metrics and all(torch.equal(v, theta[k]) for k, v in p2.adapter_state("default").items())

@@ -297,3 +297,13 @@ def test_shapes_prompt_file_is_honoured_and_checked(tmp_path):
         check_model(micro(**{"prompts.file": str(f)}))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_model(micro(**{"prompts.file": str(tmp_path / "nope.txt")}))
+
+
+def test_the_model_loads_once_and_committed_adapters_are_not_read_back(tmp_path):
+    """The process cache: one weight load for a whole run; the adapters an update committed are
+    the ones in memory (no restore from the store between iterations)."""
+    from tasks.cache import CACHE
+
+    CACHE.clear()
+    run_all(str(tmp_path / "c"), micro(**{"run.iterations": 2}), iterations=2)
+    assert CACHE.loads == 1 and CACHE.restores == 0

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import Resolved, RunConfig
+from ..errors import ConfigError, MissingInput
 from ..quant import NVFP4Config, QuantReport, quantize_
 from ..sampling import solve
 from ..seeds import noise_batch, stream_seed
@@ -54,7 +55,7 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device is cuda but no CUDA GPU is visible: use device auto or cpu")
+        raise ConfigError("model.device is cuda but no CUDA GPU is visible: use device auto or cpu")
     return torch.device(device)
 
 
@@ -69,11 +70,11 @@ def read_prompt_file(path: str | Path, what: str = "prompts.file") -> tuple[str,
     """One prompt per line; blank lines and lines starting with '#' are ignored."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} does not exist: give a text file with one prompt per line")
+        raise MissingInput(f"{what} {p} does not exist: give a text file with one prompt per line")
     lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
     prompts = tuple(ln for ln in lines if ln and not ln.startswith("#"))
     if not prompts:
-        raise FileNotFoundError(f"{what} {p} holds no prompts: put one prompt per line")
+        raise MissingInput(f"{what} {p} holds no prompts: put one prompt per line")
     return prompts
 
 
@@ -121,7 +122,7 @@ class Policy(ABC):
         if cfg.prompts.pool:
             candidates = cls.pool_candidates(cfg, train)
             if cfg.prompts.pool > len(candidates):
-                raise ValueError(f"prompts.pool ({cfg.prompts.pool}) exceeds the {len(candidates)} training prompts it is drawn from: lower it")
+                raise ConfigError(f"prompts.pool ({cfg.prompts.pool}) exceeds the {len(candidates)} training prompts it is drawn from: lower it")
             # Keyed on a constant, not run.seed: every run and every seed trains and evaluates on one pool.
             g = torch.Generator().manual_seed(stream_seed(0, len(candidates), name="pool"))
             chosen = torch.randperm(len(candidates), generator=g)[: cfg.prompts.pool].tolist()

@@ -16,18 +16,19 @@ import torch
 from torch import nn
 
 from ..config import Resolved, RunConfig
+from ..errors import MissingInput
 from .base import Policy, read_prompt_file
 
 
 def split_prompts(train_file: str | None, eval_file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, held-out). Without an eval file every 10th line of the train file is held out."""
     if not train_file:
-        raise FileNotFoundError("prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line")
+        raise MissingInput("prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line")
     prompts = read_prompt_file(train_file)
     if eval_file:
         return prompts, read_prompt_file(eval_file, "prompts.eval_file")
     if len(prompts) < 10:
-        raise FileNotFoundError(f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file")
+        raise MissingInput(f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file")
     held = tuple(p for i, p in enumerate(prompts) if i % 10 == 9)
     return tuple(p for i, p in enumerate(prompts) if i % 10 != 9), held
 
@@ -50,7 +51,7 @@ def resolve_weights(family: str, repo: str, weights: str | None) -> Path:
         return Path(snapshot_download(repo, cache_dir=cache, local_files_only=True))
     except Exception:  # not in the cache (LocalEntryNotFoundError, or an incomplete snapshot)
         looked.append(f"the Hugging Face cache under {cache} ({repo})")
-    raise FileNotFoundError(
+    raise MissingInput(
         f"the {family} weights are missing: looked in {', '.join(looked)}; download {repo} with `huggingface-cli download {repo}` "
         f"on a machine with access and set model.weights to its local path"
     )

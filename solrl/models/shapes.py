@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config import Resolved, RunConfig
+from ..errors import MissingInput
 from ..shapes import model as M
 from ..shapes.prompts import eval_prompts, pairing, parse, train_prompts
 from .base import Policy, read_prompt_file
@@ -27,7 +28,7 @@ def _grammar(prompts: tuple[str, ...], what: str) -> tuple[str, ...]:
         try:
             parse(p)
         except ValueError as e:
-            raise FileNotFoundError(f"{what} holds a prompt outside the shapes grammar ({e})") from None
+            raise MissingInput(f"{what} holds a prompt outside the shapes grammar ({e})") from None
     return prompts
 
 
@@ -48,7 +49,7 @@ class ShapesPolicy(Policy):
     def check(cls, cfg: RunConfig) -> None:
         path = cls.weights_dir(cfg) / "shapes.safetensors"
         if not path.exists():
-            raise FileNotFoundError(f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package")
+            raise MissingInput(f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package")
         cls.prompt_sets(cfg)
 
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import MissingInput
 from .prompts import MAX_TOKENS, VOCAB, tokenize
 
 PATCH = 4
@@ -150,7 +151,7 @@ def load(directory: Path | str | None = None, dtype: torch.dtype = torch.float32
     directory = Path(directory) if directory else WEIGHTS_DIR
     path = directory / "shapes.safetensors"
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"the shapes model weights are missing: looked for {path}; rebuild them with "
             "`sol-rl pretrain-shapes` or reinstall the package"
         )
