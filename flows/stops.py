@@ -42,6 +42,9 @@ def _handler(signum, frame) -> None:
         os._exit(128 + signum)
     _state["signum"] = signum
     interrupt.request(signal.Signals(signum).name)
+    if "prefect.logging" in sys.modules:  # handlers created since (a flow run's, Dask's): quiet them too
+        quiet_expected_stop()
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # "worker still alive ... killing" as the cluster closes
     if _state["raise_now"]:  # waiting for the server to come up: no compute to finish, stop now
         _state["raise_now"] = False
         raise interrupt.StopRequested(signal.Signals(signum).name)
@@ -159,11 +162,10 @@ class _DropExpectedStop(logging.Filter):
 def quiet_expected_stop() -> None:
     import prefect.logging  # noqa: F401 - importing prefect configures its handlers
 
-    f = _DropExpectedStop()
     for name in ["", *logging.root.manager.loggerDict]:
         for h in getattr(logging.getLogger(name), "handlers", []):
-            if isinstance(h, logging.StreamHandler):
-                h.addFilter(f)
+            if isinstance(h, logging.StreamHandler) and not any(isinstance(f, _DropExpectedStop) for f in h.filters):
+                h.addFilter(_DropExpectedStop())
 
 
 @contextlib.contextmanager
