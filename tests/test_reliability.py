@@ -227,10 +227,13 @@ def test_verify_checks_inputs_and_a_deterministic_recompute_keeps_downstream(ref
     shutil.rmtree(part.parent)
     run_all(str(uri), micro())
     assert fingerprint(str(uri)) == fp
-    before = {n: json.loads((uri / "iter=00000" / n / "_COMMITTED.json").read_text())["committed_at"] for n in ("select", "update")}
+    committed_at = lambda: {n: json.loads(p.read_text())["committed_at"] for n, p in (("select", uri / "iter=00000" / "select" / "_COMMITTED.json"),  # noqa: E731
+                                                                                     ("update", uri / "iter=00000" / "update" / "_COMMITTED.json"),
+                                                                                     ("baseline", uri / "baseline" / "_COMMITTED.json"))}
+    before = committed_at()
     shutil.rmtree(uri / "iter=00000" / "explore")
     run_all(str(uri), micro())
-    after = {n: json.loads((uri / "iter=00000" / n / "_COMMITTED.json").read_text())["committed_at"] for n in ("select", "update")}
+    after = committed_at()  # the baseline (and what consumed explore) was not recomputed
     assert fingerprint(str(uri)) == fp and after == before
 
 
@@ -307,3 +310,43 @@ def test_the_model_loads_once_and_committed_adapters_are_not_read_back(tmp_path)
     CACHE.clear()
     run_all(str(tmp_path / "c"), micro(**{"run.iterations": 2}), iterations=2)
     assert CACHE.loads == 1 and CACHE.restores == 0
+
+
+def test_eval_pairs_are_shared_by_every_run_mode_and_seed(tmp_path):
+    """Two runs that differ in run.seed and run.mode render the same evaluation (set, prompt,
+    seed) pairs and the same baseline: their gains are paired with each other."""
+    from storage.queries import read_stage
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_all(a, micro(**{"run.seed": 1}))
+    run_all(b, micro(**{"run.seed": 2, "run.mode": "diffusionnft"}))
+    ra, rb = open_run(a), open_run(b)
+    key = lambda t: sorted(zip(t["set"], t["prompt"], t["seed"]))  # noqa: E731
+    ea, eb = (read_stage(r.store, 0, "eval", "set, prompt, seed").to_pydict() for r in (ra, rb))
+    assert key(ea) == key(eb) and len(ea["seed"]) == 2
+    assert ra.stage(None, "baseline").content_id() == rb.stage(None, "baseline").content_id()
+
+
+def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_too(tmp_path):
+    """model.dtype bfloat16 with nft.steps_per_iteration 2: two runs agree bit for bit, and a
+    run SIGKILLed while its update writes the adapter files resumes to them."""
+    cfg = micro(**{"model.dtype": "bfloat16", "nft.steps_per_iteration": 2})
+    run_all(str(tmp_path / "a"), cfg)
+    run_all(str(tmp_path / "b"), cfg)
+    fp = fingerprint(str(tmp_path / "a"))
+    assert fingerprint(str(tmp_path / "b")) == fp
+    assert open_run(str(tmp_path / "a")).resolved.dtype == "bfloat16"
+    assert torch.get_num_threads() == 1
+    pid = os.fork()
+    if pid == 0:
+        os.environ["SOLRL_FAULTS"] = "write@iter=00000/update/state:3:kill"
+        faults.reset()
+        try:
+            run_all(str(tmp_path / "k"), cfg)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    faults.reset()
+    run_all(str(tmp_path / "k"), cfg)
+    assert fingerprint(str(tmp_path / "k")) == fp
