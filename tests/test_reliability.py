@@ -21,7 +21,6 @@ import torch
 from solrl.config import RunConfig
 from storage import faults
 from storage.lease import Lease, LeaseHeld
-from storage.stages import ITERATION_STAGES
 from tasks import steps
 from tasks.errors import explain
 from tasks.run import ConfigMismatch, RunDamaged, open_run
