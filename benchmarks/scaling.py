@@ -63,7 +63,7 @@ def read_run(uri: str) -> dict:
         i = row["iteration"]
         recs = {s: run.stage(i, s).record for s in ITERATION_STAGES}
         recs = {s: r for s, r in recs.items() if r}
-        it = {"iteration": i, "stages": {s: row[s][1] for s in recs}, "workers": {s: sorted(w for w in (row[s][2] or "").split(", ") if w) for s in recs},
+        it = {"iteration": i, "stages": {s: row[s][1] for s in recs}, "workers": {s: sorted(w for w in row[s][2] if w) for s in recs},
               "started_at": min(r["started_at"] for r in recs.values()), "finished_at": max(r["finished_at"] for r in recs.values())}
         it["span_s"] = it["finished_at"] - it["started_at"]
         for s in ("explore", "regenerate"):

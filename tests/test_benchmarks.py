@@ -156,7 +156,7 @@ def test_cost_quick(quick):
     assert {r["variant"] for r in d["layer_bench"]} >= {"block-product", "bf16-linear", "fp32-linear"}
     it = d["iteration"]  # one iteration, float32 vs bf16
     assert set(it["median"]) == {"fp32", "bf16"}
-    assert set(it["median"]["fp32"]["stages"]) == {"explore", "select", "regenerate", "update", "eval"}
+    assert set(it["median"]["fp32"]["stages"]) == {"explore", "select", "regenerate", "audit", "update", "eval"}  # shapes.yaml audits one prompt
     assert it["fp32_over_bf16"] > 0 and it["goal"] == 2.0 and all_finite(it["median"])
     mem = d["memory"]
     assert mem["nvfp4"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4: 4.5 bits per quantised weight
