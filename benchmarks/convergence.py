@@ -180,6 +180,31 @@ def winners_curse(runs_root: str, names: list[str]) -> dict[str, dict]:
     return {n: {k: (float(np.mean(v)), se_over([float(x) for x in v]), len(v)) for k, v in d.items() if v} for n, d in sorted(out.items(), key=lambda kv: int(kv[0][1:]))}
 
 
+def fidelity_trend(runs: dict) -> dict[str, dict]:
+    """The audit's unbiased proxy fidelity (every explored seed of one prompt, each iteration) as
+    the policy trains: per iteration mean ± SE over training seeds; the per-seed least-squares
+    slope per 10 iterations, then mean ± SE over seeds; and what the audit costs next to the
+    iteration it measures (its share of CPU seconds and of denoiser evaluations)."""
+    out = {}
+    for v, seeds in by_variant(runs).items():
+        audited = {s: [p for p in pts if p.get("audit")] for s, pts in seeds.items()}
+        if not all(audited.values()):
+            continue
+        row: dict = {"seeds": len(audited), "per_iteration": [], "slope_per_10": {}}
+        its = sorted(set.intersection(*({p["iteration"] for p in ps} for ps in audited.values())))
+        for it in its:
+            vals = {m: [next(p["audit"][m] for p in ps if p["iteration"] == it) for ps in audited.values()] for m in ("spearman", "top_hit")}
+            row["per_iteration"].append({"iteration": it, **{m: (float(np.mean(x)), se_over(x)) for m, x in vals.items()}})
+        for m in ("spearman", "top_hit"):
+            slopes = [10.0 * float(np.polyfit([p["iteration"] for p in ps], [p["audit"][m] for p in ps], 1)[0]) for ps in audited.values() if len(ps) > 2]
+            row["slope_per_10"][m] = (float(np.mean(slopes)), se_over(slopes), len(slopes)) if slopes else None
+        pts = [p for ps in seeds.values() for p in ps]
+        row["audit_share_cpu"] = float(sum(p.get("audit_seconds", 0.0) for p in pts) / sum(p["seconds"] + p.get("audit_seconds", 0.0) for p in pts))
+        row["audit_share_denoiser"] = float(sum(p.get("audit_denoiser", 0.0) for p in pts) / sum(p["denoiser"] + p.get("audit_denoiser", 0.0) for p in pts))
+        out[v] = row
+    return out
+
+
 def plot(res: dict, out: Path) -> list[Path]:
     plt = C.pyplot()
     pngs = []
@@ -224,6 +249,26 @@ def plot(res: dict, out: Path) -> list[Path]:
         axes[1].legend(fontsize=8)
         axes[1].grid(alpha=0.3)
         pngs += C.save_figure(fig, out, "convergence_pool_size")
+    ft = res.get("fidelity_trend") or {}
+    if ft:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+        for ax, metric in zip(axes, ("spearman", "top_hit")):
+            for i, (v, row) in enumerate(ft.items()):
+                pi = row["per_iteration"]
+                x = np.array([r["iteration"] for r in pi])
+                y = np.array([r[metric][0] for r in pi])
+                e = np.array([r[metric][1] for r in pi])
+                c = COLORS.get(v, plt.cm.viridis(0.2 + 0.3 * i))
+                ax.plot(x, y, "o-", ms=3, color=c, label=f"{v} ({row['seeds']} seeds)")
+                if np.isfinite(e).any():
+                    ax.fill_between(x, y - e, y + e, color=c, alpha=0.15)
+            ax.set_xlabel("iteration (the policy explored and audited at that iteration)")
+            ax.set_ylabel({"spearman": "Spearman ρ, proxy vs high precision", "top_hit": "top-K/2 hit rate"}[metric])
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle("Proxy fidelity while training (audit: every explored seed of one prompt; band ± 1 SE over training seeds)")
+        pngs += C.save_figure(fig, out, "convergence_fidelity")
     return pngs
 
 
@@ -262,6 +307,19 @@ def summarise(res: dict) -> str:
         rows = [[n] + [f"{v[0]:.3f} ± {v[1]:.3f} ({v[2]})" if k in d else "–" for k, v in ((k, d.get(k)) for k in ("rank_error_top", "false_top", "true_rank_top", "rank_error_bottom", "false_bottom"))]
                 for n, d in res["winners_curse"].items()]
         lines += [C.md_table(["N", "|proxy − true rank|/N, top", "top seeds not in the true top-K/2", "true rank/N of the top", "|proxy − true rank|/N, bottom", "bottom seeds not in the true bottom"], rows), ""]
+    if res.get("fidelity_trend"):
+        lines.append("## Proxy fidelity while training (audit rows; mean ± SE over training seeds)\n")
+        rows = []
+        for v, row in res["fidelity_trend"].items():
+            pi = row["per_iteration"]
+            first, last = pi[:5], pi[-5:]
+            cell = lambda rs, m: f"{np.mean([r[m][0] for r in rs]):.3f}"  # noqa: E731
+            sl = lambda m: "–" if not row["slope_per_10"][m] else f"{row['slope_per_10'][m][0]:+.3f} ± {row['slope_per_10'][m][1]:.3f}"  # noqa: E731
+            rows.append([v, row["seeds"], f"{first[0]['iteration']}–{first[-1]['iteration']}: {cell(first, 'spearman')} / {cell(first, 'top_hit')}",
+                         f"{last[0]['iteration']}–{last[-1]['iteration']}: {cell(last, 'spearman')} / {cell(last, 'top_hit')}", sl("spearman"), sl("top_hit"),
+                         f"{row['audit_share_cpu']:.1%} / {row['audit_share_denoiser']:.1%}"])
+        lines += [C.md_table(["variant", "seeds", "first 5 audits: ρ / top-hit", "last 5 audits: ρ / top-hit", "slope of ρ per 10 it.", "slope of top-hit per 10 it.",
+                              "audit's share of the iteration: CPU / denoiser"], rows), ""]
     return "\n".join(lines)
 
 
@@ -275,6 +333,7 @@ def analyse(args, runs: dict) -> dict:
     res["pool_n"] = {r["variant"]: r["run"].cfg.explore.n for r in runs.values()}
     audited = [k for k, r in runs.items() if r["variant"].startswith("sol_rl")]
     res["winners_curse"] = winners_curse(args.runs_root, audited) if audited else {}
+    res["fidelity_trend"] = fidelity_trend(runs)
     return res
 
 

@@ -50,10 +50,14 @@ def denoiser_cost(cfg, plan) -> float:
     if plan.explore is not None:
         explore = P * plan.explore.n * plan.explore.steps * (FP4_COST[0] if plan.explore.low_precision else 1.0)
     regen = P * K * cfg.rollout.steps if m.trains_on == "regenerated" else 0.0
-    audit = cfg.fidelity.audit_prompts * (plan.explore.n - K) * cfg.rollout.steps if plan.runs("audit") else 0.0
     n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
     train = P * K * n_times * 5  # old + ref forwards (no grad) + θ forward/backward (~3)
-    return explore + regen + audit + train
+    return explore + regen + train
+
+
+def audit_cost(cfg, plan) -> float:
+    """Denoiser evaluations of the fidelity audit (measurement, not part of any mode's algorithm)."""
+    return cfg.fidelity.audit_prompts * (plan.explore.n - cfg.select.k) * cfg.rollout.steps if plan.runs("audit") else 0.0
 
 
 FP4_COST = [0.5]
@@ -65,8 +69,10 @@ def run_point(run, i: int) -> dict:
     from tasks.steps import plan_of
 
     s = iteration_summary(run, i)
-    point = {"iteration": i, "train_reward": s["train_reward"], "seconds": sum(v for k, v in s["seconds"].items() if k != "eval"),
-             "denoiser": denoiser_cost(run.cfg, plan_of(run, i))}
+    plan = plan_of(run, i)
+    # the cost clocks leave out what only measures (eval, the fidelity audit), kept apart
+    point = {"iteration": i, "train_reward": s["train_reward"], "seconds": sum(v for k, v in s["seconds"].items() if k not in ("eval", "audit")),
+             "denoiser": denoiser_cost(run.cfg, plan), "audit_seconds": s["seconds"].get("audit", 0.0), "audit_denoiser": audit_cost(run.cfg, plan)}
     for name, g in s.get("eval", {}).items():
         point[name] = {k: g.get(k) for k in ("gain", "se", "n", "strict", "strict_base", "base", "reward")}
     if "audit" in s:
