@@ -289,6 +289,21 @@ def summarise(res: dict) -> str:
         d = res["differences"][eval_set]
         rows = [[name, r["iteration"], fmt(r["mean"], r["se_seeds"]), r["seeds"], ", ".join(f"{x:+.3f}" for x in r["per_seed"])] for name, rs in d.items() for r in rs[-3:]]
         lines += [C.md_table(["difference", "iteration", "mean ± SE", "seeds", "per seed"], rows), ""]
+    lines.append("## Every run at its last evaluation (paired gain ± SE over the n pairs; strict accuracy base → run)\n")
+    rows = []
+    for name, r in res["runs"].items():
+        ev = [p for p in r["points"] if "train" in p or "held_out" in p]
+        if not ev:
+            continue
+        last = ev[-1]
+        cells = [name, last["iteration"]]
+        for s in ("train", "held_out"):
+            g = last.get(s)
+            cells += [f"{g['gain']:+.4f} ± {g['se']:.4f} ({g['n']})" if g else "–",
+                      f"{g['strict_base']:.3f} → {g['strict']:.3f}" if g and g.get("strict") is not None else "–"]
+        cells += [f"{np.mean([p['denoiser'] for p in r['points']]):.0f}", f"{np.median([p['seconds'] for p in r['points']]):.1f}"]
+        rows.append(cells)
+    lines += [C.md_table(["run", "iteration", "train gain", "train strict", "held-out gain", "held-out strict", "denoiser evals / it.", "CPU s / it. (median)"], rows), ""]
     lines.append("## Cost per iteration\n")
     rows = [[m, f"{c['denoiser']:.0f}", f"{c['cpu_seconds']:.1f}"] for m, c in res["cost"].items()]
     lines += [C.md_table(["variant", "denoiser evaluations", "CPU seconds (median)"], rows), ""]
