@@ -117,7 +117,8 @@ def aggregate(runs: list[dict], workers: list[int], starts: dict) -> dict:
             "flow_s": C.median([r["flow_seconds"] for r in rs]),
             # the flow's wall time outside its iterations and the baseline: run open, lease, cluster start/close, Prefect
             "outside_iterations_s": C.median([r["flow_seconds"] - sum(x["span_s"] for x in r["iterations"]) - r["baseline_s"] for r in rs]),
-            "explore_workers": sorted({wk for x in w for wk in x["workers"].get("explore", [])}),
+            "explore_workers": sorted({wk for x in w for wk in x["workers"].get("explore", [])}),  # over all repeats (runs)
+            "explore_workers_per_iteration": C.median([len(x["workers"].get("explore", [])) or 1 for x in w]),
             "explore_shards_per_worker": C.median([len(x["explore_compute_by_worker_s"]) for x in w]),
         }
     ip = per["in-process"]
@@ -240,12 +241,12 @@ def summary(res: dict) -> str:
     it = f"{c['prompts']} prompts × N {c['explore_n']} ({c['explore_precision']}, {c['explore_steps']} steps), K {c['k']}, rollout {c['rollout_steps']} steps, eval every {c['eval_every']}"
     lines = [f"## Explore scale-out with Dask ({it}; {c['iterations']} iteration(s) per run, {c['repeats']} rotated repeat(s), medians over warm iterations)", ""]
     head = ["runner", "explore s", "explore compute s (sum over workers)", "speed-up vs in-process", "efficiency E(k)", "per added worker",
-            "regenerate s", "iteration s", "first iteration s", "first explore s", "workers used"]
+            "regenerate s", "iteration s", "first iteration s", "first explore s", "explore workers per iteration"]
     rows = []
     for n, p in per.items():
         k = n.removeprefix("dask-") if n.startswith("dask-") else None
         rows.append([n, p["explore_s"], p["explore_compute_s"], s["speedup_vs_in_process"].get(k, 1.0) if k else 1.0, s["efficiency"].get(k, "") if k else "",
-                     s["efficiency_per_added_worker"].get(k, "") if k else "", p["regenerate_s"], p["iteration_s"], p["first_iteration_s"], p["first_explore_s"], len(p["explore_workers"]) or 1])
+                     s["efficiency_per_added_worker"].get(k, "") if k else "", p["regenerate_s"], p["iteration_s"], p["first_iteration_s"], p["first_explore_s"], p["explore_workers_per_iteration"]])
     lines.append(C.md_table(head, rows))
     f = s["fixed_cost"]
     lines += ["", f"Parallel efficiency goal ≥ {s['goal_efficiency']}: " + (", ".join(f"{k} workers {'met' if v else 'not met'}" for k, v in s["goal_met"].items()) or "n/a (one worker size)") + "."]

@@ -77,22 +77,29 @@ def dask_cluster(cluster):
                         "so workers on other hosts can reach it and keep recording task runs across runs")
         yield cluster.address
         return
+    import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     threads = cluster.threads_per_worker
-    if cluster.gpus_per_worker:
-        workers = {
-            f"gpu{i}": {"cls": Nanny, "options": {
-                "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
-                "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
-            for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker))
-        }
-        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
-        c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
-    else:
-        c = LocalCluster(n_workers=cluster.workers, threads_per_worker=threads, processes=True, host="127.0.0.1", scheduler_port=0,
-                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
-                         preload=["flows.dask_worker"])
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
+    # threshold at 128 KiB: every torch intermediate is then mmap'ed and faulted in afresh, and
+    # sampling ran 2.5-2.9x slower on a worker than in this process (benchmarks/scaling.py).
+    # Unset here, for the clusters we start; workers of an external scheduler: flows/dask_worker.py.
+    # (the nannies read it when they are built, and reuse it when they restart a worker)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        if cluster.gpus_per_worker:
+            workers = {
+                f"gpu{i}": {"cls": Nanny, "options": {
+                    "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
+                    "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
+                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker))
+            }
+            scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+            c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+        else:
+            c = LocalCluster(n_workers=cluster.workers, threads_per_worker=threads, processes=True, host="127.0.0.1", scheduler_port=0,
+                             dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
+                             preload=["flows.dask_worker"])
     try:
         yield c.scheduler_address
     finally:
