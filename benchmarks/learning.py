@@ -185,6 +185,7 @@ def main(argv=None):
     ap.add_argument("--variant", action="append", help="name:key=value,key=value (dotted config keys); repeat for several")
     ap.add_argument("--only", nargs="*", help="run only these variants")
     ap.add_argument("--runs-root", default=None, help="where the runs live (default: <out>/runs); existing runs are resumed")
+    ap.add_argument("--replot", action="store_true", help="plot the committed iterations under --runs-root, compute nothing (no lease taken)")
     ap.add_argument("--fp4-cost", type=float, default=0.5, help="cost of a low-precision forward in denoiser evaluations")
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)
@@ -211,7 +212,15 @@ def main(argv=None):
         C.write_json(out, "learning", res)
         print(f"round {i}: " + "; ".join(f"{k} {r['points'][-1].get('train', {}).get('gain', float('nan')):+.4f}" for k, r in runs.items()), flush=True)
 
-    advance(runs, args.iterations, dump)
+    if args.replot:  # what is committed, nothing computed
+        from tasks.steps import is_done
+
+        for r in runs.values():
+            r["points"] = [run_point(r["run"], i) for i in r["run"].store.iterations() if is_done(r["run"], r["run"].stage(i, "update"))]
+    else:
+        advance(runs, args.iterations, dump)
+    res["runs"] = {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}
+    res["wall_seconds"] = time.time() - t0
     header, rows = final_table(runs)
     text = f"# Learning curves: {args.config}\n\n" + C.md_table(header, rows)
     res["curves"] = {s: curves(runs, s) for s in ("train", "held_out")}
