@@ -25,6 +25,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_HASHED = {"run": ("iterations",), "storage": "*", "cluster": "*"}
 
 
+def _one_of(v: str, known, what: str) -> str:
+    if v not in known:
+        raise ValueError(f"unknown {what} {v!r}: choose one of {', '.join(known)}")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,9 +43,7 @@ class RunSection(_Strict):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, v: str) -> str:
-        if v not in MODES:
-            raise ValueError(f"unknown mode {v!r}: choose one of {', '.join(MODES)}")
-        return v
+        return _one_of(v, MODES, "mode")
 
 
 class ModelSection(_Strict):
@@ -60,9 +64,7 @@ class ModelSection(_Strict):
     @field_validator("family")
     @classmethod
     def _known_family(cls, v: str) -> str:
-        if v not in FAMILIES:
-            raise ValueError(f"unknown model family {v!r}: choose one of {', '.join(FAMILIES)}")
-        return v
+        return _one_of(v, FAMILIES, "model family")
 
 
 class PromptSection(_Strict):
