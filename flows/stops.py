@@ -122,7 +122,7 @@ def _watch(server) -> None:
     """A supervisor that signals every process at once (systemd's KillMode=control-group) takes
     the server down with us: then leave within seconds instead of retrying a dead API."""
     while not _state["stopping_server"]:
-        time.sleep(0.5)
+        time.sleep(0.5)  # a supervisor thread's poll of the server process
         proc = server.server_process
         if proc is not None and proc.poll() is not None and interrupt.requested():
             time.sleep(5)  # let the compute reach its safe point

@@ -162,7 +162,7 @@ def test_endpoint_outage_mid_stage_then_resume_is_byte_identical(s3_server, tmp_
         time.sleep(0.2)  # polling the bucket (directly, not through the relay)
         fs.invalidate_cache()
     relay.down()
-    time.sleep(3)
+    time.sleep(3)  # the outage: the endpoint unreachable for 3 s mid-explore
     relay.up()
     out, err = proc.communicate(timeout=600)
     if proc.returncode != 0:  # it stopped: one sentence, exit 1 (the environment), then a resume
