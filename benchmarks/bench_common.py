@@ -205,6 +205,18 @@ def save_figure(fig, out: Path, name: str) -> list[Path]:
     return [path]
 
 
+def measure_and_finish(args, name: str, run, summary, plot) -> dict:
+    """The common tail of a measuring script: run(args) timed, with the machine (described before
+    the run: its load average is the one at the start) and --quick recorded, then finish()."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    machine_info = machine()
+    res = run(args)
+    res.update(machine=machine_info, quick=args.quick, wall_seconds=time.perf_counter() - t0)
+    return finish(out, name, res, summary(res), plot(res, out))
+
+
 def finish(out: Path, name: str, res: dict, text: str, pngs: list[Path], what: str = "") -> dict:
     """Write <name>.json and <name>.md next to the plots, print the summary and where it went."""
     res["pngs"] = [p.name for p in pngs]

@@ -343,16 +343,7 @@ def main(argv=None) -> dict:
     args.cost_steps = args.cost_steps or (args.steps[-1] if q else cfg.explore.steps)
     args.timing_batch = args.timing_batch or (8 if q else cfg.explore.batch)
     args.repeats = args.repeats or (2 if q else 3)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    machine = C.machine()
-    res = run(args)
-    res["machine"] = machine
-    res["quick"] = q
-    res["wall_seconds"] = time.perf_counter() - t0
-    text = summary(res)
-    return C.finish(out, "fidelity", res, text, plot(res, out))
+    return C.measure_and_finish(args, "fidelity", run, summary, plot)
 
 
 if __name__ == "__main__":

@@ -214,13 +214,7 @@ def main(argv=None):
     args.train_prompts = args.train_prompts or (4 if q else 48)
     args.held_out_prompts = args.held_out_prompts or (4 if q else None)
     args.repeats = args.repeats or (1 if q else 3)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    machine = C.machine()
-    res = run(args)
-    res.update(machine=machine, quick=q, wall_seconds=time.perf_counter() - t0)
-    return C.finish(out_dir, "shapes_quality", res, summary(res), plot(res, out_dir))
+    return C.measure_and_finish(args, "shapes_quality", run, summary, plot)
 
 
 if __name__ == "__main__":

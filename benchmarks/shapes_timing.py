@@ -141,13 +141,7 @@ def main(argv=None):
     args.weights = None  # each model is given by its directory
     args.batch = args.batch or (8 if q else C.base_config(args).explore.batch)
     args.repeats = args.repeats or (1 if q else 3)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    machine = C.machine()
-    res = run(args)
-    res.update(machine=machine, quick=q, wall_seconds=time.perf_counter() - t0)
-    return C.finish(out, "shapes_timing", res, summary(res), plot(res, out))
+    return C.measure_and_finish(args, "shapes_timing", run, summary, plot)
 
 
 if __name__ == "__main__":
