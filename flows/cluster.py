@@ -83,7 +83,7 @@ def dask_cluster(cluster):
     threads = cluster.threads_per_worker
     # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
     # threshold at 128 KiB: every torch intermediate is then mmap'ed and faulted in afresh, and
-    # sampling ran 2.5-2.9x slower on a worker than in this process (benchmarks/scaling.py).
+    # sampling ran 2.5-3x slower on a worker than in this process (benchmarks/scaling.py).
     # Unset here, for the clusters we start; workers of an external scheduler: flows/dask_worker.py.
     # (the nannies read it when they are built, and reuse it when they restart a worker)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):

@@ -6,7 +6,7 @@ workers of an external scheduler too: `dask worker tcp://host:8786 --preload flo
   cluster), instead of every worker dying with a traceback and its nanny restarting it.
 * Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536. glibc then keeps its mmap
   threshold at 128 KiB, so every torch intermediate above that is mmap'ed, faulted in and unmapped
-  again: sampling ran 2.5-2.9x slower than in a plain process (measured). The clusters the run
+  again: sampling ran 2.5-3x slower than in a plain process (measured). The clusters the run
   starts unset the variable; a worker that still has it sets glibc's thresholds back to the
   values its dynamic threshold would settle at (mmap 32 MiB, trim 64 MiB)."""
 

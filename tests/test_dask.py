@@ -102,7 +102,7 @@ print(trimmed, restored, faults())
 
 def test_workers_run_without_dasks_malloc_trim_threshold(tmp_path):
     """Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed 1 MiB tensor goes back
-    to the kernel and the next one is faulted in page by page (sampling 2.5-2.9x slower). The
+    to the kernel and the next one is faulted in page by page (sampling 2.5-3x slower). The
     clusters a run starts unset it; the worker preload undoes it where it is set."""
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ALLOC.format(repo=str(REPO))], env=env, capture_output=True, text=True, timeout=120)
