@@ -91,6 +91,7 @@ class RunStore:
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage_options(self.uri, self.endpoint, self.region))
         self.local = self._protocol in ("file", "local")
         self.pause_after_write = s.pause_after_write_s
+        self.pause_after_write_match = s.pause_after_write_match
         if s.faults:  # test hook: a file system that fails (or kills the process) at a chosen operation
             from .faults import FaultyFileSystem
 
@@ -135,7 +136,7 @@ class RunStore:
                 raise
         else:
             self.fs.pipe_file(path, data)  # one PUT
-        if self.pause_after_write and not name.startswith("_") and name != "run.json":
+        if self.pause_after_write and not name.startswith("_") and name != "run.json" and (self.pause_after_write_match or "") in path:
             time.sleep(self.pause_after_write)  # test hook (settings.pause_after_write_s)
 
     def read_bytes(self, path: str) -> bytes:

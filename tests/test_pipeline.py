@@ -79,7 +79,7 @@ def test_sigkill_then_resume_is_bit_identical(baseline, tmp_path, stage, first_f
     root, cfg = baseline
     watch = tmp_path / "crash" / "iter=00001" / stage / first_file
     # the pause holds the stage between its first data file and its commit, so the kill lands there
-    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, {"SOLRL_PAUSE_AFTER_WRITE_S": "2"})
+    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, {"SOLRL_PAUSE_AFTER_WRITE_S": "2", "SOLRL_PAUSE_AFTER_WRITE_MATCH": f"iter=00001/{stage}/"})
     stage_dir = tmp_path / "crash" / "iter=00001" / stage
     assert watch.exists() and not (stage_dir / "_COMMITTED.json").exists()
     assert cli("verify", "crash", "--run-root", tmp_path, check=False).returncode == 1  # the partial stage is reported
@@ -152,7 +152,7 @@ def test_a_signal_stops_the_run_cleanly_within_seconds(baseline, tmp_path, sig, 
     resume ends byte-identical to the uninterrupted run."""
     root, cfg = baseline
     home = tmp_path / "prefect-home"
-    env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="1.5", PREFECT_HOME=str(home))
+    env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="1.5", SOLRL_PAUSE_AFTER_WRITE_MATCH="iter=00001/explore/", PREFECT_HOME=str(home))
     proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "stop", "--run-root", str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     watch = tmp_path / "stop" / "iter=00001" / "explore" / "part-00000.parquet"
