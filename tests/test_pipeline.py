@@ -170,7 +170,7 @@ def test_a_signal_stops_the_run_cleanly_within_seconds(baseline, tmp_path, sig, 
     assert "Traceback" not in err + out
     deadline = time.time() + 10  # the server dies with its parent (PDEATHSIG): give the kernel a moment
     while _processes_with(f"PREFECT_HOME={home}") and time.time() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling the process table until the server has exited
     assert not _processes_with(f"PREFECT_HOME={home}"), "a process of this run (its Prefect server) was left behind"
     assert not (tmp_path / "stop" / "iter=00001" / "explore" / "_COMMITTED.json").exists()  # the stage in flight: not committed
     cli("run", cfg, "--run-id", "stop", "--run-root", tmp_path)
