@@ -108,7 +108,10 @@ def run(
 
     stops.install()  # SIGINT/SIGTERM: stop at the next safe point (flows/stops.py)
     stopped = None
-    show = lambda summary: console.print(format_summary(summary))  # noqa: E731
+
+    def show(summary: dict) -> None:  # as each iteration ends; rich flushes after every print
+        console.print(format_summary(summary))
+
     try:
         with _errors(resume):
             if no_prefect:
@@ -117,10 +120,10 @@ def run(
                 run_iterations(run_, n, take_over, show)
             else:
                 with stops.ephemeral_prefect():
-                    from flows.sol_rl import sol_rl
+                    from flows.sol_rl import on_iteration_end, sol_rl
 
-                    for summary in sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster):
-                        show(summary)
+                    with on_iteration_end(show):
+                        sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster)
     except interrupt.StopRequested as e:
         stopped = e
     if stopped is not None:

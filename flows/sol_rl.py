@@ -12,6 +12,8 @@ executes without Prefect.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -63,6 +65,22 @@ def _artifacts(run, iteration: int) -> dict:
     return summary
 
 
+# Called in this process with each iteration's summary as soon as the iteration ends (the CLI prints
+# its line then, whatever stdout is: a terminal, a file, a pipe). A flow run started by a
+# deployment's worker has none: its summaries are in the run's logs and artifacts.
+_iteration_listeners: list[Callable[[dict], None]] = []
+
+
+@contextmanager
+def on_iteration_end(listener: Callable[[dict], None]):
+    """Call `listener(summary)` after every iteration of a `sol_rl` flow run in this process."""
+    _iteration_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _iteration_listeners.remove(listener)
+
+
 @flow(name="sol-rl-iteration", log_prints=True)
 def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> dict:
     stops.reclaim_sigterm()
@@ -72,9 +90,11 @@ def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> 
         T.run_stage(run_uri, None, "baseline", lease)
     for name in steps.plan_of(run, iteration).stages[1:]:
         T.run_stage(run_uri, iteration, name, lease)
-    summary = _artifacts(run, iteration)
+    summary = {k: v for k, v in _artifacts(run, iteration).items() if k != "rows"}
     get_run_logger().info(format_summary(summary))
-    return {k: v for k, v in summary.items() if k != "rows"}
+    for listener in _iteration_listeners:
+        listener(summary)
+    return summary
 
 
 @flow(name="sol-rl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))

@@ -2,11 +2,12 @@
 next safe point within seconds, print one line, and leave no process behind.
 
 Why each piece is needed (measured on Prefect 3.8.8; reference notes in the project history):
-  * Prefect starts its temporary server with a plain Popen in our process group, so a terminal's
-    Ctrl-C killed it first and every later API call retried against a dead server for minutes.
-    `start_server()` starts it in its own session, with PR_SET_PDEATHSIG so it dies with us even
-    after a SIGKILL (Linux), and registers it as the instance Prefect's own calls get. (This uses
-    SubprocessASGIServer's private hooks: prefect is pinned, re-check on upgrade.)
+  * Prefect's own ephemeral server is started with a plain Popen in our process group, so a
+    terminal's Ctrl-C killed it first and every later API call retried against a dead server for
+    minutes. `start_server()` instead starts `prefect server start` (the public CLI) in a session
+    of its own, with PR_SET_PDEATHSIG so it dies with us even after a SIGKILL (Linux), on a free
+    loopback port, and points this process at it with `prefect.settings.temporary_settings` —
+    public API only.
   * Prefect installs a SIGTERM handler for every flow run that raises in the main thread and
     lets the running task finish; `reclaim_sigterm()` puts ours back in each flow body.
   * Compute runs in task threads: the handler only sets a flag (solrl/interrupt.py) and the
@@ -24,19 +25,21 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 from solrl import interrupt
 
-_state: dict = {"installed": False, "signum": None, "server": None, "stopping_server": False, "raise_now": False}
+_state: dict = {"installed": False, "signum": None, "server": None, "stopping_server": False}
 
 
 def _handler(signum, frame) -> None:
     if interrupt.requested():  # a second signal: now
-        proc = getattr(_state["server"], "server_process", None)
+        proc = _state["server"]
         if proc is not None:
             proc.kill()
         os._exit(128 + signum)
@@ -45,9 +48,6 @@ def _handler(signum, frame) -> None:
     if "prefect.logging" in sys.modules:  # handlers created since (a flow run's, Dask's): quiet them too
         quiet_expected_stop()
     logging.getLogger("distributed").setLevel(logging.ERROR)  # "worker still alive ... killing" as the cluster closes
-    if _state["raise_now"]:  # waiting for the server to come up: no compute to finish, stop now
-        _state["raise_now"] = False
-        raise interrupt.StopRequested(signal.Signals(signum).name)
 
 
 def install() -> None:
@@ -77,72 +77,83 @@ def _child_setup() -> None:  # in the forked server, before exec
         pass
 
 
-def start_server():
-    """Prefect's temporary server in a session of its own (None when PREFECT_API_URL names one)."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    if PREFECT_API_URL.value():
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # noqa: S310 - our own loopback server
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_server(startup_timeout_s: float = 120.0):
+    """A temporary Prefect server for this run, started with Prefect's own CLI (`prefect server
+    start`) in a session of its own, on a free loopback port; returns (process, api url). None
+    when PREFECT_API_URL already names a server."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
         return None
     interrupt.check()
-    popen = subprocess.Popen
-
-    class OwnSessionServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self):
-            def own_session(*a, **kw):
-                return popen(*a, **{**kw, "start_new_session": True, "preexec_fn": _child_setup})
-
-            subprocess.Popen = own_session  # only around Prefect's own call
-            try:
-                self.server_process = super()._run_uvicorn_command()
-            finally:
-                subprocess.Popen = popen
-            _state["raise_now"] = True
-            interrupt.check()
-            return self.server_process
-
-    server = OwnSessionServer(port=None)
-    SubprocessASGIServer._instances[None] = server
-    _state["server"] = server
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_child_setup)
+    _state["server"] = proc
+    deadline = time.monotonic() + startup_timeout_s
     try:
-        server.start()
-    except interrupt.StopRequested:
-        # not up yet: SIGKILL (a SIGTERM during uvicorn's startup prints a traceback of its own)
-        if getattr(server, "server_process", None) is not None:
-            server.server_process.kill()
-            server.server_process.wait()
+        while not _healthy(url):
+            interrupt.check()  # Ctrl-C while the server starts: no compute to finish, stop now
+            if proc.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode} before it was up: "
+                                   "run `prefect server start` yourself to see why, or set PREFECT_API_URL to a running server")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the temporary Prefect server was not up after {startup_timeout_s:.0f} s: "
+                                   "set PREFECT_API_URL to a running server")
+            time.sleep(0.2)  # poll the health endpoint
+    except BaseException:
+        proc.kill()
+        proc.wait()
         raise
-    finally:
-        _state["raise_now"] = False
-    threading.Thread(target=_watch, args=(server,), name="sol-rl-server-watch", daemon=True).start()
-    return server
+    threading.Thread(target=_watch, args=(proc,), name="sol-rl-server-watch", daemon=True).start()
+    return proc, url
 
 
-def _watch(server) -> None:
+def _watch(proc: subprocess.Popen) -> None:
     """A supervisor that signals every process at once (systemd's KillMode=control-group) takes
     the server down with us: then leave within seconds instead of retrying a dead API."""
     while not _state["stopping_server"]:
         time.sleep(0.5)  # a supervisor thread's poll of the server process
-        proc = server.server_process
-        if proc is not None and proc.poll() is not None and interrupt.requested():
+        if proc.poll() is not None and interrupt.requested():
             time.sleep(5)  # let the compute reach its safe point
             os.write(2, f"stopped by {signal.Signals(exit_code() - 128).name} (the Prefect server stopped too): resume with the same --run-id\n".encode())
             os._exit(exit_code())
 
 
-def stop_server(server) -> None:
+def stop_server(proc: subprocess.Popen | None) -> None:
     """Flush logs and events while the server is up, then stop it."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    for drain in (lambda: APILogWorker.drain_all(timeout=5), lambda: EventsWorker.drain_all(timeout=5)):
+    for worker in (APILogWorker, EventsWorker):
         try:
-            drain()
+            worker.drain_all(timeout=5)
         except Exception:  # noqa: BLE001 - nothing to flush, or the server already gone
             pass
     _state["stopping_server"] = True
-    if server is not None and getattr(server, "server_process", None) is not None:
-        server.stop()
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class _DropExpectedStop(logging.Filter):
@@ -170,20 +181,30 @@ def quiet_expected_stop() -> None:
 
 @contextlib.contextmanager
 def ephemeral_prefect():
-    """Prefect in ephemeral mode, stoppable: quiet logs, our own temporary server (its own
-    session), Prefect's console lines about a requested stop dropped; the server stopped after
-    draining, on every way out."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = start_server()
-    try:
-        quiet_expected_stop()
-        interrupt.check()
-        yield
-    finally:
-        if server is not None:
-            stop_server(server)
+    """A temporary Prefect server for this run, stoppable: quiet logs, the server in its own
+    session (Prefect's own `prefect server start`, pointed at with `temporary_settings`), Prefect's
+    console lines about a requested stop dropped; the server stopped after draining, on every way out."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_LEVEL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+
+    from prefect.logging.configuration import setup_logging
+
+    with temporary_settings({PREFECT_LOGGING_LEVEL: "WARNING", PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        setup_logging(incremental=True)  # the console at WARNING for this run (Prefect's own config, re-read)
+        started = start_server()
+        proc, url = started if started else (None, None)
+        try:
+            with temporary_settings({PREFECT_API_URL: url} if url else {}):
+                quiet_expected_stop()
+                interrupt.check()
+                yield
+        finally:
+            if proc is not None:
+                stop_server(proc)
 
 
 def where_stopped(run, iterations: int, stop: interrupt.StopRequested, resume: str) -> str:

@@ -93,3 +93,31 @@ def test_config_validation_names_the_key(tmp_path, section, values, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert fragment in str(e.value) and str(e.value).startswith(str(path))
+
+
+def test_iteration_lines_reach_a_file_as_each_iteration_ends(tmp_path):
+    """With stdout sent to a file (nohup, a scheduler's log), each iteration's summary is there as
+    soon as that iteration ends, not when the run ends."""
+    import subprocess
+    import time
+
+    from pipeline_helpers import REPO, SOL_RL
+
+    cfg = write_config(tmp_path / "c.yaml", run={"iterations": 3}, eval={"every": 0})
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "r", "--run-root", str(tmp_path)], cwd=REPO, stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            seen_while_running = False
+            last_update = tmp_path / "r" / "iter=00002" / "update" / "_COMMITTED.json"
+            while proc.poll() is None:
+                if "iteration 0 | train reward" in log.read_text():
+                    seen_while_running = not last_update.exists()  # the run is not over yet
+                    break
+                time.sleep(0.2)  # poll the log file
+            assert proc.wait(timeout=600) == 0, log.read_text()
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert seen_while_running, text
+    assert [ln.split(" |")[0] for ln in text.splitlines() if ln.startswith("iteration ")] == ["iteration 0", "iteration 1", "iteration 2"]
