@@ -50,7 +50,9 @@ def denoiser_cost(cfg, plan) -> float:
     if plan.explore is not None:
         explore = P * plan.explore.n * plan.explore.steps * (FP4_COST[0] if plan.explore.low_precision else 1.0)
     regen = P * K * cfg.rollout.steps if m.trains_on == "regenerated" else 0.0
-    n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
+    from solrl.nft import timesteps_per_sample
+
+    n_times = timesteps_per_sample(cfg.rollout.steps, cfg.nft.timestep_fraction)
     train = P * K * n_times * 5  # old + ref forwards (no grad) + θ forward/backward (~3)
     return explore + regen + train
 

@@ -60,13 +60,11 @@ def fingerprint(uri: str) -> dict:
 def count_writes(uri: str, cfg, iterations: int, log: Path) -> int:
     from storage import faults
 
-    os.environ["SOLRL_FAULTS"] = f"write:0:count:{log}"
-    faults.reset()
+    faults.install(f"write:0:count:{log}")
     try:
         attempt(uri, cfg, iterations)
     finally:
-        del os.environ["SOLRL_FAULTS"]
-        faults.reset()
+        faults.uninstall()
     return sum(1 for ln in log.read_text().splitlines() if ln.startswith("write "))
 
 
@@ -78,8 +76,7 @@ def one_faulty_attempt(uri: str, cfg, iterations: int, effect: str, n: int) -> s
     if effect == "kill":
         pid = os.fork()
         if pid == 0:
-            os.environ["SOLRL_FAULTS"] = spec
-            faults.reset()
+            faults.install(spec)
             try:
                 attempt(uri, cfg, iterations)
                 code = 0
@@ -90,8 +87,7 @@ def one_faulty_attempt(uri: str, cfg, iterations: int, effect: str, n: int) -> s
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             return "killed"
         return "completed" if os.WEXITSTATUS(status) == 0 else "child error"
-    os.environ["SOLRL_FAULTS"] = spec
-    faults.reset()
+    faults.install(spec)
     try:
         attempt(uri, cfg, iterations)
         return "completed"
@@ -101,8 +97,7 @@ def one_faulty_attempt(uri: str, cfg, iterations: int, effect: str, n: int) -> s
         known = explain(e)
         return "failed with one sentence" if known and known[0] == 1 and "\n" not in known[1] else f"unexplained {type(e).__name__}"
     finally:
-        del os.environ["SOLRL_FAULTS"]
-        faults.reset()
+        faults.uninstall()
 
 
 def main(argv=None):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -52,18 +51,13 @@ def _errors(resume: str = ""):
         _fail(known[1], known[0])
 
 
-def _root(run_root: str | None) -> str:
-    from solrl.settings import settings
-
-    return run_root or settings().run_root or "runs"
-
-
 def _open(run_id: str, run_root: str | None):
     from storage.store import join
     from tasks.run import open_run
+    from tasks.run import run_root as root_of_runs
 
     # A run id under --run-root, or the run's own location (an absolute path or an s3:// URL).
-    uri = run_id if ("://" in run_id or Path(run_id).is_absolute()) else join(_root(run_root), run_id)
+    uri = run_id if ("://" in run_id or Path(run_id).is_absolute()) else join(root_of_runs(run_root), run_id)
     with _errors():
         return open_run(uri)
 
@@ -79,25 +73,17 @@ def run(
     cluster: str = typer.Option(None, "--cluster", help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address"),
 ):
     """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
-    from solrl.config import load_config
+    from tasks.run import default_run_id, start_run
 
-    with _errors():
-        cfg = load_config(config)  # torch-free: a bad key is reported in about a second
-        if cluster:
-            cfg = cfg.with_overrides(**{"cluster.address": cluster, "cluster.workers": 0})
-    from solrl.settings import settings
-
-    root = run_root or settings().run_root or cfg.storage.run_root
-    rid = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    resume = f"sol-rl run {config} --run-id {rid} --run-root {root}"
-    from solrl import interrupt
-    from solrl.models import check_model
-    from storage.store import join
-    from tasks.run import open_run
-
+    rid = run_id or default_run_id(config)
+    resume = f"sol-rl run {config} --run-id {rid}" + (f" --run-root {run_root}" if run_root else "") + (f" --cluster {cluster}" if cluster else "")
     with _errors(resume):
-        check_model(cfg)
-        run_ = open_run(join(root, rid), cfg)  # validates a resumed run's config before any compute
+        run_ = start_run(config, rid, run_root, cluster=cluster)  # validates a resumed run's config before any compute
+    cfg = run_.cfg
+    root = run_.uri.rsplit("/", 1)[0]
+    resume = f"sol-rl run {config} --run-id {rid} --run-root {root}" + (f" --cluster {cluster}" if cluster else "")
+    from solrl import interrupt
+
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
     from solrl.progress import log_to_stderr
@@ -123,7 +109,7 @@ def run(
                     from flows.sol_rl import on_iteration_end, sol_rl
 
                     with on_iteration_end(show):
-                        sol_rl(config=str(config), run_id=rid, iterations=n, run_root=root, take_over=take_over, cluster=cluster)
+                        sol_rl(run_uri=run_.uri, iterations=n, take_over=take_over)
     except interrupt.StopRequested as e:
         stopped = e
     if stopped is not None:

@@ -61,10 +61,11 @@ def gpu_sets(workers: int, per_worker: int) -> list[list[str]]:
 
 
 @contextlib.contextmanager
-def dask_cluster(cluster):
+def dask_cluster(cluster, storage=None):
     """Yield the scheduler address the iterations run on (None: in this process). A cluster
     started here is closed on every exit path Python runs; on SIGKILL its workers exit by
-    themselves when their scheduler goes."""
+    themselves when their scheduler goes. `storage`: the run's storage section, whose S3
+    endpoint and region the workers started here get in their environment."""
     if not (cluster.address or cluster.workers):
         yield None
         return
@@ -86,7 +87,11 @@ def dask_cluster(cluster):
     # sampling ran 2.5-3x slower on a worker than in this process (benchmarks/scaling.py).
     # Unset here, for the clusters we start; workers of an external scheduler: flows/dask_worker.py.
     # (the nannies read it when they are built, and reuse it when they restart a worker)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    spawn_env = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    for var, value in (("SOLRL_S3_ENDPOINT", getattr(storage, "s3_endpoint", None)), ("SOLRL_S3_REGION", getattr(storage, "s3_region", None))):
+        if value:  # the workers open the run by its URI: they need the endpoint the config names
+            spawn_env[f"distributed.nanny.pre-spawn-environ.{var}"] = value
+    with dask.config.set(spawn_env):
         if cluster.gpus_per_worker:
             workers = {
                 f"gpu{i}": {"cls": Nanny, "options": {

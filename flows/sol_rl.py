@@ -11,29 +11,19 @@ executes without Prefect.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-# The deployment's working directory is the checkout; make its packages importable there too.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from flows import stops  # noqa: E402
-from flows.cluster import api_for_workers, dask_cluster, task_runner  # noqa: E402
-from solrl.config import load_config  # noqa: E402
-from solrl.models import check_model  # noqa: E402
-from solrl.settings import settings  # noqa: E402
-from storage.store import join  # noqa: E402
-from tasks import prefect_tasks as T  # noqa: E402
-from tasks import steps  # noqa: E402
-from tasks.run import open_run  # noqa: E402
-from tasks.status import format_summary, iteration_summary  # noqa: E402
+from flows import stops
+from flows.cluster import api_for_workers, dask_cluster, task_runner
+from tasks import prefect_tasks
+from tasks import steps
+from tasks.run import open_run, start_run
+from tasks.status import format_summary, iteration_summary
 
 
 def _artifacts(run, iteration: int) -> dict:
@@ -85,11 +75,11 @@ def on_iteration_end(listener: Callable[[dict], None]):
 def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> dict:
     stops.reclaim_sigterm()
     run = open_run(run_uri)
-    T.run_stage(run_uri, iteration, "plan", lease)
+    prefect_tasks.run_stage(run_uri, iteration, "plan", lease)
     if iteration == 0 and run.cfg.eval.every:
-        T.run_stage(run_uri, None, "baseline", lease)
+        prefect_tasks.run_stage(run_uri, None, "baseline", lease)
     for name in steps.plan_of(run, iteration).stages[1:]:
-        T.run_stage(run_uri, iteration, name, lease)
+        prefect_tasks.run_stage(run_uri, iteration, name, lease)
     summary = {k: v for k, v in _artifacts(run, iteration).items() if k != "rows"}
     get_run_logger().info(format_summary(summary))
     for listener in _iteration_listeners:
@@ -99,29 +89,24 @@ def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> 
 
 @flow(name="sol-rl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, iterations: int | None = None, run_root: str | None = None,
-           overrides: dict | None = None, take_over: bool = False, cluster: str | None = None) -> list[dict]:
+           overrides: dict | None = None, take_over: bool = False, cluster: str | None = None, run_uri: str | None = None) -> list[dict]:
     """Run (or resume) a Sol-RL run: `iterations` iterations of plan -> explore -> select ->
     regenerate -> (audit ->) update (-> evaluate), artifacts under `run_root/run_id`.
 
     config: YAML path (relative to the checkout) or preset name; run_id: an existing id resumes
     it (default: <config>-<timestamp>); overrides: dotted keys, e.g. {"explore.n": 16};
     take_over: take over the lease of a run whose holder looks gone; cluster: an existing Dask
-    scheduler (tcp://host:8786) for the explore/regenerate shards."""
+    scheduler (tcp://host:8786) for the explore/regenerate shards; run_uri: a run already started
+    (by `sol-rl run`, which checked it before starting Prefect) instead of config/run_id/run_root."""
     stops.reclaim_sigterm()
-    cfg = load_config(config)
-    run_id = run_id or f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if cluster:
-        overrides = {**(overrides or {}), "cluster.address": cluster, "cluster.workers": 0}
-    if overrides:
-        cfg = cfg.with_overrides(**overrides)
-    check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder
-    root = run_root or settings().run_root or cfg.storage.run_root
-    run = open_run(join(root, run_id), cfg)  # refuses a config that would compute something else
+    # start_run refuses a config that would compute something else than the run's committed stages
+    run = open_run(run_uri) if run_uri else start_run(config, run_id, run_root, overrides, cluster)
+    cfg, run_id = run.cfg, run.run_id
     n = iterations or cfg.run.iterations
     lease = run.acquire(take_over)
     try:
         get_run_logger().info("run %s at %s: %d iteration(s), mode %s", run_id, run.store.url(run.store.root), n, cfg.run.mode)
-        with dask_cluster(cfg.cluster) as address, api_for_workers(address):
+        with dask_cluster(cfg.cluster, cfg.storage) as address, api_for_workers(address):
             runner = task_runner(address)
             return [sol_rl_iteration.with_options(task_runner=runner)(run.uri, i, lease.owner) for i in range(n)]
     finally:

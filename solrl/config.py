@@ -181,9 +181,6 @@ class FidelitySection(_Strict):
     audit_prompts: int = Field(0, ge=0)
     every: int = Field(1, ge=1)
     guard: GuardSection = GuardSection()
-    # Ablation / test hook: Gaussian noise of this standard deviation added to every proxy
-    # reward (a proxy made worse on purpose).
-    proxy_noise: float = Field(0.0, ge=0)
 
 
 class ClusterSection(_Strict):

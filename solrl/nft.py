@@ -17,6 +17,11 @@ import torch
 ADV_CLIP = 5.0
 
 
+def timesteps_per_sample(rollout_steps: int, timestep_fraction: float) -> int:
+    """How many of the rollout's timesteps each kept sample is trained on (at least one)."""
+    return max(1, int(rollout_steps * timestep_fraction))
+
+
 def advantages(rewards: torch.Tensor, prompt_ids: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A_clipped, r). `rewards` is the weighted-sum reward per kept sample (float64).
 

@@ -22,9 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from .config import RunConfig
 from .seeds import draw_prompts
 
-STAGE_ORDER = ("plan", "explore", "select", "regenerate", "audit", "update", "eval")
-
-
 @dataclass(frozen=True)
 class ExploreSpec:
     """How stage 1 samples: N candidates per prompt at this precision and step count."""

@@ -18,9 +18,6 @@ are read by those tools themselves; the few we consult are named here with their
 | HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | weights only from disk (sol-rl never downloads at run time anyway) |
 | SOLRL_LEASE_TIMEOUT_S | a run lease whose heartbeat is older than this is stale (default 120) |
 | SOLRL_DEBUG=1 | full tracebacks instead of one-sentence errors (as --debug) |
-| SOLRL_PAUSE_AFTER_WRITE_S | test hook: sleep after every data file, so a test can kill between a file and its commit |
-| SOLRL_PAUSE_AFTER_WRITE_MATCH | with the above: pause only after files whose path contains this text (the rest of the run at full speed) |
-| SOLRL_FAULTS | test hook: inject a storage fault, e.g. `write:7:enospc` (see storage/faults.py) |
 """
 
 from __future__ import annotations
@@ -45,9 +42,6 @@ class Settings(BaseSettings):
     hps_root: str = Field("~/.cache/hpsv2", validation_alias=AliasChoices("HPS_ROOT", "SOLRL_HPS_ROOT"))
     lease_timeout_s: float = Field(120.0, gt=0)
     debug: bool = False
-    pause_after_write_s: float = Field(0.0, ge=0)
-    pause_after_write_match: str | None = None
-    faults: str | None = None
     clipscore_path: str | None = None
     pickscore_path: str | None = None
     pickscore_processor_path: str | None = None

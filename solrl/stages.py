@@ -99,26 +99,17 @@ def sample_batched(policy, model, prompts, seeds, steps, solver, batch, cond, pr
     return torch.cat(outs), durations
 
 
-def _proxy_noise(cfg: RunConfig, iteration: int, pid: int, n: int) -> torch.Tensor:
-    """Test/ablation hook fidelity.proxy_noise: a worse proxy on purpose (keyed noise)."""
-    g = torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, pid, name="proxy-noise"))
-    return cfg.fidelity.proxy_noise * torch.randn(n, generator=g, dtype=torch.float64)
-
-
 # --- explore -------------------------------------------------------------------------------------
 @dataclass
 class ExploreResult:
     columns: dict[str, list]
     x0: torch.Tensor | None = None  # kept only when the mode trains on explore samples
-    quant_summary: str = ""
 
 
 def explore(policy: Policy, cfg: RunConfig, spec: ExploreSpec, iteration: int, prompts, model=None, progress: Progress | None = None) -> ExploreResult:
     """N candidates per prompt from the explore copy (base + old adapter, quantised)."""
-    summary = "(given model)"
     if model is None:
-        model, report = policy.sampler_copy(explore_quant(policy, cfg, spec))
-        summary = report.summary()
+        model, _ = policy.sampler_copy(explore_quant(policy, cfg, spec))
     cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "precision", "steps", "reward", "duration_ms")}
     x0_all = []
     for pid, text in prompts:
@@ -127,8 +118,6 @@ def explore(policy: Policy, cfg: RunConfig, spec: ExploreSpec, iteration: int, p
         x0, dur = sample_batched(policy, model, texts, seeds, spec.steps, cfg.rollout.solver, cfg.explore.batch, policy.encode_rows(texts), progress)
         images = policy.decode(x0)
         total, scores = score_images(cfg, images, texts)
-        if cfg.fidelity.proxy_noise:
-            total = total + _proxy_noise(cfg, iteration, pid, len(seeds))
         cols["prompt_id"] += [pid] * len(seeds)
         cols["prompt"] += texts
         cols["candidate"] += list(range(len(seeds)))
@@ -144,7 +133,7 @@ def explore(policy: Policy, cfg: RunConfig, spec: ExploreSpec, iteration: int, p
             cols.setdefault("thumbnail", []).extend(png_bytes(im, px) for im in images)
         if spec.keep_x0:
             x0_all.append(x0)
-    return ExploreResult(cols, torch.cat(x0_all) if spec.keep_x0 else None, summary)
+    return ExploreResult(cols, torch.cat(x0_all) if spec.keep_x0 else None)
 
 
 # --- select ---------------------------------------------------------------------------------------
@@ -290,7 +279,7 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
         samples = Samples([samples.prompt_ids[i] for i in keep], [samples.prompts[i] for i in keep], samples.x0[keep], samples.rewards[keep])
     A, r = nft.advantages(samples.rewards, samples.prompt_ids)
     grid = torch.tensor(np.asarray(policy.sigmas(cfg.rollout.steps))[:-1], dtype=torch.float32)  # without the terminal 0
-    n_times = max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction))
+    n_times = nft.timesteps_per_sample(cfg.rollout.steps, cfg.nft.timestep_fraction)
     n = samples.x0.shape[0]
     g = torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, name="train"))
     # A random subset of distinct grid times per sample, and fresh noise per (time, sample).

@@ -21,7 +21,8 @@ EXPLORE_TAIL = [
     pa.field("x0_shape", pa.list_(pa.int32())),
 ]
 
-SELECTED = COMMON + [
+# What the selection query returns (storage/selection.py); the stored file adds COMMON.
+SELECTION = [
     PROMPT_ID,
     PROMPT,
     SEED,
@@ -29,6 +30,7 @@ SELECTED = COMMON + [
     pa.field("proxy_rank", pa.int32()),
     pa.field("proxy_reward", pa.float64()),
 ]
+SELECTED = COMMON + SELECTION
 
 REGENERATE = SELECTED + SAMPLE
 REGENERATE_TAIL = [

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .schemas import SELECTION
+
 
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
@@ -36,14 +38,7 @@ _FAST = _named_queries(_read("select.sql"))
 PER_PROMPT_SQL, TIES_SQL = _FAST["per_prompt"], _FAST["ties"]
 
 #: What the selection returns (the window query's output columns and types).
-SELECTED_SCHEMA = pa.schema([
-    pa.field("prompt_id", pa.int32()),
-    pa.field("prompt", pa.string()),
-    pa.field("seed", pa.int64()),
-    pa.field("side", pa.string()),
-    pa.field("proxy_rank", pa.int32()),
-    pa.field("proxy_reward", pa.float64()),
-])
+SELECTED_SCHEMA = pa.schema(SELECTION)
 
 
 class ShortPromptError(ValueError):

@@ -25,6 +25,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -46,13 +47,25 @@ class StoreError(RuntimeError):
     """The store cannot be used (unreachable, not writable): an environment problem."""
 
 
+# S3 endpoint and region of the runs this process opened with a config (storage.s3_endpoint /
+# s3_region): a later RunStore(uri) of the same run, e.g. a Prefect task's, finds them here.
+_S3_OPTIONS: dict[str, tuple[str | None, str | None]] = {}
+
+
+def remember_s3_options(uri: str, endpoint: str | None, region: str | None) -> None:
+    if uri.startswith("s3://") and (endpoint or region):
+        _S3_OPTIONS[uri.rstrip("/")] = (endpoint, region)
+
+
 def storage_options(uri: str, endpoint: str | None = None, region: str | None = None) -> dict:
-    """fsspec options for a URI. For s3://: endpoint and region (arguments, else settings);
-    credentials are botocore's own business; connection errors fail after a few seconds."""
+    """fsspec options for a URI. For s3://: endpoint and region (arguments, else those the run was
+    opened with in this process, else settings); credentials are botocore's own business;
+    connection errors fail after a few seconds."""
     if not uri.startswith("s3://"):
         return {}
     s = settings()
-    client = {k: v for k, v in (("endpoint_url", endpoint or s.s3_endpoint), ("region_name", region or s.s3_region)) if v}
+    known = next((v for k, v in sorted(_S3_OPTIONS.items(), key=lambda kv: -len(kv[0])) if uri.rstrip("/").startswith(k)), (None, None))
+    client = {k: v for k, v in (("endpoint_url", endpoint or known[0] or s.s3_endpoint), ("region_name", region or known[1] or s.s3_region)) if v}
     return {
         "client_kwargs": client,
         "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}},
@@ -78,6 +91,22 @@ def content_digest(table: pa.Table, volatile: tuple[str, ...]) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
+# Wrappers applied to the file system of every store this process opens afterwards, e.g. the
+# fault injection of storage/faults.py. Installed by whoever drives the process (the reliability
+# tests, the soak benchmark), never read from the environment.
+_FS_WRAPPERS: list[Callable[[fsspec.AbstractFileSystem], fsspec.AbstractFileSystem]] = []
+
+
+def add_filesystem_wrapper(wrap: Callable[[fsspec.AbstractFileSystem], fsspec.AbstractFileSystem]) -> None:
+    """Every store opened from now on in this process uses `wrap(file system)`."""
+    _FS_WRAPPERS.append(wrap)
+
+
+def remove_filesystem_wrapper(wrap) -> None:
+    if wrap in _FS_WRAPPERS:
+        _FS_WRAPPERS.remove(wrap)
+
+
 @dataclass
 class RunStore:
     uri: str
@@ -87,15 +116,10 @@ class RunStore:
 
     def __post_init__(self):
         self.uri = self.uri.rstrip("/")
-        s = settings()
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage_options(self.uri, self.endpoint, self.region))
         self.local = self._protocol in ("file", "local")
-        self.pause_after_write = s.pause_after_write_s
-        self.pause_after_write_match = s.pause_after_write_match
-        if s.faults:  # test hook: a file system that fails (or kills the process) at a chosen operation
-            from .faults import FaultyFileSystem
-
-            self.fs = FaultyFileSystem(self.fs, s.faults)
+        for wrap in _FS_WRAPPERS:
+            self.fs = wrap(self.fs)
 
     @property
     def _protocol(self) -> str:
@@ -136,8 +160,6 @@ class RunStore:
                 raise
         else:
             self.fs.pipe_file(path, data)  # one PUT
-        if self.pause_after_write and not name.startswith("_") and name != "run.json" and (self.pause_after_write_match or "") in path:
-            time.sleep(self.pause_after_write)  # test hook (settings.pause_after_write_s)
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)

@@ -45,8 +45,6 @@ class PolicyCache:
         self._state = None
         self._adapters = None  # the adapter key of _policy/_state now; None = dirty
         self._samplers: dict = {}
-        self.loads = 0  # how many times weights were loaded (tests and logs)
-        self.restores = 0
 
     def clear(self) -> None:
         with self._lock:
@@ -60,7 +58,7 @@ class PolicyCache:
                 self._policy = load_policy(run.cfg, run.resolved)
                 self._init = self._policy.adapter_state("default")
                 self._model_key, self._adapters, self._state, self._samplers = key, None, None, {}
-                self.loads += 1
+                log.info("loaded the %s weights for run %s", run.cfg.model.family, run.run_id)
             return self._policy
 
     def adapter_key(self, run, iteration: int) -> str:
@@ -87,7 +85,7 @@ class PolicyCache:
                     h = run.stage(iteration - 1, "update")
                     files = {name[len("state/") :]: run.store.read_bytes(h.file(name)) for name in h.record["files"] if name.startswith("state/")}
                     restore(policy, state, files)
-                    self.restores += 1
+                    log.info("restored the adapters committed by iteration %d's update from the store", iteration - 1)
                 self._state, self._adapters = state, key
             return policy, self._state
 

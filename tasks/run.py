@@ -8,17 +8,17 @@ an existing run read-only (status, verify, inspect, report, export).
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from solrl import __version__
 from solrl.config import Resolved, RunConfig, diff_keys
 from solrl.errors import MissingInput
 from storage.lease import Lease
 from storage.stages import STAGES
-from storage.store import RunStore, StageHandle, describe, join
+from storage.store import RunStore, StageHandle, describe, join, remember_s3_options
 from solrl.settings import settings
 
 
@@ -134,9 +134,7 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
                 raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it")
             raise MissingInput(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
         return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
-    for var, value in (("SOLRL_S3_ENDPOINT", cfg.storage.s3_endpoint), ("SOLRL_S3_REGION", cfg.storage.s3_region)):
-        if value:  # the config's S3 settings reach every store this process (and its Dask workers) opens
-            os.environ[var] = value
+    remember_s3_options(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)  # for this process's later stores of the run
     store = RunStore(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)
     store.check_writable()  # unreachable or read-only: one sentence, before reading anything
     resolved = resolve(cfg)
@@ -159,4 +157,30 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
     return Run(store, cfg, resolved, run_id)
 
 
-__all__ = ["ConfigMismatch", "Run", "RunDamaged", "join", "open_run"]
+def run_root(explicit: str | None = None, cfg: RunConfig | None = None) -> str:
+    """Where runs live: --run-root, else $SOLRL_RUN_ROOT, else the config's storage.run_root, else ./runs."""
+    return explicit or settings().run_root or (cfg.storage.run_root if cfg is not None else None) or "runs"
+
+
+def default_run_id(config: str) -> str:
+    return f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_run(config: str, run_id: str | None = None, root: str | None = None, overrides: dict | None = None,
+              cluster: str | None = None) -> Run:
+    """What every way of starting a run does once, before any weight loads: read and check the
+    config (`overrides`: dotted keys; `cluster`: an existing Dask scheduler), check the model's
+    files, then create the run or validate a resumed one (solrl/config.py, open_run)."""
+    from solrl.config import load_config
+    from solrl.models import check_model
+
+    cfg = load_config(config)  # torch-free: a bad key is reported in about a second
+    if cluster:
+        overrides = {**(overrides or {}), "cluster.address": cluster, "cluster.workers": 0}
+    if overrides:
+        cfg = cfg.with_overrides(**overrides)
+    check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder
+    return open_run(join(run_root(root, cfg), run_id or default_run_id(config)), cfg)
+
+
+__all__ = ["ConfigMismatch", "Run", "RunDamaged", "default_run_id", "join", "open_run", "run_root", "start_run"]

@@ -21,6 +21,7 @@ import torch
 from solrl import stages as S
 from solrl.checkpoint import state_files
 from solrl.fidelity import audit_metrics
+from solrl.nft import timesteps_per_sample
 from solrl.plan import IterationPlan, next_guard, plan_iteration
 from solrl.progress import progress_bar
 from solrl.registry import family_class
@@ -210,7 +211,7 @@ def update_step(run: Run, iteration: int) -> str:
         return h.url
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
     samples = S.Samples(t["prompt_id"], t["prompt"], torch.stack([S.tensor_from_bytes(b) for b in t["x0"]]), torch.tensor(t["reward"], dtype=torch.float64))
-    n_times = max(1, int(run.cfg.rollout.steps * run.cfg.nft.timestep_fraction))
+    n_times = timesteps_per_sample(run.cfg.rollout.steps, run.cfg.nft.timestep_fraction)
     with CACHE.mutating(run, iteration) as (policy, state):  # dirty until committed: a retry restores from the store
         with progress_bar(f"iter {iteration} update", samples.x0.shape[0] * n_times) as advance:
             rows = S.update(policy, state, run.cfg, iteration, samples, advance)

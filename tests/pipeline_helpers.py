@@ -74,3 +74,20 @@ def fingerprint(uri) -> dict[str, str]:
     from tasks.status import fingerprint as of_run
 
     return of_run(open_run(str(uri)))
+
+
+HOOKS = REPO / "tests" / "hooks"
+
+
+def hooks_env(faults: str | None = None, pause_s: float | None = None, match: str | None = None, base: dict | None = None) -> dict:
+    """Environment for a subprocess that installs the storage test hooks at start-up
+    (tests/hooks/sitecustomize.py): a fault spec (storage/faults.py) and/or a pause after data files."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HOOKS), str(REPO), env.get("PYTHONPATH", "")) if p)
+    if faults:
+        env["SOLRL_TEST_FAULTS"] = faults
+    if pause_s:
+        env["SOLRL_TEST_PAUSE_AFTER_WRITE_S"] = str(pause_s)
+    if match:
+        env["SOLRL_TEST_PAUSE_AFTER_WRITE_MATCH"] = match
+    return env

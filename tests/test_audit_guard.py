@@ -20,7 +20,7 @@ from test_reliability import micro, run_all
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 
-GUARD = {"fidelity.audit_prompts": 2, "fidelity.proxy_noise": 1.0, "fidelity.guard": {"enabled": True, "metric": "spearman", "threshold": 0.99, "window": 1, "fallback_precision": "fp8"},
+GUARD = {"fidelity.audit_prompts": 2, "fidelity.guard": {"enabled": True, "metric": "spearman", "threshold": 0.99, "window": 1, "fallback_precision": "fp8"},
          "run.iterations": 3}
 
 
@@ -60,7 +60,7 @@ def test_guard_falls_back_on_a_bad_proxy_and_resume_replays_its_decisions(tmp_pa
     faults.reset()
     pid = os.fork()
     if pid == 0:
-        os.environ["SOLRL_FAULTS"] = "write@iter=00001/plan/_COMMITTED:1:kill"
+        faults.install("write@iter=00001/plan/_COMMITTED:1:kill")
         try:
             run_all(str(tmp_path / "k"), cfg, iterations=3)
         finally:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline_helpers import cli, write_config
+from pipeline_helpers import cli, hooks_env, write_config
 
 COMMANDS = ["run", "status", "inspect", "verify", "report", "export-lora", "pretrain-shapes"]
 
@@ -66,7 +66,7 @@ def test_environment_failures_are_one_sentence_with_exit_code_1(tmp_path):
     assert "s3://nobucket/runs" in text and time.time() - t < 60
     # a full disk in the middle of a run: one sentence saying how to resume, exit 1
     text = _one_sentence_error(cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect", check=False,
-                                   env={"SOLRL_FAULTS": "write@iter=00000/regenerate:1:enospc"}), code=1)
+                                   env=hooks_env(faults="write@iter=00000/regenerate:1:enospc")), code=1)
     assert "disk is full" in text and "--run-id full" in text
     assert "OK 4 committed" in cli("verify", "full", "--run-root", tmp_path).stdout  # nothing half-written: plan, baseline, explore, select
     cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect")  # the resume completes

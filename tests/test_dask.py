@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_helpers import REPO, SOL_RL, cli, fingerprint, write_config
+from pipeline_helpers import REPO, SOL_RL, cli, fingerprint, hooks_env, write_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -32,7 +32,7 @@ def reference(tmp_path_factory):
 def test_local_cluster_is_byte_identical_and_survives_a_killed_worker(reference, tmp_path):
     cfg, fp = reference
     dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, cluster={"workers": 2})
-    env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="1.5", SOLRL_PAUSE_AFTER_WRITE_MATCH="iter=00000/explore/")  # a shard holds after its part file: the kill lands inside the task
+    env = hooks_env(pause_s=1.5, match="iter=00000/explore/")  # a shard holds after its part file: the kill lands inside the task
     proc = subprocess.Popen([*SOL_RL, "run", str(dask_cfg), "--run-id", "d", "--run-root", str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     part = tmp_path / "d" / "iter=00000" / "explore" / "part-00000.parquet"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import REPO, SOL_RL, adapters, cli, fingerprint, row_counts, uncommitted, write_config
+from pipeline_helpers import REPO, SOL_RL, adapters, cli, fingerprint, hooks_env, row_counts, uncommitted, write_config
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -79,7 +79,7 @@ def test_sigkill_then_resume_is_bit_identical(baseline, tmp_path, stage, first_f
     root, cfg = baseline
     watch = tmp_path / "crash" / "iter=00001" / stage / first_file
     # the pause holds the stage between its first data file and its commit, so the kill lands there
-    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, {"SOLRL_PAUSE_AFTER_WRITE_S": "2", "SOLRL_PAUSE_AFTER_WRITE_MATCH": f"iter=00001/{stage}/"})
+    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, hooks_env(pause_s=2, match=f"iter=00001/{stage}/"))
     stage_dir = tmp_path / "crash" / "iter=00001" / stage
     assert watch.exists() and not (stage_dir / "_COMMITTED.json").exists()
     assert cli("verify", "crash", "--run-root", tmp_path, check=False).returncode == 1  # the partial stage is reported
@@ -119,7 +119,7 @@ def test_a_storage_error_in_update_is_retried_by_prefect_without_training_twice(
     Prefect retries the task in the same process; the run completes with the adapters of an
     uninterrupted run (not a second optimizer step on top of the first)."""
     root, cfg = baseline
-    p = cli("run", cfg, "--run-id", "retry", "--run-root", tmp_path, env={"SOLRL_FAULTS": "write@iter=00001/update/_COMMITTED:1:eio"})
+    p = cli("run", cfg, "--run-id", "retry", "--run-root", tmp_path, env=hooks_env(faults="write@iter=00001/update/_COMMITTED:1:eio"))
     assert "iteration 2" in p.stdout
     assert adapters(tmp_path / "retry", 2) == adapters(root / "base", 2)
     assert fingerprint(tmp_path / "retry") == fingerprint(root / "base")
@@ -127,7 +127,7 @@ def test_a_storage_error_in_update_is_retried_by_prefect_without_training_twice(
 
 def test_a_second_process_on_the_same_run_is_refused(baseline, tmp_path):
     root, cfg = baseline
-    env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="2")
+    env = hooks_env(pause_s=2)
     first = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "busy", "--run-root", str(tmp_path), "--no-prefect"], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -152,7 +152,7 @@ def test_a_signal_stops_the_run_cleanly_within_seconds(baseline, tmp_path, sig, 
     resume ends byte-identical to the uninterrupted run."""
     root, cfg = baseline
     home = tmp_path / "prefect-home"
-    env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="1.5", SOLRL_PAUSE_AFTER_WRITE_MATCH="iter=00001/explore/", PREFECT_HOME=str(home))
+    env = hooks_env(pause_s=1.5, match="iter=00001/explore/", base=dict(os.environ, PREFECT_HOME=str(home)))
     proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "stop", "--run-root", str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     watch = tmp_path / "stop" / "iter=00001" / "explore" / "part-00000.parquet"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline_helpers import REPO, cli, write_config
+from pipeline_helpers import REPO, cli, hooks_env, write_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -152,7 +152,7 @@ def test_endpoint_outage_mid_stage_then_resume_is_byte_identical(s3_server, tmp_
     cli("run", cfg, "--run-id", "ref", "--run-root", tmp_path, "--no-prefect")
     target = int(s3_server["SOLRL_S3_ENDPOINT"].rsplit(":", 1)[1])
     relay = Outage(target)
-    env = {**os.environ, **s3_server, "SOLRL_S3_ENDPOINT": f"http://127.0.0.1:{relay.port}", "SOLRL_PAUSE_AFTER_WRITE_S": "1", "SOLRL_PAUSE_AFTER_WRITE_MATCH": "iter=00000/explore/"}
+    env = hooks_env(pause_s=1, match="iter=00000/explore/", base={**os.environ, **s3_server, "SOLRL_S3_ENDPOINT": f"http://127.0.0.1:{relay.port}"})
     proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "cut", "--run-root", "s3://solrl-test/outage"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["SOLRL_S3_ENDPOINT"]}, skip_instance_cache=True)

@@ -43,12 +43,13 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16)."""
+    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16) and oneDNN
+    may use them (ONEDNN_MAX_CPU_ISA=AVX2 makes a bf16 host behave as an AVX2-only one)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pick_device(device: str) -> torch.device:
