@@ -230,7 +230,7 @@ def finish(out: Path, name: str, res: dict, text: str, pngs: list[Path], what: s
 # --- proxy fidelity helpers (fidelity.py, shapes_quality.py) ---------------------------------------
 def study_prompts(cfg, train: tuple[str, ...], p: int, one_object: int | None = None, max_iterations: int = 100_000) -> list[dict]:
     """`p` distinct prompts the default run explores, with each one's candidate seeds: walk the
-    run's prompt draws (ALGORITHM §2; run.seed, iterations 0, 1, ..., over all training prompts,
+    run's prompt draws (docs/algorithm.md, "Prompts and the training pool"; iterations 0, 1, ..., all training prompts,
     i.e. without a prompts.pool) and keep the first distinct prompts until there are
     `one_object` one-object and p - one_object two-object ones (None: the first p, any kind).
     Each comes with the N = explore.n seeds that iteration gives it."""

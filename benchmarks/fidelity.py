@@ -1,4 +1,4 @@
-"""Fidelity of the explore proxy (ALGORITHM.md §9) on a shapes model: explore variants against two truths.
+"""Proxy fidelity (docs/algorithm.md, "Fidelity metrics") on a shapes model: explore variants against two truths.
 
 For P prompts x N seeds (default 8 x 96: 4 one-object and 4 two-object training prompts), the
 reward of every seed under each explore variant

@@ -36,8 +36,10 @@ class _Strict(BaseModel):
 
 
 class RunSection(_Strict):
+    # The run seed: keys every candidate seed, prompt draw and training-noise stream.
     seed: int = 0
     mode: str = "sol_rl"  # a key of solrl.modes.MODES
+    # Iterations to run in total (a resumed run may raise it to extend the run).
     iterations: int = Field(3, ge=1)
 
     @field_validator("mode")
@@ -49,6 +51,7 @@ class RunSection(_Strict):
 class ModelSection(_Strict):
     family: str = "shapes"  # a key of solrl.registry.FAMILIES
     weights: str | None = None  # a local path; None = the family's default location
+    # LoRA rank r and alpha of the trained adapter (the merged update is (alpha/r)·B·A).
     lora_rank: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     # Image side in pixels (None = the family's: flux 512, sd3/sana 1024; shapes is 32 px).
@@ -58,6 +61,7 @@ class ModelSection(_Strict):
     # resolved values are stored in run.json and are part of the resume hash.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # Text tokens per prompt for the real families' encoders (None = the family's: 256, SANA 300).
     max_sequence_length: int | None = Field(None, ge=1)
     offload: bool = True  # real families: text encoders and VAE leave the GPU between uses
 
@@ -68,6 +72,7 @@ class ModelSection(_Strict):
 
 
 class PromptSection(_Strict):
+    # Prompts per iteration, drawn without repetition from the pool (or all training prompts).
     per_iteration: int = Field(4, ge=1)
     # A text file with one prompt per line: the training prompts (real families need one;
     # shapes takes prompts of its grammar, default: its training split). `eval_file`: held-out
@@ -82,15 +87,20 @@ class PromptSection(_Strict):
 
 
 class ExploreSection(_Strict):
+    # Candidates (seeds) per prompt, and the solver steps of each.
     n: int = Field(96, ge=2)
     steps: int = Field(6, ge=1)
+    # The explore copy's numerics (high = unquantised: the mode naive_scaling) and, for nvfp4,
+    # how they run: exact emulation anywhere, or Transformer Engine on a Blackwell GPU.
     precision: Literal["nvfp4", "fp8", "high"] = "nvfp4"
     backend: Literal["emulated", "transformer_engine"] = "emulated"
     # SVDQuant-style low-rank high-precision branch of rank r beside the 4-bit residual (nvfp4
     # only; 0 = plain NVFP4).
     lowrank: int = Field(0, ge=0)
+    # A Linear is quantised unless a skip pattern is a substring of its name, or max(in, out) <= min_dim.
     skip: tuple[str, ...] | None = None  # None = the family's default skip patterns
     min_dim: int | None = None
+    # Candidates per forward pass.
     batch: int = Field(96, ge=1)
     # A small PNG preview of every explored candidate (the decoded low-precision x0), side in px
     # (None: the model's own size up to 64 px).
@@ -99,6 +109,8 @@ class ExploreSection(_Strict):
 
 
 class SelectSection(_Strict):
+    # Seeds kept per prompt: K/2 best + K/2 worst by proxy reward. A prompt with fewer than K
+    # finite rewards stops the run (error) or is left out of the iteration (skip).
     k: int = Field(24, ge=2)
     on_short_prompt: Literal["error", "skip"] = "error"
 
@@ -111,12 +123,16 @@ class SelectSection(_Strict):
 
 
 class RolloutSection(_Strict):
+    # High-precision sampling (regenerate, audit; explore in the naive modes): steps, ODE solver,
+    # samples per forward pass.
     steps: int = Field(10, ge=1)
     solver: Literal["euler", "dpm2"] = "euler"
     batch: int = Field(96, ge=1)
 
 
 class RewardSection(_Strict):
+    # The training reward: a weighted sum of these rewards. `report`: rewards also scored and
+    # stored (explore, regenerate, eval) but not trained on.
     weights: dict[str, float] = {"shapes": 1.0}
     report: tuple[str, ...] = ("shapes_strict",)
 
@@ -138,13 +154,19 @@ class RewardSection(_Strict):
 
 
 class NFTSection(_Strict):
+    # DiffusionNFT's β (the implicit policies v± around the old policy) and the weight of the
+    # penalty on the distance to the base model's velocity.
     beta: float = Field(1.0, gt=0)
     kl_beta: float = Field(1e-4, ge=0)
+    # AdamW (betas 0.9/0.999, eps 1e-8, constant learning rate) and the gradient-norm clip.
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = 1e-4
     max_grad_norm: float = Field(1.0, gt=0)
+    # Training times per sample = int(rollout.steps × this), drawn from the rollout's σ grid.
     timestep_fraction: float = Field(0.6, gt=0, le=1)
+    # Old-policy decay d(step): 0 = none, 1 = min(0.001·step, 0.5), 2 = 0 for 75 steps, then +0.0075/step.
     decay_type: Literal[0, 1, 2] = 1
+    # Samples per forward/backward pass (gradients accumulate to one optimizer step).
     micro_batch: int = Field(48, ge=1)
     # Optimizer steps per iteration (the official gradient_step_per_epoch): the kept samples are
     # split into this many parts; "old" stays fixed within the iteration, the EMA follows every step.
@@ -153,6 +175,7 @@ class NFTSection(_Strict):
 
 class EvalSection(_Strict):
     every: int = Field(1, ge=0)  # 0 = never (and no baseline)
+    # Euler steps of the evaluation samples, and fixed seeds per evaluation prompt.
     steps: int = Field(20, ge=1)
     seeds_per_prompt: int = Field(2, ge=1)
     # The `train` set is the training pool (at most `train_prompts` of it); `held_out` is a
@@ -166,11 +189,14 @@ class EvalSection(_Strict):
 class GuardSection(_Strict):
     """When the audited proxy stops ranking, explore differently until it recovers."""
 
+    # Needs fidelity.audit_prompts >= 1.
     enabled: bool = False
+    # The audit metric watched.
     metric: Literal["top_hit", "spearman", "kendall"] = "top_hit"
     threshold: float = 0.5  # switch to the fallback when the window's mean falls below this
     recover: float | None = None  # switch back when it rises above this (None = threshold)
     window: int = Field(2, ge=1)  # audits averaged
+    # The explore used while the proxy is distrusted (None = keep the configured one).
     fallback_precision: Literal["nvfp4", "fp8", "high"] | None = "fp8"
     fallback_steps: int | None = Field(None, ge=1)
 
@@ -188,11 +214,13 @@ class ClusterSection(_Strict):
 
     address: str | None = None  # an existing Dask scheduler, tcp://host:8786
     workers: int = Field(0, ge=0)  # > 0: a local Dask cluster of this many worker processes, started by the run
+    # Threads per Dask worker, and GPUs per worker process (0 = CPU workers).
     threads_per_worker: int = Field(1, ge=1)
     gpus_per_worker: int = Field(0, ge=0)
 
 
 class StorageSection(_Strict):
+    # Where runs live: a local folder or s3://bucket/prefix (overridden by --run-root).
     run_root: str = "runs"
     # s3:// only; unset = the environment (SOLRL_S3_ENDPOINT, AWS_ENDPOINT_URL, AWS_REGION, ...)
     s3_endpoint: str | None = None

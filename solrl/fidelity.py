@@ -1,4 +1,4 @@
-"""How well the low-precision proxy ranks seeds like the high-precision truth (ALGORITHM.md §9)."""
+"""How well the low-precision proxy ranks seeds like the high-precision truth (docs/algorithm.md, "Fidelity metrics")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DiffusionNFT update (ALGORITHM.md §7), readable top to bottom.
+"""The DiffusionNFT update (docs/algorithm.md, "The DiffusionNFT loss"), readable top to bottom.
 
     rewards --advantages--> r in [0, 1]
     x_t = (1 - t) x0 + t eps;  v_theta (trainable), v_old (old adapter), v_ref (no adapter)

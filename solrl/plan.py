@@ -2,13 +2,13 @@
 
     plan -> explore -> select -> regenerate -> audit -> update -> eval
 
-`plan_iteration` is the only place that turns a config (its mode, ALGORITHM §2's prompt draw,
+`plan_iteration` is the only place that turns a config (its mode, the iteration's prompt draw,
 the fidelity guard's decision) into the stages of iteration i. The in-memory loop
 (`solrl.stages.run_iteration`), the storage-backed steps (`tasks.steps.run_steps`) and the
 Prefect flow all execute the plan it returns. The plan is committed with the iteration
 (iter=i/plan/plan.json), so a resumed run replays exactly the same decisions.
 
-The fidelity guard (ALGORITHM §9, beyond the paper): the audit measures how well the primary
+The fidelity guard (docs/algorithm.md, "The audit and the fidelity guard"): the audit measures how well the primary
 low-precision proxy ranks seeds; when the mean of its last `window` audits falls below
 `threshold`, the following iterations explore with the fallback (another precision and/or more
 steps), and back when the primary proxy's audits rise above `recover`.
@@ -72,7 +72,7 @@ class IterationPlan:
 
 
 def iteration_prompts(cfg: RunConfig, iteration: int, train: tuple[str, ...], pool: tuple[str, ...] | None) -> tuple[tuple[int, str], ...]:
-    """The prompts of iteration i (ALGORITHM §2): `per_iteration` of the pool (or of all training
+    """The prompts of iteration i ("Prompts and the training pool"): `per_iteration` of the pool (or of all training
     prompts), keyed by (run seed, iteration). Ids are indices in the training set."""
     candidates = pool or train
     where = {p: i for i, p in enumerate(train)}
@@ -89,7 +89,7 @@ def primary_explore(cfg: RunConfig) -> ExploreSpec | None:
 
 
 def audits(cfg: RunConfig, iteration: int) -> bool:
-    """Whether iteration i regenerates all explored seeds of its first prompts (ALGORITHM §9)."""
+    """Whether iteration i regenerates all explored seeds of its first prompts ("The audit and the fidelity guard")."""
     return bool(cfg.fidelity.audit_prompts) and cfg.mode.has_proxy and iteration % cfg.fidelity.every == 0
 
 

@@ -1,4 +1,4 @@
-"""Deterministic ODE solvers for rectified flow and the sigma grids (ALGORITHM.md §3).
+"""Deterministic ODE solvers for rectified flow and the sigma grids (docs/algorithm.md, "Solvers and sigma grids").
 
 Convention: x_t = (1 - σ) x0 + σ ε, the network predicts v = ε - x0, σ runs 1 -> 0.
 `velocity(x, sigma) -> v` takes the current state and a Python float σ.

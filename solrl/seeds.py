@@ -1,4 +1,4 @@
-"""Deterministic seeds and initial noise (ALGORITHM.md §2).
+"""Deterministic seeds and initial noise (docs/algorithm.md, "Seeds and noise").
 
 A seed is a pure function of (run seed, iteration, prompt index, candidate index): a keyed
 blake2b hash, never Python's `hash()` (salted per process). Noise is drawn on the CPU generator

@@ -1,11 +1,11 @@
 """The stages of one Sol-RL iteration as plain functions (no Prefect, no storage).
 
-    explore    -> N candidates per prompt, proxy rewards (low precision, few steps)  ALGORITHM §4
-    select     -> K/2 top + K/2 bottom seeds per prompt (DuckDB, given as select_fn) §5
-    regenerate -> the selected seeds in high precision, full steps                   §6
-    audit      -> every explored seed of the first prompts in high precision          §9
-    update     -> DiffusionNFT steps, old-policy decay, EMA                           §7
-    evaluate   -> fixed (prompt, seed) pairs, EMA weights: `train` and `held_out` sets §8
+    explore    -> N candidates per prompt, proxy rewards (low precision, few steps)  "Explore"
+    select     -> K/2 top + K/2 bottom seeds per prompt (DuckDB, given as select_fn) "Selection"
+    regenerate -> the selected seeds in high precision, full steps                   "Regenerate"
+    audit      -> every explored seed of the first prompts in high precision  "The audit and the fidelity guard"
+    update     -> DiffusionNFT steps, old-policy decay, EMA                   "The DiffusionNFT loss"
+    evaluate   -> fixed (prompt, seed) pairs, EMA weights: `train` and `held_out` sets "Evaluation"
 
 Each takes the policy, the config and plain data, and returns columns (dict of lists) plus,
 where later stages need them, tensors. `run_iteration` executes an iteration's plan
@@ -216,7 +216,7 @@ def samples_from_explore(policy: Policy, cfg: RunConfig, explore_columns: dict[s
 # --- audit ----------------------------------------------------------------------------------------
 def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: dict[str, list], kept: dict[int, float], model=None, primary_model=None,
           progress: Progress | None = None) -> dict[str, list]:
-    """ALGORITHM §9, unbiased: for the first `fidelity.audit_prompts` prompts, every explored
+    """Unbiased fidelity: for the first `fidelity.audit_prompts` prompts, every explored
     seed in high precision (the kept ones reuse their regenerated reward: `kept` maps seed ->
     reward), beside its proxy reward. When the guard made this iteration explore with a
     fallback, the configured (primary) explore is re-run on those prompts too, so the guard
@@ -270,8 +270,8 @@ class TrainState:
 def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
-    after the last step (ALGORITHM §7). One metrics row per optimizer step. Samples with a
-    non-finite reward are left out (DESIGN §8); `n_dropped` counts them."""
+    after the last step (docs/algorithm.md, "Old policy and EMA"). One metrics row per optimizer step. Samples with a
+    non-finite reward are left out ("Advantages"); `n_dropped` counts them."""
     finite = torch.isfinite(samples.rewards)
     dropped = int((~finite).sum())
     if dropped:
@@ -346,7 +346,7 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
 
 # --- evaluate -------------------------------------------------------------------------------------
 def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, str], ...]]:
-    """The evaluation sets (ALGORITHM §8): `train` = the training pool (or, without a pool, 16
+    """The evaluation sets (docs/algorithm.md, "Evaluation"): `train` = the training pool (or, without a pool, 16
     training prompts drawn once on a constant key), `held_out` = the family's stratified sample of
     held-out prompts. Ids index the training set and the held-out set respectively."""
     train, held = policy.train_prompts(), policy.eval_prompts()

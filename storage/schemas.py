@@ -1,4 +1,4 @@
-"""Arrow schemas of every artifact (DESIGN.md §4), declared once.
+"""Arrow schemas of every artifact (docs/design.md, "Iteration data, as committed"), declared once.
 
 Reward columns are dynamic: one `reward_<name>` float64 column per configured reward, after the
 fixed columns. Every file also carries `run_id` and `iteration`.

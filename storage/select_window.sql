@@ -1,4 +1,4 @@
--- Sol-RL selection (ALGORITHM.md §5), reference form: per prompt, over candidates with a finite
+-- Sol-RL selection (docs/algorithm.md, "Selection"), reference form: per prompt, over candidates with a finite
 -- proxy reward, the K/2 highest and the K/2 lowest. Ties are broken by seed ascending, so the
 -- result is a pure function of the explore rows. proxy_rank is the 1-based rank by reward
 -- descending. Parameters: $half (= K/2). The input relation is named `explore`.

@@ -1,4 +1,4 @@
-"""Seed selection with DuckDB (ALGORITHM.md §5) over explore rows (an Arrow table or Parquet
+"""Seed selection with DuckDB (docs/algorithm.md, "Selection") over explore rows (an Arrow table or Parquet
 files read into one).
 
 select_window.sql defines the result: one window query that ranks every finite candidate of a

@@ -1,5 +1,5 @@
 """A run's artifact store: one URI (local path or s3://), fsspec underneath, and the commit
-protocol (DESIGN.md §4).
+protocol (docs/design.md, "Writes, commits, leases, faults").
 
 Layout:  <run>/run.json, <run>/_LEASE.json
          <run>/baseline/<files> + _COMMITTED.json              (run-scoped stages)

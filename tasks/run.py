@@ -54,7 +54,7 @@ class Run:
         return self.store.stage(None if STAGES[name].scope == "run" else iteration, name)
 
     def inputs(self, iteration: int | None, name: str) -> dict[str, str]:
-        """Content ids of the committed inputs of a stage (ALGORITHM's data flow, storage/stages.py)."""
+        """Content ids of the committed inputs of a stage (the stage table: storage/stages.py, docs/design.md)."""
         out = {}
         for dep, offset in STAGES[name].inputs:
             i = iteration + offset

@@ -121,7 +121,7 @@ def test_fidelity_quick(quick):
         assert set(r["truth"]) == {"fp32", "bf16"} and set(r["proxy"]) == names
         assert all(len(x) == n and all_finite(x) for x in [*r["truth"].values(), *r["proxy"].values()])
     q = d["quant"]
-    assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4
+    assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # docs/algorithm.md, "NVFP4 numerics"
     assert 4.5 < q["nvfp4-r8"]["bits_per_weight"] < 16  # + the bf16 low-rank factors
     assert q["fp8"]["bits_per_weight"] == pytest.approx(8.0, abs=0.01)
     assert q["high"]["weights"] == 0
@@ -159,7 +159,7 @@ def test_cost_quick(quick):
     assert set(it["median"]["fp32"]["stages"]) == {"explore", "select", "regenerate", "audit", "update", "eval"}  # shapes.yaml audits one prompt
     assert it["fp32_over_bf16"] > 0 and it["goal"] == 2.0 and all_finite(it["median"])
     mem = d["memory"]
-    assert mem["nvfp4"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4: 4.5 bits per quantised weight
+    assert mem["nvfp4"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # 4.5 bits per weight ("NVFP4 numerics")
     assert mem["nvfp4"]["packed_over_bf16"] == pytest.approx(4.5 / 16, abs=0.002)
     assert mem["fp8"]["packed_over_bf16"] == pytest.approx(0.5, abs=0.001)
     assert mem["nvfp4"]["bits_per_weight"] < mem["nvfp4-r8"]["bits_per_weight"] < mem["fp8"]["bits_per_weight"]

@@ -44,7 +44,7 @@ E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6])
 
 
 def _spec_parts(x: np.ndarray):
-    """ALGORITHM.md §4 written out in numpy (float32 arithmetic, E4M3 via torch's cast):
+    """docs/algorithm.md, "NVFP4 numerics", written out in numpy (float32 arithmetic, E4M3 via torch's cast):
     E2M1 values q [M, K/16, 16], E4M3 block scales s [M, K/16], per-tensor scale S."""
     x = x.astype(np.float32)
     S = np.float32(np.abs(x).max()) / np.float32(448 * 6)
@@ -141,7 +141,7 @@ def _block_product_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor |
 
 
 def test_emulated_linear_is_w4a4_block_product_with_fp32_bias():
-    """Was: q(x) == fake(x) @ fake(w).T + b. The layer is now the block product (ALGORITHM §4:
+    """Was: q(x) == fake(x) @ fake(w).T + b. The layer is now the block product ("NVFP4 numerics":
     products in float32, bias in high precision), checked bit for bit against the spec."""
     torch.manual_seed(0)
     lin = nn.Linear(32, 8)

@@ -29,7 +29,7 @@ def exact_flow(x, t_from, t_to):
 
 
 def _error(solver, steps, lo=0.1, hi=0.9):
-    # interior times (see ALGORITHM.md §3): the λ singularities at σ = 1 and 0 blur the order
+    # interior times (docs/algorithm.md, "Solvers and sigma grids"): the λ singularities at σ = 1 and 0 blur the order
     x = torch.randn(64, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     sig = np.linspace(hi, lo, steps + 1)
     out = solve(lambda z, s: exact_velocity(z, s), x, sig, solver)

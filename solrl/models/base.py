@@ -233,7 +233,7 @@ class Policy(ABC):
     @torch.no_grad()
     def sampler_copy(self, quant: NVFP4Config | None = None, adapter: str = "old") -> tuple[nn.Module, QuantReport]:
         """Base weights + merged "old" adapter (W = W0 + (α/r) B A), detached from training;
-        quantised when `quant` says so. The explore and regenerate copies of ALGORITHM §4/§6."""
+        quantised when `quant` says so. The explore and regenerate copies (docs/algorithm.md, "Explore")."""
         model = copy.deepcopy(self.peft)
         model.set_adapter(adapter)
         merged = model.merge_and_unload(adapter_names=[adapter])

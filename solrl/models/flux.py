@@ -8,7 +8,7 @@
 - transformer: timestep = σ (the pipeline divides its 0–1000 timesteps by 1000), distilled
   guidance embedding = 1.0 (CFG off), v = ε − x0;
 - decode: unpack, x / scaling_factor + shift_factor, VAE (float32);
-- LoRA on to_q/to_k/to_v/to_out.0; NVFP4 skips the embedders and norm_out (ALGORITHM §10).
+- LoRA on to_q/to_k/to_v/to_out.0; NVFP4 skips the embedders and norm_out (docs/algorithm.md, "Presets").
 """
 
 from __future__ import annotations

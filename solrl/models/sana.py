@@ -3,11 +3,11 @@
 - conditioning: Gemma-2 hidden states and their attention mask (`SanaPipeline.encode_prompt`,
   CFG off, no "complex human instruction" prefix);
 - latents: 32 × H/32 × W/32 (DC-AE), unpacked;
-- σ grid: linspace(1, 0, n + 1), unshifted (ALGORITHM §3);
+- σ grid: linspace(1, 0, n + 1), unshifted (docs/algorithm.md, "Solvers and sigma grids");
 - transformer: timestep = 1000 σ × config.timestep_scale, v = ε − x0 (the first half of the
   channels when the model also predicts a variance);
 - decode: x / scaling_factor, DC-AE (float32);
-- LoRA on the self- and cross-attention projections. NVFP4 (ALGORITHM §10, "embedders, final
+- LoRA on the self- and cross-attention projections. NVFP4 (docs/algorithm.md, "Presets": "embedders, final
   layer, attn qkv"): in diffusers' layout the official rule keeps the embedders, the final layer
   and the self-attention in bf16 and quantises the cross-attention K/V and the FFN. diffusers'
   SANA FFN is 1×1 convolutions around a depthwise 3×3 where the official LinearFFN variant has

@@ -6,7 +6,7 @@ Backends: `emulated` NVFP4 W4A4 with torchao numerics (any device; what runs on 
 tests), computed as a block-scaled MMA: y = (S_a·S_w)·(A′ @ W′ᵀ) + b with A′ = q·s, W′ exact in
 bfloat16 and float32 accumulation; `transformer_engine` NVFP4 on Blackwell GPUs, `fp8` (E4M3
 per-tensor current scaling, the same block product) and `none` (ablations). `NVFP4Config(lowrank=r)`
-adds SVDQuant's rank-r bfloat16 branch to `emulated`. See ALGORITHM.md §4.
+adds SVDQuant's rank-r bfloat16 branch to `emulated`. See docs/algorithm.md, "NVFP4 numerics".
 """
 
 from .config import NVFP4Config, QuantReport, select_linears

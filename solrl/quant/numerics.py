@@ -1,7 +1,7 @@
 """Low-precision numerics: NVFP4 (through torchao) and FP8 E4M3 per-tensor fake quantisation,
 and the block products the emulated Linear multiplies with.
 
-NVFP4 (ALGORITHM.md §4): E2M1 elements in blocks of 16 along the last (reduction) dimension,
+NVFP4 (docs/algorithm.md, "NVFP4 numerics"): E2M1 elements in blocks of 16 along the last (reduction) dimension,
 one E4M3 scale per block, one FP32 per-tensor scale S = amax / (448 * 6); x̂ = q * s * S.
 The reference numerics are torchao's `NVFP4Tensor` with two-level scaling; `nvfp4_pack` calls
 it directly. `fake_quantize_nvfp4` is the same arithmetic without packing the 4-bit codes into

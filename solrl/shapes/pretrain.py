@@ -4,7 +4,7 @@ x_t = (1 - t) x0 + t eps, target v = eps - x0, t ~ logit-normal(0, 1), batch 64 
 prompts rendered on the fly. AdamW (lr 1e-3, betas 0.9/0.99, wd 0.01), 100 warm-up steps then
 cosine to 0.1x, grad-norm clip 1, EMA 0.998 (the EMA weights are what ships).
 
-CPU notes (see reference/shapes-probe.md): `torch.set_flush_denormal(True)` avoids a ~3x
+CPU notes (measured when the model was built): `torch.set_flush_denormal(True)` avoids a ~3x
 slow-down once the zero-initialised layers hold tiny values, and torch.compile gives ~1.4x.
 """
 
