@@ -32,7 +32,9 @@ def main(debug: bool = typer.Option(False, "--debug", help="show full tracebacks
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -85,6 +87,9 @@ def run(
         cfg = load_config(config)  # torch-free: a bad key is reported in about a second
         if cluster:
             cfg = cfg.with_overrides(**{"cluster.address": cluster, "cluster.workers": 0})
+        from solrl.accelerator import check_accelerator
+
+        check_accelerator(cfg)  # Transformer Engine, its version, the GPU: before anything loads
     from solrl.settings import settings
 
     root = run_root or settings().run_root or cfg.storage.run_root

@@ -60,6 +60,9 @@ class ModelSection(_Strict):
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_sequence_length: int | None = Field(None, ge=1)
     offload: bool = True  # real families: text encoders and VAE leave the GPU between uses
+    # torch.compile the sampler copies (explore and regenerate), as the official code does: on in
+    # the GPU presets, off for shapes (on a CPU the compile costs more than it saves).
+    compile_samplers: bool = False
 
     @field_validator("family")
     @classmethod
