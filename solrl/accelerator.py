@@ -138,12 +138,11 @@ def installed_te_version() -> str | None:
 
 
 def _release(version: str) -> tuple[int, ...]:
-    from packaging.version import InvalidVersion, Version
+    """(major, minor, ...) of a version string such as "2.8.0+cu12" or "2.10.0.dev0"."""
+    import re
 
-    try:
-        return Version(version).release
-    except InvalidVersion:
-        return ()
+    m = re.match(r"(\d+(?:\.\d+)*)", version.strip())
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
 
 
 def check_accelerator(cfg: RunConfig) -> str | None:

@@ -297,3 +297,10 @@ def test_gpu_presets_compile_their_samplers_and_use_the_official_t5_length(shape
     assert model._compiled_call_impl is not None and type(model).__name__ == "FluxTransformer2DModel"  # compiled in place, on first call
     plain, _ = shapes_policy_factory().sampler_copy(None)
     assert plain._compiled_call_impl is None
+
+
+def test_te_version_strings_compare_by_release():
+    from solrl.accelerator import TE_MIN_VERSION, _release
+
+    assert _release("2.8.0+cu12") >= TE_MIN_VERSION and _release("2.10.0.dev0") >= TE_MIN_VERSION and _release("3") >= TE_MIN_VERSION
+    assert _release("2.7.1")[:2] < TE_MIN_VERSION and _release("1.13") < TE_MIN_VERSION and _release("nightly") < TE_MIN_VERSION

@@ -90,7 +90,7 @@ class TELinear(nn.Module):
         self.inner.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(torch.bfloat16)).to(x.dtype)
+        return self.inner(x.to(torch.bfloat16).contiguous()).to(x.dtype)  # contiguous: SANA's 1×1 convs arrive permuted
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt} (Transformer Engine)"
