@@ -16,6 +16,10 @@ regenerate copy, not the explore copy beside it).
 
 The prediction comes from `solrl.memplan.plan(cfg).peak_by_stage` when that module is present
 (imported lazily; "—" otherwise), for the smoke's own config (one prompt, 24 seeds).
+
+With Transformer Engine, this process checks the GPU's compute capability before starting the
+child, which creates its CUDA context (a few hundred MB of device memory, not counted in the
+child's `max_memory_allocated`) while the child runs.
 """
 
 from __future__ import annotations
@@ -191,19 +195,21 @@ def smoke(config: str, run_root: str, run_id: str, log: Callable[[str], None] = 
     check_model(cfg)
     uri = join(run_root, run_id)
     open_run(uri, cfg)  # create it here: a bad store or config fails in this process, in one sentence
-    result = SmokeResult(uri, _device_line(), backend)
-    peaks, result.plan_note = predicted_peaks(cfg)
+    result = SmokeResult(uri, "", backend)
     with tempfile.TemporaryDirectory(prefix="solrl-smoke-") as tmp:
         config_yaml, records = Path(tmp) / "smoke.yaml", Path(tmp) / "stages.jsonl"
         import yaml
 
         config_yaml.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         log(f"first process: 1 prompt × {SEEDS} seeds until a SIGKILL at regenerate's first write")
-        env = {**os.environ, "SOLRL_FAULTS": KILL_AT}
+        faults_log = Path(tmp) / "faults.log"  # the hook logs the write it kills at: a SIGKILL from elsewhere (the OOM killer) is told apart
+        env = {**os.environ, "SOLRL_FAULTS": f"{KILL_AT}:{faults_log}"}
         child = subprocess.run([sys.executable, "-m", "tasks.smoke", "--child", str(config_yaml), uri, str(records)], env=env)
-        result.killed = child.returncode == -signal.SIGKILL
+        at = faults_log.read_text().splitlines()[-1] if faults_log.exists() and faults_log.read_text().strip() else ""
+        result.killed = child.returncode == -signal.SIGKILL and "/regenerate/" in at
         if not result.killed:
-            result.problems.append(f"the first process ended with exit code {child.returncode} instead of the SIGKILL mid-regenerate")
+            why = "a SIGKILL before regenerate's first write (out of host memory?)" if child.returncode == -signal.SIGKILL else f"exit code {child.returncode}"
+            result.problems.append(f"the first process ended with {why} instead of the SIGKILL at regenerate's first write")
         first = [dict(r, process="first") for r in _read(records)]
         log("resuming in this process")
         resumed: list[dict] = []
@@ -213,6 +219,8 @@ def smoke(config: str, run_root: str, run_id: str, log: Callable[[str], None] = 
             run_measured(run, 0, resumed.append)
         finally:
             run.release()
+    result.device = _device_line()  # after the first process: this one allocates nothing on the GPU meanwhile
+    peaks, result.plan_note = predicted_peaks(cfg)
     result.resumed_regenerate = any(r["stage"] == "regenerate" for r in resumed)
     if result.killed and not result.resumed_regenerate:
         result.problems.append("the resume did not recompute regenerate")
