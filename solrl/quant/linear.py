@@ -150,7 +150,10 @@ def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.
 def quantize_(model: nn.Module, config: QuantConfig) -> QuantReport:
     """Quantise the selected Linear layers of `model` in place, one layer at a time; returns
     what was done. `config` is an NVFP4Config or an FP8Config; backend `transformer_engine`
-    also wraps the model's forward in one TE autocast with the scheme's recipe."""
+    also wraps the model's forward in one TE autocast with the scheme's recipe. Each original
+    layer is dropped as soon as its replacement is in: should building a layer fail part-way
+    (the backend itself is checked before the first), the model is left part-quantised — the
+    sampler copies it is meant for are fresh copies, thrown away on failure."""
     report = QuantReport(backend=f"{config.fmt} {config.backend}")
     if config.backend == "none":
         return report

@@ -17,12 +17,9 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
-from ..accelerator import TE_MIN_CAPABILITY, TE_MIN_VERSION, TransformerEngineUnavailable, build_te_recipe
+from ..accelerator import GPU_NAMES as _GPU, TE_MIN_CAPABILITY, TE_MIN_VERSION, TransformerEngineUnavailable, build_te_recipe
 
 __all__ = ["TransformerEngineUnavailable", "require_te", "TELinear", "make_te_linear", "autocast_forward", "te_autocast"]
-
-_GPU = {"nvfp4": "a Blackwell GPU (sm_100+)", "fp8": "an Ada, Hopper or Blackwell GPU (sm_89+)"}
-
 
 def require_te(fmt: str = "nvfp4"):
     """(transformer_engine.pytorch, the recipe for `fmt`), or raise one sentence saying what is
