@@ -1,13 +1,17 @@
 # sol-rl: two commands on a fresh machine with only Python 3.11+:
 #   make run    install, then a Sol-RL run of the embedded shapes preset (Prefect flow, ephemeral)
 #   make test   install, then the whole test suite
+#   make gpu-smoke   on a GPU machine: also the gpu and rewards extras, then `sol-rl smoke $(SMOKE_CONFIG)`
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install only when the dependency list changes.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test clean
+SMOKE_CONFIG ?= configs/flux.yaml
+GPU_STAMP := $(VENV)/.installed-gpu-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup run test gpu-smoke clean
 
 setup: $(STAMP)
 
@@ -24,6 +28,16 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Transformer Engine (the gpu extra) builds its PyTorch extension against the installed CUDA torch.
+$(GPU_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[gpu,rewards]"
+	@touch $@
+
+# What to run first on a new GPU: one prompt x 24 seeds, one update, a SIGKILL mid-regenerate and
+# the resume, verify, per-stage peak memory beside the plan (docs/gpus-hopper-blackwell.md).
+gpu-smoke: $(GPU_STAMP)
+	$(BIN)/sol-rl smoke $(SMOKE_CONFIG)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

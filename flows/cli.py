@@ -31,7 +31,9 @@ def main(debug: bool = typer.Option(False, "--debug", help="show full tracebacks
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -235,6 +237,57 @@ def export_lora(
     with _errors():
         path, pipeline, i = export(r, out, ema, iteration)
     console.print(f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)")
+
+
+@app.command()
+def smoke(
+    config: str = typer.Argument(..., help="YAML config path, or a preset name: flux, sd35, sana, shapes"),
+    run_root: str = typer.Option(None, "--run-root", help="where the smoke run goes (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
+    run_id: str = typer.Option(None, "--run-id", help="default: smoke-<config>-<timestamp>"),
+    json_out: Path = typer.Option(None, "--json", help="also write the result (per stage: seconds, peak and predicted bytes) to this JSON file"),
+):
+    """What to run first on a new GPU: the config's model, backend and rewards on one prompt x 24
+    seeds and one update, a SIGKILL in the middle of regenerate and the resume, `verify`, and per
+    stage torch.cuda.max_memory_allocated beside the memory plan's predicted peak. Exit 0 when
+    the kill, the resume and verify all behaved; 1 otherwise."""
+    from solrl.config import load_config
+
+    with _errors():
+        cfg = load_config(config)
+        from solrl.accelerator import check_accelerator
+
+        check_accelerator(cfg)  # before anything loads, as `run` does
+    from solrl.settings import settings
+
+    root = run_root or settings().run_root or cfg.storage.run_root
+    rid = run_id or f"smoke-{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    from solrl.progress import log_to_stderr
+    from tasks.smoke import format_rows, smoke as run_smoke
+
+    log_to_stderr()
+    with _errors(f"sol-rl smoke {config} --run-root {root}"):
+        result = run_smoke(config, root, rid, log=lambda s: err.print(s, highlight=False))
+    console.print(f"[bold]sol-rl smoke[/] {config}: 1 prompt x 24 seeds, one update -> {result.run_uri}", highlight=False)
+    console.print(f"device: {result.device}" + (f"; {result.backend}" if result.backend else ""), highlight=False)
+    t = Table(title="per stage: peak accelerator memory (torch.cuda.max_memory_allocated, reset per stage) and the memory plan")
+    for c, justify in (("stage", "left"), ("process", "left"), ("seconds", "right"), ("max allocated GB", "right"), ("plan GB", "right"), ("measured / plan", "right")):
+        t.add_column(c, justify=justify)
+    for row in format_rows(result):
+        t.add_row(*row)
+    console.print(t)
+    if result.plan_note:
+        console.print(f"plan: {result.plan_note}", highlight=False)
+    console.print(f"SIGKILL mid-regenerate: {'yes' if result.killed else 'NO'}; resume recomputed regenerate: {'yes' if result.resumed_regenerate else 'NO'}", highlight=False)
+    for p in result.problems:
+        console.print(f"[red]PROBLEM[/] {p}", highlight=False)
+    console.print(("[green]OK[/]" if result.ok else "[red]FAILED[/]") + f" verify checked {result.verified} committed stage(s)")
+    if json_out is not None:
+        import dataclasses
+        import json
+
+        json_out.write_text(json.dumps({**dataclasses.asdict(result), "ok": result.ok}, indent=2) + "\n")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("pretrain-shapes")

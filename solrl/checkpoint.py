@@ -44,15 +44,23 @@ def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
 
 
 def restore(policy: Policy, state: TrainState, files: dict[str, bytes]) -> None:
-    """Load adapters, EMA and optimizer state written by `state_files` into policy/state."""
+    """Load adapters, EMA and optimizer state written by `state_files` into policy/state, each
+    tensor on the device of the parameter it belongs to (safetensors loads onto the CPU; on a GPU
+    the first update after a resume would otherwise mix devices in the EMA's lerp)."""
     policy.load_adapter("default", load(files["policy/adapter_model.safetensors"]))
     policy.load_adapter("old", load(files["old/adapter_model.safetensors"]))
-    state.ema = {k: v.clone() for k, v in load(files["ema/adapter_model.safetensors"]).items()}
+    params = policy._pairs["default"]  # the trainable adapter: what the EMA and the optimizer follow
+    ema = load(files["ema/adapter_model.safetensors"])
+    state.ema = {k: v.to(params[k].device if k in params else v.device, copy=True) for k, v in ema.items()}
     flat = load(files["optimizer.safetensors"])
+    by_index = [p for group in state.optimizer.param_groups for p in group["params"]]
     per_param: dict[int, dict] = {}
     for key, v in flat.items():
         idx, name = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[name] = v
+        i = int(idx)
+        # moments beside their parameter; the step count where torch keeps it (the CPU, unless
+        # the optimizer is capturable or fused): load_state_dict decides that, we only place moments
+        per_param.setdefault(i, {})[name] = v.to(by_index[i].device) if name != "step" and i < len(by_index) else v
     sd = state.optimizer.state_dict()
     sd["state"] = per_param
     state.optimizer.load_state_dict(sd)

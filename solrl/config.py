@@ -64,6 +64,9 @@ class ModelSection(_Strict):
     # Text tokens per prompt for the real families' encoders (None = the family's: 256, SANA 300).
     max_sequence_length: int | None = Field(None, ge=1)
     offload: bool = True  # real families: text encoders and VAE leave the GPU between uses
+    # torch.compile the sampler copies (explore and regenerate), as the official code does: on in
+    # the GPU presets, off for shapes (on a CPU the compile costs more than it saves).
+    compile_samplers: bool = False
 
     @field_validator("family")
     @classmethod

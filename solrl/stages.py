@@ -27,7 +27,7 @@ from .config import RunConfig
 from .interrupt import check as check_stop
 from .models.base import Policy
 from .plan import ExploreSpec, IterationPlan, plan_iteration
-from .quant import NVFP4Config
+from .quant import FP8Config, NVFP4Config, QuantConfig
 from .rewards import score_all, weighted_sum
 from .seeds import eval_seed, seed as candidate_seed, stream_seed
 
@@ -38,15 +38,17 @@ SAMPLE_KEYS = ("prompt_id", "prompt", "seed", "side", "proxy_rank", "proxy_rewar
 
 
 # --- shared helpers -------------------------------------------------------------------------------
-def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> NVFP4Config | None:
-    """The quantisation of the explore copy (None: high precision)."""
+def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> QuantConfig | None:
+    """The quantisation of the explore copy (None: high precision): NVFP4Config or FP8Config by
+    the spec's precision, on the configured backend (emulated or Transformer Engine)."""
     if not spec.low_precision:
         return None
-    backend = "fp8" if spec.precision == "fp8" else cfg.explore.backend
     skip = cfg.explore.skip if cfg.explore.skip is not None else policy.quant_skip
     min_dim = cfg.explore.min_dim if cfg.explore.min_dim is not None else policy.quant_min_dim
+    if spec.precision == "fp8":
+        return FP8Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend)
     kw = {"lowrank": spec.lowrank} if spec.lowrank else {}
-    return NVFP4Config(skip=skip, min_dim=min_dim, backend=backend, **kw)
+    return NVFP4Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend, **kw)
 
 
 def score_images(cfg: RunConfig, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import errno
 
-from storage.store import describe
-
 
 def _names(e: BaseException) -> set[str]:
     return {c.__name__ for c in type(e).__mro__}
@@ -21,7 +19,11 @@ def _names(e: BaseException) -> set[str]:
 def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
     """(exit code, one sentence) for a known failure, None for a bug."""
     from solrl.errors import ConfigError, MissingInput
+
+    if isinstance(e, (ConfigError, MissingInput)):  # torch-free: a config error reads in about a second
+        return 2, str(e)
     from solrl.rewards import RewardUnavailable
+    from storage.store import describe
     from storage.lease import LeaseHeld, LeaseLost
     from storage.selection import ShortPromptError
     from storage.store import StoreError

@@ -172,13 +172,17 @@ def start_run(config: str, run_id: str | None = None, root: str | None = None, o
     config (`overrides`: dotted keys; `cluster`: an existing Dask scheduler), check the model's
     files, then create the run or validate a resumed one (solrl/config.py, open_run)."""
     from solrl.config import load_config
-    from solrl.models import check_model
 
     cfg = load_config(config)  # torch-free: a bad key is reported in about a second
     if cluster:
         overrides = {**(overrides or {}), "cluster.address": cluster, "cluster.workers": 0}
     if overrides:
         cfg = cfg.with_overrides(**overrides)
+    from solrl.accelerator import check_accelerator
+
+    check_accelerator(cfg)  # Transformer Engine, its version, the GPU: before anything loads (torch-free)
+    from solrl.models import check_model
+
     check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder
     return open_run(join(run_root(root, cfg), run_id or default_run_id(config)), cfg)
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline_helpers import cli, hooks_env, write_config
+from pipeline_helpers import REPO, cli, hooks_env, write_config
 
-COMMANDS = ["run", "status", "inspect", "verify", "report", "export-lora", "pretrain-shapes"]
+COMMANDS = ["run", "status", "inspect", "verify", "report", "export-lora", "pretrain-shapes", "smoke"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -42,6 +42,14 @@ def test_missing_things(tmp_path):
     assert "does not exist" in _one_sentence_error(cli("run", tmp_path / "nope.yaml", check=False))
     assert "no run at" in _one_sentence_error(cli("status", "ghost", "--run-root", tmp_path, check=False))
     text = _one_sentence_error(cli("run", "flux", "--run-root", tmp_path, check=False))
+    assert "Transformer Engine" in text or "flux weights are missing" in text  # the explore backend is checked first
+    import yaml
+
+    emulated = tmp_path / "flux-emulated.yaml"
+    data = yaml.safe_load((REPO / "configs" / "flux.yaml").read_text())
+    data["explore"]["backend"] = "emulated"
+    emulated.write_text(yaml.safe_dump(data))
+    text = _one_sentence_error(cli("run", emulated, "--run-root", tmp_path, check=False))
     assert "flux weights are missing" in text and "model.weights" in text
     weights = write_config(tmp_path / "w.yaml", model={"weights": str(tmp_path / "nowhere")})
     assert "pretrain-shapes" in _one_sentence_error(cli("run", weights, "--run-root", tmp_path, check=False))

@@ -14,10 +14,13 @@ from .base import Policy
 
 
 def check_model(cfg: RunConfig) -> None:
-    """Everything a run needs from disk before it computes, one sentence per problem: the
-    model's weights, the prompt files, and the packages and checkpoints of the rewards."""
+    """Everything a run needs before it computes, one sentence per problem: the explore
+    backend's Transformer Engine and GPU, the model's weights, the prompt files, and the
+    packages and checkpoints of the rewards."""
+    from ..accelerator import check_accelerator
     from ..rewards import check as check_reward
 
+    check_accelerator(cfg)  # the explore backend's needs (Transformer Engine, the GPU) first
     family_class(cfg.model.family).check(cfg)
     for name in dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]):
         check_reward(name)

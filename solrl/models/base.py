@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import Resolved, RunConfig
 from ..errors import ConfigError, MissingInput
-from ..quant import NVFP4Config, QuantReport, quantize_
+from ..quant import QuantConfig, QuantReport, quantize_
 from ..sampling import solve
 from ..seeds import noise_batch, stream_seed
 
@@ -231,14 +231,20 @@ class Policy(ABC):
 
     # --- sampler copies ----------------------------------------------------------------------
     @torch.no_grad()
-    def sampler_copy(self, quant: NVFP4Config | None = None, adapter: str = "old") -> tuple[nn.Module, QuantReport]:
+    def sampler_copy(self, quant: QuantConfig | None = None, adapter: str = "old") -> tuple[nn.Module, QuantReport]:
         """Base weights + merged "old" adapter (W = W0 + (α/r) B A), detached from training;
-        quantised when `quant` says so. The explore and regenerate copies (docs/algorithm.md, "Explore")."""
+        quantised when `quant` says so (layer by layer), torch.compile'd when the config's
+        `model.compile_samplers` says so. The explore and regenerate copies (docs/algorithm.md, "Explore")."""
         model = copy.deepcopy(self.peft)
         model.set_adapter(adapter)
         merged = model.merge_and_unload(adapter_names=[adapter])
         merged.requires_grad_(False).eval()
         report = quantize_(merged, quant) if quant is not None else QuantReport(backend="none")
+        cfg = getattr(self, "cfg", None)  # set by setup(); absent only in hand-built policies
+        if cfg is not None and cfg.model.compile_samplers:
+            # In place (the module keeps its class and `config`); compiled on its first call. On a
+            # GPU as the official code does it; CUDA graphs off (the batch shapes vary).
+            merged.compile(mode="max-autotune-no-cudagraphs" if self.device.type == "cuda" else None)
         return merged, report
 
     @torch.no_grad()

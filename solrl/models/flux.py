@@ -5,7 +5,8 @@
   the packed layout is what we sample, store and train on (packing is a permutation), with
   the image position ids FLUX's rotary embedding needs;
 - σ grid: linspace(1, 1/n, n) with the dynamic μ-shift from the image sequence length, then 0;
-- transformer: timestep = σ (the pipeline divides its 0–1000 timesteps by 1000), distilled
+- transformer: timestep = σ in the model dtype (diffusers' FluxPipeline casts it to the latents'
+  dtype and divides its 0–1000 timesteps by 1000), distilled
   guidance embedding = 1.0 (CFG off), v = ε − x0;
 - decode: unpack, x / scaling_factor + shift_factor, VAE (float32);
 - LoRA on to_q/to_k/to_v/to_out.0; NVFP4 skips the embedders and norm_out (docs/algorithm.md, "Presets").
@@ -24,7 +25,7 @@ class FluxPolicy(DiffusersPolicy):
     repo = "black-forest-labs/FLUX.1-dev"
     pipeline_class = "FluxPipeline"
     default_resolution = 512
-    default_max_sequence_length = 256
+    default_max_sequence_length = 128  # T5 tokens, as the official Sol-RL presets
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     quant_skip = ("x_embedder", "context_embedder", "time_text_embed", "norm_out")
 

@@ -4,7 +4,8 @@
   CFG off, no "complex human instruction" prefix);
 - latents: 32 × H/32 × W/32 (DC-AE), unpacked;
 - σ grid: linspace(1, 0, n + 1), unshifted (docs/algorithm.md, "Solvers and sigma grids");
-- transformer: timestep = 1000 σ × config.timestep_scale, v = ε − x0 (the first half of the
+- transformer: timestep = 1000 σ × config.timestep_scale in float32 (as diffusers' pipeline passes it;
+  bf16 would round it to a multiple of 4 above 512), v = ε − x0 (the first half of the
   channels when the model also predicts a variance);
 - decode: x / scaling_factor, DC-AE (float32);
 - LoRA on the self- and cross-attention projections. NVFP4 (docs/algorithm.md, "Presets": "embedders, final
@@ -46,7 +47,7 @@ class SanaPolicy(DiffusersPolicy):
         embeds, mask = cond
         scale = transformer.config.timestep_scale
         out = transformer(self._model_input(x), encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                          timestep=(t * 1000.0 * scale).to(self.device, self.dtype), return_dict=False)[0]
+                          timestep=(t * 1000.0 * scale).to(self.device, torch.float32), return_dict=False)[0]  # float32, as diffusers passes it
         if transformer.config.out_channels // 2 == self.latent_shape[0]:
             out = out.chunk(2, dim=1)[0]
         return out.float()

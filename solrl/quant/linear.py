@@ -8,30 +8,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import NVFP4Config, QuantReport, select_linears
+from .config import QuantConfig, QuantReport, select_linears
 from .lowrank import lowrank_split
 from .numerics import block_mm, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack_factors
+
+
+def factor_dtype_for(device: torch.device) -> torch.dtype:
+    """The dtype an EmulatedLinear holds its weight factor W′ in on `device`: float32 on the CPU
+    (what its GEMM takes, see block_mm), bfloat16 elsewhere (exact, half the memory, bf16 GEMMs)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
 
 
 class EmulatedLinear(nn.Module):
     """W4A4 NVFP4 (or FP8) Linear, emulated as a block-scaled MMA.
 
-    The weight is quantised once, here (static per-tensor scale S_w): its torchao-packed codes
-    and block scales are kept as buffers (`qdata`, `block_scale`, `tensor_scale`; what the report
-    counts), and its block-product factor W′ = q·s (exact in bfloat16, held in float32 for the
-    CPU GEMM) is cached in `weight_qs`. The input is quantised on every call (dynamic per-tensor
-    scale S_a) into A′ = q·s, and
+    The weight is quantised once, here (static per-tensor scale S_w), into its block-product
+    factor W′ = q·s, cached in `weight_qs`: exact in bfloat16 (q·s has <= 6 significant bits).
+    `factor_dtype` (default: by the weight's device, `factor_dtype_for`) is the container:
+    float32 on the CPU, where the GEMM takes float32 operands, and where the torchao-packed codes
+    and block scales are kept too (`qdata`, `block_scale`: what the report counts and the tests
+    compare with torchao); bfloat16 on an accelerator, where only W′ is kept (2 bytes per weight,
+    no float32 copy) and the GEMM runs on bf16 operands with float32 accumulation. The input is
+    quantised on every call (dynamic per-tensor scale S_a) into A′ = q·s, and
 
         y = (S_a·S_w) · (A′ @ W′ᵀ) [+ (x @ L₂ᵀ) @ L₁ᵀ] + b
 
-    with exact products and float32 accumulation (`block_mm`), the bias added in float32.
+    with exact products and float32 accumulation (`block_mm`), the bias added in float32. Both
+    containers give the same products; on the CPU the result is bit-identical either way.
     `lowrank` = r > 0 adds SVDQuant's high-precision branch: W = L₁L₂ + R with L₁ [out, r],
     L₂ [r, in] in bfloat16 from the SVD of W, and the 4-bit factors quantise the residual R.
     r = 0 is the plain layer (no SVD, no extra buffers)."""
 
-    def __init__(self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0):
+    def __init__(self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0, factor_dtype: torch.dtype | None = None):
         super().__init__()
         self.in_features, self.out_features, self.fmt = linear.in_features, linear.out_features, fmt
+        factor_dtype = factor_dtype or factor_dtype_for(linear.weight.device)
+        if factor_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the weight factor is held in float32 or bfloat16, not {factor_dtype}")
         w = linear.weight.detach().float()
         self.rank = 0
         if lowrank > 0:
@@ -41,19 +54,22 @@ class EmulatedLinear(nn.Module):
             self.register_buffer("lowrank_down", l2)  # L₂ [r, in]
         if fmt == "nvfp4":
             q, s, S = nvfp4_pack(w)
-            self.register_buffer("qdata", q)
-            self.register_buffer("block_scale", s)
+            if factor_dtype == torch.float32:
+                self.register_buffer("qdata", q)
+                self.register_buffer("block_scale", s)
             self.register_buffer("tensor_scale", S)
-            w_qs = nvfp4_unpack_factors(q, s, w.shape, torch.float32)
+            w_qs = nvfp4_unpack_factors(q, s, w.shape, factor_dtype)
             self.packed_bytes = q.numel() * q.element_size() + s.numel() * s.element_size() + 4
+            del q, s
             self._act = nvfp4_factors
         elif fmt == "fp8":
-            w_qs, S = fp8_factors(w, torch.float32, compiled=False)
+            w_qs, S = fp8_factors(w, factor_dtype, compiled=False)
             self.register_buffer("tensor_scale", S)
             self.packed_bytes = w.numel() + 4
             self._act = fp8_factors
         else:
             raise ValueError(f"unknown emulated format {fmt!r}")
+        del w  # the float32 copy of this one layer: gone before the next layer is built
         self.register_buffer("weight_qs", w_qs)
         if self.rank:
             self.packed_bytes += (l1.numel() * l1.element_size()) + (l2.numel() * l2.element_size())
@@ -61,8 +77,8 @@ class EmulatedLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype  # bf16 on a GPU: quantise and multiply in float32, hand back bf16
-        a, s_a = self._act(x, torch.float32)  # float32 container: what the CPU GEMM takes (see block_mm)
+        dtype = x.dtype  # bf16 on a GPU: quantise, multiply, accumulate in float32, hand back bf16
+        a, s_a = self._act(x, self.weight_qs.dtype)  # the factor in W′'s container (see block_mm)
         y = block_mm(a, self.weight_qs)
         y = y.mul_(s_a * self.tensor_scale)
         if self.rank:
@@ -103,34 +119,57 @@ def _pointwise_aware(factory: Callable[[nn.Linear], nn.Module]) -> Callable[[nn.
     return lambda mod: PointwiseConv(factory(as_linear(mod))) if isinstance(mod, nn.Conv2d) else factory(mod)
 
 
-def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module]) -> list[nn.Module]:
-    """Build every replacement first, then swap them in: a failing factory leaves `model` as it was."""
-    built = []
-    for name in names:
-        built.append((name, factory(model.get_submodule(name))))
-    for name, new in built:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return [b for _, b in built]
+def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module], atomic: bool = True) -> list[nn.Module]:
+    """Replace each named layer by `factory(layer)`, one layer at a time: build one replacement,
+    put it in, go on, so at most one layer exists twice (the explore copy of a 12B model is
+    never built beside a whole second copy).
+
+    atomic (default): when a factory fails, the layers already replaced are put back, so `model`
+    is as it was; that keeps each replaced original alive until the end. atomic=False drops each
+    original as soon as its replacement is in (what `quantize_` does: its model is a fresh copy
+    that a failure throws away, and the backend was checked before the first layer)."""
+    built, replaced = [], []
+    try:
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            new = factory(getattr(parent, child))
+            original = getattr(parent, child)
+            setattr(parent, child, new)
+            built.append(new)
+            if atomic:
+                replaced.append((parent, child, original))
+            del original
+    except BaseException:
+        for parent, child, original in reversed(replaced):
+            setattr(parent, child, original)
+        raise
+    return built
 
 
-def quantize_(model: nn.Module, config: NVFP4Config) -> QuantReport:
-    """Quantise the selected Linear layers of `model` in place; returns what was done."""
-    report = QuantReport(backend=config.backend)
+def quantize_(model: nn.Module, config: QuantConfig) -> QuantReport:
+    """Quantise the selected Linear layers of `model` in place, one layer at a time; returns
+    what was done. `config` is an NVFP4Config or an FP8Config; backend `transformer_engine`
+    also wraps the model's forward in one TE autocast with the scheme's recipe. Each original
+    layer is dropped as soon as its replacement is in: should building a layer fail part-way
+    (the backend itself is checked before the first), the model is left part-quantised — the
+    sampler copies it is meant for are fresh copies, thrown away on failure."""
+    report = QuantReport(backend=f"{config.fmt} {config.backend}")
     if config.backend == "none":
         return report
     names = select_linears(model, config)
     if config.backend == "transformer_engine":
-        from .te import make_te_linear, require_te
+        from .te import autocast_forward, make_te_linear, require_te, te_autocast
 
-        require_te()  # one clear sentence, before any layer is touched
-        factory: Callable[[nn.Linear], nn.Module] = make_te_linear
+        te, recipe = require_te(config.fmt)  # one clear sentence, before any layer is touched
+        factory: Callable[[nn.Linear], nn.Module] = lambda lin: make_te_linear(lin, te, config.fmt)  # noqa: E731
     else:
-        fmt = "nvfp4" if config.backend == "emulated" else "fp8"
-        factory = lambda lin: EmulatedLinear(lin, fmt, lowrank=config.lowrank)  # noqa: E731
-    for new in _swap(model, names, _pointwise_aware(factory)):
+        factory = lambda lin: EmulatedLinear(lin, config.fmt, lowrank=config.lowrank)  # noqa: E731
+    for new in _swap(model, names, _pointwise_aware(factory), atomic=False):
         report.packed_bytes += getattr(new, "packed_bytes", 0)
         report.dense_bytes += getattr(new, "dense_bytes", 0)
         report.weights += new.in_features * new.out_features
+    if config.backend == "transformer_engine":
+        autocast_forward(model, te_autocast(te, recipe))  # once around the model, not per layer
     report.modules = names
     return report

@@ -209,14 +209,27 @@ def block_mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """A′ @ W′ᵀ (a [..., K], w [N, K]) in float32, for factors holding bfloat16 numbers (in a
     bfloat16 or float32 container): exact products, float32 accumulation, float32 result.
 
-    torch 2.13 has no CPU kernel with bfloat16 inputs and a float32 output (mm/addmm/bmm with
-    out_dtype are CUDA-only; every CPU bf16 matmul rounds its output to bf16). So the operands
-    are float32 (upcasting bf16 is exact) and the matmul runs in oneDNN with bf16 fpmath: an
-    AMX CPU then multiplies in bf16 with float32 accumulation; an AVX-512 one runs oneDNN's
-    float32 brgemm (~2x MKL's sgemm on AMD); both are exact since the inputs are bf16 numbers.
-    Elsewhere (CUDA) a float32 matmul; TF32 is exact for them too (11-bit significand)."""
-    a, w = a.float(), w.float()
-    if a.device.type != "cpu":
-        return F.linear(a, w)
-    with bf16_fpmath():
-        return F.linear(a, w)
+    CPU: torch 2.13 has no CPU kernel with bfloat16 inputs and a float32 output (mm/addmm/bmm
+    with out_dtype are CUDA-only; every CPU bf16 matmul rounds its output to bf16). So the
+    operands are float32 (upcasting bf16 is exact) and the matmul runs in oneDNN with bf16
+    fpmath: an AMX CPU then multiplies in bf16 with float32 accumulation; an AVX-512 one runs
+    oneDNN's float32 brgemm (~2x MKL's sgemm on AMD); both are exact since the inputs are bf16
+    numbers.
+    Elsewhere (CUDA), bfloat16 operands go to `torch.mm(..., out_dtype=torch.float32)`: a bf16
+    tensor-core GEMM with float32 accumulation and a float32 result, no float32 copy of the
+    weight. Float32 operands (or a torch without that overload) take a float32 matmul; TF32
+    would be exact for them too (11-bit significand)."""
+    if a.device.type == "cpu":
+        a, w = a.float(), w.float()
+        with bf16_fpmath():
+            return F.linear(a, w)
+    if a.dtype == w.dtype == torch.bfloat16 and _HAS_MM_OUT_DTYPE[0]:
+        try:
+            out = torch.mm(a.reshape(-1, a.shape[-1]), w.t(), out_dtype=torch.float32)
+            return out.reshape(*a.shape[:-1], w.shape[0])
+        except (TypeError, NotImplementedError):  # an older torch: no out_dtype overload
+            _HAS_MM_OUT_DTYPE[0] = False
+    return F.linear(a.float(), w.float())
+
+
+_HAS_MM_OUT_DTYPE = [True]
