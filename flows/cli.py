@@ -77,6 +77,8 @@ def run(
     no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
     take_over: bool = typer.Option(False, "--take-over", help="take over the run's lease when its holder looks gone (stale heartbeat)"),
     cluster: str = typer.Option(None, "--cluster", help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="check the memory plan against this much GPU memory (e.g. 80GB) instead of the visible GPU's"),
+    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="start even when the memory plan exceeds the GPU (also model.memory_check: false)"),
 ):
     """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
     from solrl.config import load_config
@@ -85,6 +87,8 @@ def run(
         cfg = load_config(config)  # torch-free: a bad key is reported in about a second
         if cluster:
             cfg = cfg.with_overrides(**{"cluster.address": cluster, "cluster.workers": 0})
+        if not no_memory_check and cfg.model.memory_check:
+            _memory_check(cfg, gpu_memory)  # before any weight loads
     from solrl.settings import settings
 
     root = run_root or settings().run_root or cfg.storage.run_root
@@ -127,6 +131,45 @@ def run(
         err.print(stops.where_stopped(run_, n, stopped, resume), highlight=False)
         stops.fast_exit(stops.exit_code())
     console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
+
+
+def _memory_check(cfg, gpu_memory: str | None) -> None:
+    """Refuse (one sentence, exit 2) a GPU run whose memory plan exceeds the GPU."""
+    if cfg.model.family == "shapes":
+        return
+    from solrl import memplan
+
+    if gpu_memory:
+        memplan.check_fits(cfg, memplan.parse_size(gpu_memory), "--gpu-memory")
+        return
+    import torch
+
+    if cfg.model.device == "cpu" or not torch.cuda.is_available():
+        return
+    props = torch.cuda.get_device_properties(0)
+    memplan.check_fits(cfg, props.total_memory, f"this GPU ({props.name})")
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="YAML config path, or a preset name: flux, sd35, sana"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="also check against this much GPU memory, e.g. 80GB, 141GB, 81559MiB"),
+):
+    """The memory plan of a GPU config, before any weight exists here: the family built at real
+    size on the meta device, one update micro-batch measured; per stage, the GB of each component
+    on the GPU at the stage's peak phase, the peak, and which GPUs it fits (docs/gpus.md)."""
+    from solrl.config import load_config
+
+    with _errors():
+        cfg = load_config(config)
+        from solrl import memplan
+
+        memory = memplan.parse_size(gpu_memory) if gpu_memory else None
+        p = memplan.plan(cfg, memory)
+    console.print(f"memory plan of {config}: {p.family} {p.resolution} px, {p.dtype}, micro_batch {cfg.nft.micro_batch}, "
+                  f"gradient_checkpointing {cfg.nft.gradient_checkpointing}, lora_bf16 {cfg.nft.lora_bf16}, low_memory {cfg.model.low_memory} (GB = 10^9 bytes)",
+                  highlight=False, markup=False)
+    console.print(memplan.format_plan(p), highlight=False, markup=False)
 
 
 @app.command()

@@ -104,14 +104,28 @@ def _pointwise_aware(factory: Callable[[nn.Linear], nn.Module]) -> Callable[[nn.
 
 
 def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module]) -> list[nn.Module]:
-    """Build every replacement first, then swap them in: a failing factory leaves `model` as it was."""
-    built = []
-    for name in names:
-        built.append((name, factory(model.get_submodule(name))))
-    for name, new in built:
+    """Replace the layers one at a time (build one, swap it in, let the dense one go), so the
+    accelerator never holds more than one layer twice: no second full copy of the model while an
+    explore copy is built. Atomic all the same: a dense layer that lived on an accelerator is
+    parked on the CPU until every layer is built, and a failing factory puts them all back."""
+    done: list[tuple[str, nn.Module, nn.Module]] = []
+
+    def put(name: str, module: nn.Module) -> None:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return [b for _, b in built]
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+    try:
+        for name in names:
+            old = model.get_submodule(name)
+            new = factory(old)
+            put(name, new)
+            device = next(old.parameters()).device
+            done.append((name, old.to("cpu") if device.type not in ("cpu", "meta") else old, device))
+    except BaseException:
+        for name, old, device in reversed(done):
+            put(name, old.to(device))
+        raise
+    return [model.get_submodule(name) for name in names]
 
 
 def quantize_(model: nn.Module, config: NVFP4Config) -> QuantReport:
