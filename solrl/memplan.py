@@ -135,6 +135,8 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     where nothing is offloaded and the emulated NVFP4 factors are float32)."""
     if cfg.model.family == "shapes":
         raise ConfigError("the memory plan covers the GPU families (flux, sd3, sana); the shapes model runs on a CPU in megabytes")
+    from .plan import primary_explore
+
     dtype = _plan_dtype(cfg, device_type)
     policy = meta_policy(cfg, dtype)
     sizes, notes = _component_sizes(policy, cfg, device_type)
@@ -147,6 +149,9 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
         acts["decode"] = measure_decode(policy)
         acts["score"], more = measure_rewards(cfg, device_type)
     notes += more
+    spec = primary_explore(cfg)
+    if spec is not None and spec.low_precision and (cfg.explore.backend == "emulated" or spec.precision == "fp8"):
+        notes.append("explore activations are counted as the bf16 model's; an emulated layer's float32 temporaries (one layer at a time) are not")
     table, peak_phase, peak_by_stage = {}, {}, {}
     for stage in STAGES:
         if not _stage_runs(cfg, stage):

@@ -163,3 +163,30 @@ def test_a_run_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path):
     assert "weights are missing" not in message and "prompts" not in message.split("--no-memory-check")[0].split("GB of")[0]
     assert not list(tmp_path.iterdir())  # no run was created
     print(f"refused in {time.time() - t0:.1f}s")
+
+
+def test_low_memory_samplers_share_the_base_weights_and_sample_as_the_merged_copy(tiny):
+    root, prompts = tiny
+    cfg = _tiny_config(root, prompts, "flux", "float32", True, False)
+    merged_policy = load_policy(cfg)
+    shared_policy = load_policy(cfg.with_overrides(**{"model.low_memory": True}))
+    g = torch.Generator().manual_seed(1)
+    old = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in merged_policy.adapter_state("old").items()}
+    for policy in (merged_policy, shared_policy):  # the same perturbed "old" adapter in both
+        policy.load_adapter("old", old)
+    merged, _ = merged_policy.sampler_copy(None)
+    shared, _ = shared_policy.sampler_copy(None)
+    assert type(shared).__name__ == "SharedSampler" and shared.policy is shared_policy  # holds no weights of its own
+    assert not isinstance(shared, torch.nn.Module)
+    prompts_, seeds = ["a red circle on the left"] * 2, [3, 4]
+    want = merged_policy.sample(merged, prompts_, seeds, 3)
+    got = shared_policy.sample(shared, prompts_, seeds, 3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a later snapshot (another adapter state) does not leak into the first sampler
+    ema = {k: torch.zeros_like(v) for k, v in shared_policy.adapter_state("default").items()}
+    current = shared_policy.adapter_state("default")
+    shared_policy.load_adapter("default", ema)
+    other = shared_policy.sampler_copy(None, adapter="default")[0]
+    shared_policy.load_adapter("default", current)
+    shared_policy.sample(other, prompts_, seeds, 3)
+    torch.testing.assert_close(shared_policy.sample(shared, prompts_, seeds, 3), want, rtol=1e-4, atol=1e-4)

@@ -161,8 +161,12 @@ class DiffusersPolicy(Policy):
         raise NotImplementedError
 
     @torch.no_grad()
-    def decode(self, x0: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory)."""
+    def decode(self, x0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory: the
+        memory plan's DECODE_CHUNK, which it measures)."""
+        from ..memplan import DECODE_CHUNK
+
+        chunk = chunk or DECODE_CHUNK
 
         def run():
             out = []
