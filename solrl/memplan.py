@@ -114,6 +114,7 @@ class MemoryPlan:
     activations: dict[str, int]  # phase -> measured transient peak bytes (sample_<stage> per stage)
     saved_for_backward: int  # bytes autograd saves for one update micro-batch (outside checkpointed blocks)
     table: dict[str, dict[str, int]]  # stage -> component -> bytes, at the stage's peak phase
+    phases: dict[tuple[str, str], dict[str, int]]  # (stage, phase) -> component -> bytes, every phase
     peak_phase: dict[str, str]
     peak_by_stage: dict[str, int]
     peak: int
@@ -152,7 +153,7 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     spec = primary_explore(cfg)
     if spec is not None and spec.low_precision and (cfg.explore.backend == "emulated" or spec.precision == "fp8"):
         notes.append("explore activations are counted as the bf16 model's; an emulated layer's float32 temporaries (one layer at a time) are not")
-    table, peak_phase, peak_by_stage = {}, {}, {}
+    table, peak_phase, peak_by_stage, phases = {}, {}, {}, {}
     for stage in STAGES:
         if not _stage_runs(cfg, stage):
             continue
@@ -168,6 +169,7 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
                 else:
                     row[c] = sizes[c]
             total = sum(row.values())
+            phases[(stage, phase)] = row
             if best is None or total > best[0]:
                 best = (total, phase, row)
         peak_by_stage[stage], peak_phase[stage], table[stage] = best
@@ -176,7 +178,7 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     fits = {label: peak <= mem for label, mem in GPUS.items()}
     if gpu_memory is not None:
         fits[f"{gpu_memory / GB:g} GB (given)"] = peak <= gpu_memory
-    return MemoryPlan(cfg.model.family, policy.resolution, dtype, sizes, acts, saved, table, peak_phase, peak_by_stage, peak, peak_stage, fits, gpu_memory, notes)
+    return MemoryPlan(cfg.model.family, policy.resolution, dtype, sizes, acts, saved, table, phases, peak_phase, peak_by_stage, peak, peak_stage, fits, gpu_memory, notes)
 
 
 def _plan_dtype(cfg: RunConfig, device_type: str) -> str:
@@ -626,7 +628,10 @@ def format_plan(p: MemoryPlan) -> str:
     and the GPUs it fits."""
     cols = [c for c in COMPONENTS if any(c in row for row in p.table.values())]
     head = ["stage (peak phase)", *cols, "peak"]
-    rows = [[f"{s} ({p.peak_phase[s]})", *[gb(p.table[s][c]) if c in p.table[s] else "-" for c in cols], gb(p.peak_by_stage[s])] for s in p.table]
+    shown = [(s, p.peak_phase[s]) for s in p.table]
+    if ("update", "train") in p.phases and p.peak_phase.get("update") != "train":  # the training phase is what the update settings change
+        shown.insert(shown.index(("update", p.peak_phase["update"])) + 1, ("update", "train"))
+    rows = [[f"{s} ({ph})", *[gb(p.phases[(s, ph)][c]) if c in p.phases[(s, ph)] else "-" for c in cols], gb(sum(p.phases[(s, ph)].values()))] for s, ph in shown]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
