@@ -51,7 +51,12 @@ GB = 10**9
 # The common GPUs a plan is checked against: usable memory as torch reports it (total_memory).
 GPUS = {"80 GB (A100/H100)": 80 * GB, "141 GB (H200)": 141 * GB, "180 GB (B200)": 180 * GB}
 CUDA_CONTEXT = 1 * GB  # CUDA context + kernels loaded by torch: an allowance, not measured here
-DECODE_CHUNK = 4  # DiffusersPolicy.decode's chunk
+DECODE_CHUNK = 4  # latents the VAE decodes at once (DiffusersPolicy.decode); 1 with model.low_memory
+
+
+def decode_chunk(cfg: RunConfig) -> int:
+    """How many latents the VAE decodes at once: the runtime's and the plan's figure."""
+    return 1 if cfg.model.low_memory else DECODE_CHUNK
 STAGES = ("baseline", "explore", "select", "regenerate", "audit", "update", "eval")
 COMPONENTS = ("transformer", "adapters", "explore_copy", "regenerate_copy", "eval_copy", "text_encoders", "vae", "rewards", "activations", "cuda_context")
 SAMPLING_PHASES = ("encode", "sample", "decode", "score")
@@ -580,7 +585,7 @@ def measure_decode(policy) -> int:
         return 0
     side = policy.resolution // policy.pipe.vae_scale_factor
     with torch.device("meta"):
-        lat = torch.empty(DECODE_CHUNK, vae.config.latent_channels, side, side, dtype=torch.float32)
+        lat = torch.empty(decode_chunk(policy.cfg), vae.config.latent_channels, side, side, dtype=torch.float32)
     tracker = LiveBytes(vae, lat)
     with tracker, torch.no_grad():
         vae.decode(lat, return_dict=False)

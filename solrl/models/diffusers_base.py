@@ -163,10 +163,10 @@ class DiffusersPolicy(Policy):
     @torch.no_grad()
     def decode(self, x0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory: the
-        memory plan's DECODE_CHUNK, which it measures)."""
-        from ..memplan import DECODE_CHUNK
+        memory plan's decode_chunk, which it measures)."""
+        from ..memplan import decode_chunk
 
-        chunk = chunk or DECODE_CHUNK
+        chunk = chunk or decode_chunk(self.cfg)
 
         def run():
             out = []
