@@ -86,7 +86,7 @@ def frozen_on_device(cfg: RunConfig, phase: str, device_type: str = "cuda") -> s
 def sampler_on_device(cfg: RunConfig, stage: str) -> set[str]:
     """The sampler copies kept on the accelerator during `stage` (the cache drops the others)."""
     on = set()
-    if stage in SAMPLER:
+    if stage in SAMPLER and (SAMPLER[stage] != "explore_copy" or cfg.mode.explores):
         on.add(SAMPLER[stage])
     if stage == "audit" and cfg.fidelity.guard.enabled:
         on.add("explore_copy")  # the guard's fallback audit re-runs the configured proxy
@@ -197,15 +197,14 @@ def _plan_dtype(cfg: RunConfig, device_type: str) -> str:
 
 
 def _stage_runs(cfg: RunConfig, stage: str) -> bool:
+    """Whether the config's mode and settings run `stage` at all (solrl/plan.py's rules)."""
     m = cfg.mode
-    if stage in ("explore", "select") and not m.explores:
-        return stage == "select"
+    if stage == "explore":
+        return m.explores
     if stage == "audit":
         return bool(cfg.fidelity.audit_prompts) and m.explores
     if stage in ("baseline", "eval"):
         return bool(cfg.eval.every)
-    if stage == "regenerate":
-        return True
     return True
 
 
@@ -638,7 +637,7 @@ def format_plan(p: MemoryPlan) -> str:
         shown.insert(shown.index(("update", p.peak_phase["update"])) + 1, ("update", "train"))
     rows = [[f"{s} ({ph})", *[gb(p.phases[(s, ph)][c]) if c in p.phases[(s, ph)] else "-" for c in cols], gb(sum(p.phases[(s, ph)].values()))] for s, ph in shown]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "| " + " | ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+    line = lambda r: "| " + " | ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))) + " |"
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     out.append("")
     out.append(f"peak {gb(p.peak)} GB in {p.peak_stage} ({p.peak_phase[p.peak_stage]}); update micro-batch: {gb(p.saved_for_backward)} GB saved for backward outside checkpointed blocks, {gb(p.activations['train'])} GB transient peak")

@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
+from tiny_pipelines import BUILDERS
 
 from solrl import memplan
 from solrl.config import RunConfig, load_config
 from solrl.models import load_policy
 from solrl.stages import TrainState, train_micro_batch
-from tiny_pipelines import BUILDERS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GB = memplan.GB
@@ -154,7 +154,7 @@ def test_a_run_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path):
     shortfall, exit 2, before the weights (which do not exist here) or prompts are looked at."""
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "sana", "--gpu-memory", "16GB", "--run-root", str(tmp_path), "--no-prefect"],
-                          capture_output=True, text=True, timeout=600)
+                          check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("Failed to load", "W1", "[transformers]", "USDT"))]
     message = " ".join(lines)
@@ -190,3 +190,9 @@ def test_low_memory_samplers_share_the_base_weights_and_sample_as_the_merged_cop
     shared_policy.load_adapter("default", current)
     shared_policy.sample(other, prompts_, seeds, 3)
     torch.testing.assert_close(shared_policy.sample(shared, prompts_, seeds, 3), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mode_without_explore_plans_no_explore_copy():
+    cfg = load_config("flux").with_overrides(**{"run.mode": "diffusionnft"})
+    assert memplan.sampler_on_device(cfg, "select") == set() and memplan.sampler_on_device(cfg, "explore") == set()
+    assert "explore_copy" not in memplan.resident(cfg, "select", "idle")

@@ -71,7 +71,7 @@ class SharedSampler:
     with its own snapshot of an adapter loaded into a spare adapter slot (unmerged LoRA), so a
     regenerate or evaluation sampler costs no transformer copy. Called like the merged copy."""
 
-    def __init__(self, policy: "Policy", state: dict[str, torch.Tensor]):
+    def __init__(self, policy: Policy, state: dict[str, torch.Tensor]):
         self.policy, self.state = policy, {k: v.detach().clone() for k, v in state.items()}
         self.config = policy.peft.config
 
