@@ -155,7 +155,7 @@ class DiffusersPolicy(Policy):
         rows = [self._cond_cache[p] for p in prompts]
         return tuple(torch.cat([r[i] for r in rows]).to(self.device) for i in range(len(rows[0])))
 
-    cond_cache_size = 4096
+    cond_cache_size = 512  # prompts (FLUX: ~2 MB each on the CPU); an iteration needs its prompts + the eval sets
 
     def _encode(self, prompts: list[str]) -> Any:
         raise NotImplementedError
