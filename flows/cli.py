@@ -73,6 +73,8 @@ def run(
     no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
     take_over: bool = typer.Option(False, "--take-over", help="take over the run's lease when its holder looks gone (stale heartbeat)"),
     cluster: str = typer.Option(None, "--cluster", help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="check the memory plan against this much GPU memory (e.g. 80GB) instead of the visible GPU's"),
+    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="start even when the memory plan exceeds the GPU (also model.memory_check: false)"),
 ):
     """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
     from tasks.run import default_run_id, start_run
@@ -80,7 +82,8 @@ def run(
     rid = run_id or default_run_id(config)
     resume = f"sol-rl run {config} --run-id {rid}" + (f" --run-root {run_root}" if run_root else "") + (f" --cluster {cluster}" if cluster else "")
     with _errors(resume):
-        run_ = start_run(config, rid, run_root, cluster=cluster)  # validates a resumed run's config before any compute
+        # the accelerator and the memory plan checked before any weight loads; a resumed run's config validated
+        run_ = start_run(config, rid, run_root, cluster=cluster, gpu_memory=gpu_memory, memory_check=not no_memory_check)
     cfg = run_.cfg
     root = run_.uri.rsplit("/", 1)[0]
     resume = f"sol-rl run {config} --run-id {rid} --run-root {root}" + (f" --cluster {cluster}" if cluster else "")
@@ -118,6 +121,28 @@ def run(
         err.print(stops.where_stopped(run_, n, stopped, resume), highlight=False)
         stops.fast_exit(stops.exit_code())
     console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="YAML config path, or a preset name: flux, sd35, sana"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="also check against this much GPU memory, e.g. 80GB, 141GB, 81559MiB"),
+):
+    """The memory plan of a GPU config, before any weight exists here: the family built at real
+    size on the meta device, one update micro-batch measured; per stage, the GB of each component
+    on the GPU at the stage's peak phase, the peak, and which GPUs it fits (docs/gpus.md)."""
+    from solrl.config import load_config
+
+    with _errors():
+        cfg = load_config(config)
+        from solrl import memplan
+
+        memory = memplan.parse_size(gpu_memory) if gpu_memory else None
+        p = memplan.plan(cfg, memory)
+    console.print(f"memory plan of {config}: {p.family} {p.resolution} px, {p.dtype}, micro_batch {cfg.nft.micro_batch}, "
+                  f"gradient_checkpointing {cfg.nft.gradient_checkpointing}, lora_bf16 {cfg.nft.lora_bf16}, low_memory {cfg.model.low_memory} (GB = 10^9 bytes)",
+                  highlight=False, markup=False)
+    console.print(memplan.format_plan(p), highlight=False, markup=False)
 
 
 @app.command()

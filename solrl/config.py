@@ -22,7 +22,7 @@ from .registry import FAMILIES, REWARDS
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Keys that never change what a run computes: a resumed run may change them freely
 # (extend a run, move it, scale it out).
-NOT_HASHED = {"run": ("iterations",), "storage": "*", "cluster": "*"}
+NOT_HASHED = {"run": ("iterations",), "model": ("memory_check",), "storage": "*", "cluster": "*"}
 
 
 def _one_of(v: str, known, what: str) -> str:
@@ -61,12 +61,19 @@ class ModelSection(_Strict):
     # resolved values are stored in run.json and are part of the resume hash.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    # Text tokens per prompt for the real families' encoders (None = the family's: 256, SANA 300).
+    # Text tokens per prompt for the real families' encoders (None = the family's: 128, SANA 300).
     max_sequence_length: int | None = Field(None, ge=1)
     offload: bool = True  # real families: text encoders and VAE leave the GPU between uses
     # torch.compile the sampler copies (explore and regenerate), as the official code does: on in
     # the GPU presets, off for shapes (on a CPU the compile costs more than it saves).
     compile_samplers: bool = False
+    # Real families: the regenerate and evaluation samplers run the policy itself with the
+    # adapter active (unmerged LoRA) instead of a merged copy of the transformer: one transformer
+    # copy less on the GPU, each sampling step a little slower (docs/gpus.md).
+    low_memory: bool = False
+    # Refuse a GPU run whose memory plan (solrl/memplan.py, `sol-rl plan`) exceeds the GPU, before
+    # any weight loads (`sol-rl run --no-memory-check` overrides).
+    memory_check: bool = True
 
     @field_validator("family")
     @classmethod
@@ -174,6 +181,13 @@ class NFTSection(_Strict):
     # Optimizer steps per iteration (the official gradient_step_per_epoch): the kept samples are
     # split into this many parts; "old" stays fixed within the iteration, the EMA follows every step.
     steps_per_iteration: int = Field(1, ge=1)
+    # Real families: diffusers' gradient checkpointing of the transformer blocks in the update
+    # (activations recomputed in the backward pass instead of kept).
+    gradient_checkpointing: bool = False
+    # LoRA matmuls in the model's dtype (bf16) on the bf16 activations; the adapters, their
+    # gradients, AdamW and the EMA stay float32. False: peft's float32 LoRA path, which keeps a
+    # float32 copy of every LoRA input for the backward pass.
+    lora_bf16: bool = False
 
 
 class EvalSection(_Strict):

@@ -56,8 +56,10 @@ def nft_loss(
     r: torch.Tensor,
     beta: float = 1.0,
     kl_beta: float = 1e-4,
+    with_terms: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The DiffusionNFT loss of one micro-batch at one time per sample. `t` has shape [B]."""
+    """The DiffusionNFT loss of one micro-batch at one time per sample. `t` has shape [B].
+    `with_terms=False` skips the logged floats (the memory plan runs this on the meta device)."""
     tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x_t.dtype)
     v_old = v_old.detach()
     v_pos = beta * v_theta + (1 - beta) * v_old
@@ -72,6 +74,8 @@ def nft_loss(
     else:
         kl = torch.zeros((), dtype=torch.float64, device=x0.device)
     loss = policy + kl_beta * kl
+    if not with_terms:
+        return loss, {}
     terms = {
         "loss": float(loss.detach()),
         "policy_loss": float(policy.detach()),

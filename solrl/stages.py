@@ -269,6 +269,19 @@ class TrainState:
         return cls(opt, policy.adapter_state("default"), 0)
 
 
+def train_micro_batch(policy: Policy, cfg: RunConfig, x0, x_t, t, c, r, divisor: int, with_terms: bool = True) -> dict[str, float]:
+    """Forward and backward of one micro-batch: v_old and v_ref without gradients, v_θ with
+    them, the DiffusionNFT loss, gradients accumulated (scaled by 1/divisor). The memory plan
+    (solrl/memplan.py) runs this same function on the meta device to measure the update."""
+    with torch.no_grad():
+        v_old = policy.velocity(x_t, t, c, "old")
+        v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
+    v_theta = policy.velocity(x_t, t, c, "default")
+    loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r, cfg.nft.beta, cfg.nft.kl_beta, with_terms=with_terms)
+    (loss / divisor).backward()
+    return terms
+
+
 def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
@@ -308,13 +321,7 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
                 tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
                 x0 = samples.x0[idx].to(dev)
                 x_t = (1 - tt) * x0 + tt * eps[j, idx].to(dev)
-                c = policy.select_cond(cond, idx)
-                with torch.no_grad():
-                    v_old = policy.velocity(x_t, t, c, "old")
-                    v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
-                v_theta = policy.velocity(x_t, t, c, "default")
-                loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r[idx].to(dev), cfg.nft.beta, cfg.nft.kl_beta)
-                (loss / (len(chunks) * n_times)).backward()
+                terms = train_micro_batch(policy, cfg, x0, x_t, t, policy.select_cond(cond, idx), r[idx].to(dev), len(chunks) * n_times)
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
                 if progress:

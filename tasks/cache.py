@@ -106,10 +106,25 @@ class PolicyCache:
                 keep = 1 if policy.device.type == "cuda" else 2
                 recent = list(dict.fromkeys(k[0] for k in self._samplers if k[0] != self._adapters))[-(keep - 1) :] if keep > 1 else []
                 self._samplers = {k: v for k, v in self._samplers.items() if k[0] == self._adapters or k[0] in recent}
+                if policy.device.type == "cuda":  # the memory plan's schedule: only this stage's copies stay
+                    self._drop_samplers(run, "explore" if quant is not None else "regenerate")
                 self._samplers[key] = policy.sampler_copy(quant)
                 if quant is not None:
                     log.info("iteration %d explore copy: %s", iteration, self._samplers[key][1].summary())
             return self._samplers[key]
+
+    def _drop_samplers(self, run, stage: str) -> None:
+        """Free the cached sampler copies the memory plan does not keep on the GPU in `stage`
+        (solrl.memplan.sampler_on_device: the schedule the plan adds up)."""
+        from solrl.memplan import sampler_on_device
+
+        on = sampler_on_device(run.cfg, stage)
+        kept = {k: v for k, v in self._samplers.items() if ("explore_copy" if k[1] != "None" else "regenerate_copy") in on}
+        if len(kept) != len(self._samplers):
+            self._samplers = kept
+            import torch
+
+            torch.cuda.empty_cache()
 
     @contextmanager
     def mutating(self, run, iteration: int):
@@ -117,6 +132,8 @@ class PolicyCache:
         them. The entry is dirty until `committed()`; on any failure it stays dirty."""
         with self._lock:
             policy, state = self.at(run, iteration)
+            if policy.device.type == "cuda":  # the sampler copies make room for the update (memory plan)
+                self._drop_samplers(run, "update")
             self._adapters = None  # dirty (the sampler copies stay: they were built from committed adapters)
             yield policy, state
 

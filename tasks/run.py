@@ -166,10 +166,29 @@ def default_run_id(config: str) -> str:
     return f"{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_memory(cfg: RunConfig, gpu_memory: str | None = None) -> None:
+    """Refuse (one sentence, exit 2) a GPU run whose memory plan (solrl/memplan.py) exceeds the
+    GPU: `gpu_memory` (e.g. "80GB") or the visible GPU's. Nothing to check for shapes or on a CPU."""
+    if cfg.model.family == "shapes" or not cfg.model.memory_check:
+        return
+    from solrl import memplan
+
+    if gpu_memory:
+        memplan.check_fits(cfg, memplan.parse_size(gpu_memory), "--gpu-memory")
+        return
+    import torch
+
+    if cfg.model.device == "cpu" or not torch.cuda.is_available():
+        return
+    props = torch.cuda.get_device_properties(0)
+    memplan.check_fits(cfg, props.total_memory, f"this GPU ({props.name})")
+
+
 def start_run(config: str, run_id: str | None = None, root: str | None = None, overrides: dict | None = None,
-              cluster: str | None = None) -> Run:
+              cluster: str | None = None, gpu_memory: str | None = None, memory_check: bool = True) -> Run:
     """What every way of starting a run does once, before any weight loads: read and check the
-    config (`overrides`: dotted keys; `cluster`: an existing Dask scheduler), check the model's
+    config (`overrides`: dotted keys; `cluster`: an existing Dask scheduler), the accelerator and
+    the memory plan (`gpu_memory`, or the GPU's; `memory_check=False` skips it), the model's
     files, then create the run or validate a resumed one (solrl/config.py, open_run)."""
     from solrl.config import load_config
 
@@ -181,6 +200,8 @@ def start_run(config: str, run_id: str | None = None, root: str | None = None, o
     from solrl.accelerator import check_accelerator
 
     check_accelerator(cfg)  # Transformer Engine, its version, the GPU: before anything loads (torch-free)
+    if memory_check:
+        check_memory(cfg, gpu_memory)  # the plan on the meta device: no weight loads
     from solrl.models import check_model
 
     check_model(cfg)  # missing weights or prompt files: one sentence, before any run folder

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Resolved, RunConfig
@@ -39,6 +40,52 @@ from ..sampling import solve
 from ..seeds import noise_batch, stream_seed
 
 ADAPTERS = ("default", "old")
+SAMPLER_ADAPTER = "sampler"  # the slot a shared (low-memory) sampler loads its adapter state into
+
+
+class CastLinear(nn.Linear):
+    """A LoRA factor with a float32 master weight computed in its input's dtype: on bf16
+    activations the matmul runs in bf16 and autograd saves the bf16 input (which the frozen
+    base layer saves anyway), not a float32 copy of it; the gradient reaches the float32 weight
+    through the cast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def lora_in_input_dtype(model: nn.Module) -> None:
+    """Make every LoRA layer of a peft model compute in the activations' dtype (see CastLinear)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False  # peft would cast x to the float32 adapter dtype
+            for factors in (module.lora_A, module.lora_B):
+                for lin in factors.values():
+                    if type(lin) is nn.Linear:
+                        lin.__class__ = CastLinear
+
+
+class SharedSampler:
+    """A sampler that shares the policy's base weights (model.low_memory): it runs the peft model
+    with its own snapshot of an adapter loaded into a spare adapter slot (unmerged LoRA), so a
+    regenerate or evaluation sampler costs no transformer copy. Called like the merged copy."""
+
+    def __init__(self, policy: Policy, state: dict[str, torch.Tensor]):
+        self.policy, self.state = policy, {k: v.detach().clone() for k, v in state.items()}
+        self.config = policy.peft.config
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        p = self.policy
+        if p._sampler_owner is not self:  # another sampler's snapshot is in the slot
+            p.load_adapter(SAMPLER_ADAPTER, self.state)
+            p._sampler_owner = self
+        with p._adapter(SAMPLER_ADAPTER):
+            return p.peft(*args, **kwargs)
+
+    def eval(self):
+        return self
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -186,11 +233,14 @@ class Policy(ABC):
             p.data = p.data.float()  # add_adapter() casts "old" to the base dtype: keep every adapter float32
         self.load_adapter("old", self.adapter_state("default"))
         self.peft.set_adapter("default")
+        if getattr(self, "lora_bf16", False):
+            lora_in_input_dtype(self.peft)
 
     def _param_pairs(self) -> dict[str, dict[str, nn.Parameter]]:
-        out: dict[str, dict[str, nn.Parameter]] = {a: {} for a in ADAPTERS}
+        adapters = (*ADAPTERS, SAMPLER_ADAPTER) if SAMPLER_ADAPTER in self.peft.peft_config else ADAPTERS
+        out: dict[str, dict[str, nn.Parameter]] = {a: {} for a in adapters}
         for name, p in self.peft.named_parameters():
-            for a in ADAPTERS:
+            for a in adapters:
                 tag = f".{a}."
                 if "lora_" in name and tag in name:
                     out[a][name.replace(tag, ".")] = p
@@ -234,7 +284,10 @@ class Policy(ABC):
     def sampler_copy(self, quant: QuantConfig | None = None, adapter: str = "old") -> tuple[nn.Module, QuantReport]:
         """Base weights + merged "old" adapter (W = W0 + (α/r) B A), detached from training;
         quantised when `quant` says so (layer by layer), torch.compile'd when the config's
-        `model.compile_samplers` says so. The explore and regenerate copies (docs/algorithm.md, "Explore")."""
+        `model.compile_samplers` says so. The explore and regenerate copies (docs/algorithm.md, "Explore").
+        With `model.low_memory` (real families) an unquantised sampler is a SharedSampler."""
+        if quant is None and getattr(self, "low_memory", False):
+            return self.shared_sampler(adapter), QuantReport(backend="none")
         model = copy.deepcopy(self.peft)
         model.set_adapter(adapter)
         merged = model.merge_and_unload(adapter_names=[adapter])
@@ -246,6 +299,22 @@ class Policy(ABC):
             # GPU as the official code does it; CUDA graphs off (the batch shapes vary).
             merged.compile(mode="max-autotune-no-cudagraphs" if self.device.type == "cuda" else None)
         return merged, report
+
+    def shared_sampler(self, adapter: str = "old") -> SharedSampler:
+        """A sampler over the policy's own weights with a snapshot of `adapter` (see SharedSampler)."""
+        if SAMPLER_ADAPTER not in self.peft.peft_config:
+            self.peft.add_adapter(SAMPLER_ADAPTER, self.peft.peft_config["default"])
+            if getattr(self, "lora_bf16", False):
+                lora_in_input_dtype(self.peft)
+            self._pairs = self._param_pairs()
+            for p in self._pairs[SAMPLER_ADAPTER].values():
+                p.data = p.data.float()
+                p.requires_grad_(False)
+            self.peft.set_adapter("default")
+        self._sampler_owner = None
+        return SharedSampler(self, self.adapter_state(adapter))
+
+    _sampler_owner = None
 
     @torch.no_grad()
     def sample(self, transformer: nn.Module, prompts: list[str], seeds: list[int], steps: int, solver: str = "euler", cond: Any = None) -> torch.Tensor:

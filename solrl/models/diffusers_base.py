@@ -78,11 +78,20 @@ class DiffusersPolicy(Policy):
         import diffusers
 
         self.setup(cfg, resolved)
-        m = cfg.model
+        path = resolve_weights(self.family, self.repo, cfg.model.weights)
+        pipe = getattr(diffusers, self.pipeline_class).from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        self.setup_pipeline(pipe)
+
+    def setup_pipeline(self, pipe) -> None:
+        """Everything after the weights load: frozen parts, dtypes, placement, checkpointing,
+        LoRA. The memory plan (solrl/memplan.py) calls this on a pipeline built on the meta device."""
+        m, cfg = self.cfg.model, self.cfg
+        self.pipe = pipe
         self.offload = m.offload and self.device.type == "cuda"
-        path = resolve_weights(self.family, self.repo, m.weights)
-        self.pipe = getattr(diffusers, self.pipeline_class).from_pretrained(path, dtype=self.dtype, local_files_only=True)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.low_memory = m.low_memory
+        self.lora_bf16 = cfg.nft.lora_bf16
+        self._cond_cache: dict[str, tuple] = {}
         # Frozen parts: text encoders and VAE never train. The VAE decodes in float32 (as the
         # official code does) because bf16 decoding visibly bands the images.
         for name, module in self.pipe.components.items():
@@ -94,39 +103,70 @@ class DiffusersPolicy(Policy):
         self.max_sequence_length = int(m.max_sequence_length or self.default_max_sequence_length)
         transformer = self.pipe.transformer
         transformer.to(self.device)
+        if cfg.nft.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()  # diffusers' own: per block, recomputed in backward
         self.latent_shape = self._latent_shape(self.resolution)
         self.attach_lora(transformer, m.lora_rank, m.lora_alpha, cfg.run.seed)
-        if not self.offload:
-            self._frozen_to(self.device)
+        self._place("idle")
 
     # --- memory hygiene -----------------------------------------------------------------------
-    def _frozen_to(self, device: torch.device) -> None:
-        for name, module in self.pipe.components.items():
-            if isinstance(module, nn.Module) and name != "transformer":
-                module.to(device)
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """The frozen components by memory-plan component: text encoders, VAE."""
+        return {name: module for name, module in self.pipe.components.items() if isinstance(module, nn.Module) and name != "transformer"}
 
-    def _with_frozen_on_device(self, fn):
-        """Run fn with the text encoders / VAE on the accelerator, then send them back to the
-        CPU when offloading (they are needed once per prompt, the memory is for training)."""
-        if self.offload:
-            self._frozen_to(self.device)
+    def _place(self, phase: str) -> None:
+        """Move the text encoders and the VAE where the memory plan's residency schedule puts
+        them in `phase` (solrl/memplan.py: the same schedule the plan adds up)."""
+        from ..memplan import frozen_on_device
+
+        wanted = frozen_on_device(self.cfg, phase, self.device.type)
+        moved = False
+        for name, module in self.frozen_modules().items():
+            component = "vae" if name == "vae" else "text_encoders"
+            target = self.device if component in wanted else torch.device("cpu")
+            if next(module.parameters(), torch.empty(0)).device != target:
+                module.to(target)
+                moved = True
+        if moved and self.device.type == "cuda" and phase == "idle":
+            torch.cuda.empty_cache()
+
+    def _with_frozen_on_device(self, fn, phase: str = "encode"):
+        """Run fn with the frozen parts placed for `phase`, then as when idle."""
+        self._place(phase)
         try:
             return fn()
         finally:
-            if self.offload:
-                self._frozen_to(torch.device("cpu"))
-                torch.cuda.empty_cache()
+            self._place("idle")
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Any:
-        return self._with_frozen_on_device(lambda: self._encode(list(prompts)))
+        """Conditioning of each prompt, encoded once per process and reused (explore, regenerate,
+        audit, update and eval of an iteration encode the same prompts): each prompt is encoded
+        alone, so its embedding does not depend on the batch it first came in; kept on the CPU."""
+        prompts = list(prompts)
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
+        if todo:
+            def run():
+                for p in todo:
+                    self._cond_cache[p] = tuple(c.detach().to("cpu") for c in self._encode([p]))
+            self._with_frozen_on_device(run, "encode")
+            while len(self._cond_cache) > self.cond_cache_size:  # oldest first
+                self._cond_cache.pop(next(iter(self._cond_cache)))
+        rows = [self._cond_cache[p] for p in prompts]
+        return tuple(torch.cat([r[i] for r in rows]).to(self.device) for i in range(len(rows[0])))
+
+    cond_cache_size = 512  # prompts (FLUX: ~2 MB each on the CPU); an iteration needs its prompts + the eval sets
 
     def _encode(self, prompts: list[str]) -> Any:
         raise NotImplementedError
 
     @torch.no_grad()
-    def decode(self, x0: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory)."""
+    def decode(self, x0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory: the
+        memory plan's decode_chunk, which it measures)."""
+        from ..memplan import decode_chunk
+
+        chunk = chunk or decode_chunk(self.cfg)
 
         def run():
             out = []
@@ -135,7 +175,7 @@ class DiffusersPolicy(Policy):
                 out.append(self._decode_latents(lat).float().clamp(-1, 1).cpu())
             return torch.cat(out)
 
-        return self._with_frozen_on_device(run)
+        return self._with_frozen_on_device(run, "decode")
 
     def _scaled_for_vae(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.pipe.vae.config

@@ -59,6 +59,7 @@ from ._common import (
     require,
     reward_batch,
     reward_device,
+    reward_dtype,
 )
 
 # score = exp(logit_scale) * cos / divisor, or the bare cosine for divisor None.
@@ -134,7 +135,7 @@ class ClipScorer:
         """The model input for `images` ([-1, 1]): resized, cropped and normalized, on the model's device."""
         return prepare_images(
             images, self.image_size, self.mean, self.std, quantize=self.quantize, resize=self.resize, device=self.device
-        )
+        ).to(next(self.model.parameters()).dtype)
 
     @staticmethod
     def _pooled(out: Any) -> torch.Tensor:
@@ -268,7 +269,7 @@ def _pretrained(cls: Any, source: Path | str, reward: str, searched: list[str], 
 def _hf_clip(reward: str, model_src: Path | str, tok_src: Path | str, searched: list[str], hint: str, scale: str, quantize: bool) -> ClipScorer:
     from transformers import AutoTokenizer, CLIPModel
 
-    model = _pretrained(CLIPModel, model_src, reward, searched, hint).float().to(reward_device()).eval()
+    model = _pretrained(CLIPModel, model_src, reward, searched, hint).to(reward_device(), reward_dtype(reward_device())).eval()
     tokenizer = _pretrained(AutoTokenizer, tok_src, reward, searched, hint)
     settings = _image_settings(tok_src, int(model.config.vision_config.image_size))
     return ClipScorer(model, tokenizer, scale=scale, quantize=quantize, **settings)
@@ -357,7 +358,7 @@ def load_hpsv2() -> ClipScorer:
     missing = [k for k in missing if not k.endswith("attn_mask")]
     if missing:
         raise RuntimeError(f"{path} does not fit open_clip {HPSV2_ARCH}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    model = model.float().to(reward_device()).eval()
+    model = model.to(reward_device(), reward_dtype(reward_device())).eval()
     size = getattr(model.visual, "image_size", 224)
     mean = getattr(model.visual, "image_mean", None) or CLIP_MEAN
     std = getattr(model.visual, "image_std", None) or CLIP_STD
