@@ -278,11 +278,14 @@ class TrainState:
         return cls(opt, policy.adapter_state("default"), 0)
 
 
-def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
+def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None, ranks=None) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
     after the last step (ALGORITHM §7). One metrics row per optimizer step. Samples with a
-    non-finite reward are left out (DESIGN §8); `n_dropped` counts them."""
+    non-finite reward are left out (DESIGN §8); `n_dropped` counts them.
+
+    `ranks` (solrl/ddp.py, data parallel): this process computes only the micro-batches it owns,
+    and gradients and loss terms are summed over the ranks before the optimizer step."""
     finite = torch.isfinite(samples.rewards)
     dropped = int((~finite).sum())
     if dropped:
@@ -311,7 +314,9 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
         state.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for j in range(n_times):
-            for idx in chunks:
+            for ci, idx in enumerate(chunks):
+                if ranks is not None and not ranks.owns(ci):
+                    continue
                 check_stop()
                 t = grid[times[idx, j]].to(dev)
                 tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
@@ -328,6 +333,8 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
                     sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
                 if progress:
                     progress(len(idx))
+        if ranks is not None:
+            sums = ranks.all_reduce(params, sums)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.nft.max_grad_norm))
         applied = bool(np.isfinite(sums["loss"]) and np.isfinite(grad_norm))
         ema_d = nft.ema_decay(state.step + 1)

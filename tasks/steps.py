@@ -204,6 +204,10 @@ def _stage_seconds(run: Run, iteration: int) -> dict[str, float]:
 
 
 def update_step(run: Run, iteration: int) -> str:
+    from .ddp import distributed_update_step, update_ranks
+
+    if update_ranks(run) > 1:  # data parallel over Dask workers (tasks/ddp.py)
+        return distributed_update_step(run, iteration)
     started = begin(run, iteration, "update")
     h = run.stage(iteration, "update")
     if started is None:
