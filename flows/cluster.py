@@ -21,6 +21,9 @@ import os
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from solrl.gpus import gpu_assignment, visible_gpus
+from tasks.ddp import cluster_in_use
+
 log = logging.getLogger("solrl")
 
 
@@ -41,30 +44,25 @@ def _quiet_dask() -> None:
     logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)
 
 
-def gpu_sets(workers: int, per_worker: int) -> list[list[str]]:
-    """The devices of each worker, taken from the GPUs this process may use (its own
-    CUDA_VISIBLE_DEVICES, e.g. a scheduler's allocation "4,5,6,7", else all of them). The first
-    device stays with the flow's process (plan, audit, update and eval load a model there) when
-    there are enough GPUs; otherwise workers share it."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        devices = [d.strip() for d in visible.split(",") if d.strip()]
-    else:
-        import torch
-
-        devices = [str(i) for i in range(torch.cuda.device_count())]
-    need = workers * per_worker
-    if len(devices) < need:
-        raise ValueError(f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {len(devices)} are visible: lower them")
-    pool = devices[1:] if len(devices) > need else devices
-    return [pool[i * per_worker : (i + 1) * per_worker] for i in range(workers)]
+def gpu_sets(workers: int, per_worker: int, update_ranks: int = 1, stages_in_flow: tuple[str, ...] = ("baseline", "eval", "audit", "update")) -> list[list[str]]:
+    """The devices of each worker (solrl/gpus.py): the first visible GPU stays with the flow's
+    process while it holds a model (`stages_in_flow`); never is a GPU given to two processes
+    (too few GPUs: a ConfigError saying how many workers fit)."""
+    return [list(s) for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, stages_in_flow).workers]
 
 
 @contextlib.contextmanager
-def dask_cluster(cluster):
-    """Yield the scheduler address the iterations run on (None: in this process). A cluster
-    started here is closed on every exit path Python runs; on SIGKILL its workers exit by
-    themselves when their scheduler goes."""
+def dask_cluster(cluster, stages_in_flow: tuple[str, ...] = ("baseline", "eval", "audit", "update")):
+    """Yield the scheduler address the iterations run on (None: in this process), published to
+    the update step with the rank count (tasks/ddp.py). A cluster started here is closed on every
+    exit path Python runs; on SIGKILL its workers exit by themselves when their scheduler goes.
+    `stages_in_flow`: those that hold a model in the flow's process (solrl.gpus.flow_stages)."""
+    with _dask_cluster(cluster, stages_in_flow) as address, cluster_in_use(address, cluster.update_ranks):
+        yield address
+
+
+@contextlib.contextmanager
+def _dask_cluster(cluster, stages_in_flow):
     if not (cluster.address or cluster.workers):
         yield None
         return
@@ -92,7 +90,7 @@ def dask_cluster(cluster):
                 f"gpu{i}": {"cls": Nanny, "options": {
                     "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
                     "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
-                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker))
+                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker, cluster.update_ranks, stages_in_flow))
             }
             scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
             c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
