@@ -5,10 +5,12 @@ Dask workers through prefect-dask's DaskTaskRunner (the config's `cluster` secti
                                          installed, and a Prefect server: PREFECT_API_URL)
     cluster.workers: 2                   a LocalCluster started for the run and closed after it
     cluster.gpus_per_worker: 1           one worker per GPU: each worker process gets its own
-                                         CUDA_VISIBLE_DEVICES (a SpecCluster of Nannies)
+                                         CUDA_VISIBLE_DEVICES (a SpecCluster of Nannies); which
+                                         process owns which GPU: solrl/gpus.py
+    cluster.update_ranks: 2              the update data parallel on 2 of the workers (tasks/ddp.py)
 
-Only mapped shard tasks go to Dask; plan, select, audit, update and eval are single tasks that
-run in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
+Mapped shard tasks go to Dask, and the update's ranks when `update_ranks` > 1; plan, select,
+audit and eval are single tasks that run in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
 and reuses it across tasks and iterations; tasks pass run URIs and receive file URIs, never
 tensors. One thread per worker: the cache is thread-safe, but torch on a CPU wants the cores.
 """
