@@ -9,8 +9,9 @@ Dask workers through prefect-dask's DaskTaskRunner (the config's `cluster` secti
                                          process owns which GPU: solrl/gpus.py
     cluster.update_ranks: 2              the update data parallel on 2 of the workers (tasks/ddp.py)
 
-Mapped shard tasks go to Dask, and the update's ranks when `update_ranks` > 1; plan, select,
-audit and eval are single tasks that run in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
+Mapped shard tasks go to Dask (explore, regenerate, audit, eval, baseline: one per prompt), and
+the update's ranks when `update_ranks` > 1; plan and select (no model) and the 1-rank update are
+single tasks in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
 and reuses it across tasks and iterations; tasks pass run URIs and receive file URIs, never
 tensors. One thread per worker: the cache is thread-safe, but torch on a CPU wants the cores.
 """
@@ -23,7 +24,7 @@ import os
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from solrl.gpus import gpu_assignment, visible_gpus
+from solrl.gpus import flow_stages, gpu_assignment, visible_gpus
 from tasks.ddp import cluster_in_use
 
 log = logging.getLogger("solrl")
@@ -46,25 +47,24 @@ def _quiet_dask() -> None:
     logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)
 
 
-def gpu_sets(workers: int, per_worker: int, update_ranks: int = 1, stages_in_flow: tuple[str, ...] = ("baseline", "eval", "audit", "update")) -> list[list[str]]:
+def gpu_sets(workers: int, per_worker: int, update_ranks: int = 1) -> list[list[str]]:
     """The devices of each worker (solrl/gpus.py): the first visible GPU stays with the flow's
-    process while it holds a model (`stages_in_flow`); never is a GPU given to two processes
-    (too few GPUs: a ConfigError saying how many workers fit)."""
-    return [list(s) for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, stages_in_flow).workers]
+    process while it holds a model (the update on one rank); never is a GPU given to two
+    processes (too few GPUs: a ConfigError saying how many workers fit)."""
+    return [list(s) for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, flow_stages(update_ranks)).workers]
 
 
 @contextlib.contextmanager
-def dask_cluster(cluster, stages_in_flow: tuple[str, ...] = ("baseline", "eval", "audit", "update")):
+def dask_cluster(cluster):
     """Yield the scheduler address the iterations run on (None: in this process), published to
     the update step with the rank count (tasks/ddp.py). A cluster started here is closed on every
-    exit path Python runs; on SIGKILL its workers exit by themselves when their scheduler goes.
-    `stages_in_flow`: those that hold a model in the flow's process (solrl.gpus.flow_stages)."""
-    with _dask_cluster(cluster, stages_in_flow) as address, cluster_in_use(address, cluster.update_ranks):
+    exit path Python runs; on SIGKILL its workers exit by themselves when their scheduler goes."""
+    with _dask_cluster(cluster) as address, cluster_in_use(address, cluster.update_ranks):
         yield address
 
 
 @contextlib.contextmanager
-def _dask_cluster(cluster, stages_in_flow):
+def _dask_cluster(cluster):
     if not (cluster.address or cluster.workers):
         yield None
         return
@@ -92,7 +92,7 @@ def _dask_cluster(cluster, stages_in_flow):
                 f"gpu{i}": {"cls": Nanny, "options": {
                     "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
                     "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
-                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker, cluster.update_ranks, stages_in_flow))
+                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker, cluster.update_ranks))
             }
             scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
             c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)

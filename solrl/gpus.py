@@ -4,10 +4,11 @@ Rules (docs/scale-out-gpus.md):
   * a Dask worker owns `cluster.gpus_per_worker` GPUs of its own (its CUDA_VISIBLE_DEVICES);
   * the ranks of the update are workers (tasks/ddp.py): rank r is the r-th worker by name, on
     that worker's GPUs, reusing the model the worker holds: no GPU gets a second copy;
-  * the flow's process owns one GPU of its own when it holds a model: it does while audit, eval
-    or the baseline run in it, and while the update does (`update_ranks: 1`); it is the first
-    visible GPU, and no worker is given it. Otherwise the flow's process holds no model and
-    every GPU can go to a worker.
+  * the flow's process owns one GPU of its own when it holds a model: with workers, only the
+    update does (`update_ranks: 1`; explore, regenerate, audit, eval and the baseline are sharded
+    onto the workers); without workers, everything runs there. It is the first visible GPU, and
+    no worker is given it. With the update on ranks, the flow's process holds no model and every
+    GPU can go to a worker.
 A node without enough GPUs for that is a config error (one sentence), never a shared GPU.
 Torch-free: `sol-rl status` and `sol-rl plan` print it without loading anything.
 """
@@ -52,16 +53,11 @@ class GpuAssignment:
         return out
 
 
-def flow_stages(eval_every: int, audit_prompts: int, update_ranks: int) -> tuple[str, ...]:
-    """The stages that load a model in the flow's process (plan and select never do)."""
-    out = []
-    if eval_every:
-        out += ["baseline", "eval"]
-    if audit_prompts:
-        out.append("audit")
-    if update_ranks <= 1:
-        out.append("update")
-    return tuple(out)
+def flow_stages(update_ranks: int) -> tuple[str, ...]:
+    """The stages that load a model in the flow's process when there are workers: the update on
+    one rank. (plan and select load none; explore, regenerate, audit, eval and baseline are
+    sharded onto the workers; without workers everything runs in the flow's process.)"""
+    return ("update",) if update_ranks <= 1 else ()
 
 
 def gpu_assignment(devices, workers: int, gpus_per_worker: int, update_ranks: int = 1, stages_in_flow: tuple[str, ...] = ("update",),
@@ -84,7 +80,7 @@ def gpu_assignment(devices, workers: int, gpus_per_worker: int, update_ranks: in
     if need > len(pool):
         why = f"the flow's process keeps GPU {flow[0]} for {', '.join(stages_in_flow)}, " if flow else ""
         raise ConfigError(f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {why}{len(pool)} of the {len(devices)} visible GPUs are left for workers: "
-                          f"lower cluster.workers to {len(pool) // max(1, gpus_per_worker)}" + (" (or move those stages out of the flow's process: update_ranks > 1, eval.every 0, fidelity.audit_prompts 0)" if flow else ""))
+                          f"lower cluster.workers to {len(pool) // max(1, gpus_per_worker)}" + (" (or train the update on the workers: cluster.update_ranks > 1)" if flow else ""))
     sets = tuple(pool[i * gpus_per_worker : (i + 1) * gpus_per_worker] for i in range(workers))
     return GpuAssignment(devices, flow, sets, ranks, stages_in_flow if flow else (), False, pool[need:])
 
@@ -110,12 +106,12 @@ def format_gpu_assignment(a: GpuAssignment) -> str:
             lines.append(f"  GPU {d}: idle")
         else:
             rank = f", update rank {rank_of[owner]}" if owner in rank_of else ""
-            lines.append(f"  GPU {d}: worker {owner} (explore, regenerate{rank})")
+            lines.append(f"  GPU {d}: worker {owner} (explore, regenerate, audit, eval{rank})")
     return "\n".join(lines)
 
 
 def for_config(cfg, devices) -> GpuAssignment:
     """The assignment of a run config (solrl.config.RunConfig) on a node with `devices`."""
     c = cfg.cluster
-    stages = flow_stages(cfg.eval.every, cfg.fidelity.audit_prompts, c.update_ranks)
+    stages = flow_stages(c.update_ranks)
     return gpu_assignment(devices, c.workers, c.gpus_per_worker, c.update_ranks, stages, external=bool(c.address))

@@ -367,10 +367,13 @@ def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, s
     """The evaluation sets (ALGORITHM §8): `train` = the training pool (or, without a pool, 16
     training prompts drawn once on a constant key), `held_out` = the family's stratified sample of
     held-out prompts. Ids index the training set and the held-out set respectively."""
-    train, held = policy.train_prompts(), policy.eval_prompts()
+    return eval_prompt_sets(type(policy), cfg, policy.train_prompts(), policy.eval_prompts(), policy.resolved.pool)
+
+
+def eval_prompt_sets(family, cfg: RunConfig, train: tuple[str, ...], held: tuple[str, ...], pool: tuple[str, ...] | None) -> dict[str, tuple[tuple[int, str], ...]]:
+    """`eval_prompts` from the family class and its prompt sets (no model needed)."""
     out = {}
     if "train" in cfg.eval.sets:
-        pool = policy.resolved.pool
         if pool is None:
             g = torch.Generator().manual_seed(stream_seed(0, len(train), name="eval-train"))
             pool = tuple(train[i] for i in sorted(torch.randperm(len(train), generator=g)[: min(16, len(train))].tolist()))
@@ -378,21 +381,29 @@ def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, s
         out["train"] = tuple((where[p], p) for p in pool[: cfg.eval.train_prompts])
     if "held_out" in cfg.eval.sets:
         where = {p: i for i, p in enumerate(held)}
-        out["held_out"] = tuple((where[p], p) for p in type(policy).held_out_eval_prompts(cfg, held))
+        out["held_out"] = tuple((where[p], p) for p in family.held_out_eval_prompts(cfg, held))
     return out
 
 
-def evaluate(policy: Policy, ema: dict[str, torch.Tensor], cfg: RunConfig, with_media: bool = True, progress: Progress | None = None) -> dict[str, list]:
-    """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
-    (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision."""
+def eval_model(policy: Policy, ema: dict[str, torch.Tensor]):
+    """The high-precision sampler copy with `ema` merged (the policy's own adapters unchanged)."""
     current = policy.adapter_state("default")
     policy.load_adapter("default", ema)
     try:
-        model, _ = policy.sampler_copy(None, adapter="default")
+        return policy.sampler_copy(None, adapter="default")[0]
     finally:
         policy.load_adapter("default", current)
+
+
+def evaluate(policy: Policy, ema: dict[str, torch.Tensor] | None, cfg: RunConfig, with_media: bool = True, progress: Progress | None = None,
+             sets: dict[str, tuple[tuple[int, str], ...]] | None = None, model=None) -> dict[str, list]:
+    """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
+    (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision.
+    `sets`: only these (set -> prompts; default all, `eval_prompts`); `model`: `eval_model(policy, ema)` made already."""
+    if model is None:
+        model = eval_model(policy, ema)
     cols: dict[str, list] = {"set": [], "prompt_id": [], "prompt": [], "seed": []}
-    for name, prompts in eval_prompts(policy, cfg).items():
+    for name, prompts in (eval_prompts(policy, cfg) if sets is None else sets).items():
         for pid, text in prompts:
             for j in range(cfg.eval.seeds_per_prompt):
                 for k, v in zip(cols, (name, pid, text, eval_seed(text, j))):

@@ -11,15 +11,13 @@ import pytest
 from solrl.errors import ConfigError
 from solrl.gpus import flow_stages, format_gpu_assignment, gpu_assignment
 
-STAGE_SETS = {"all in flow": flow_stages(1, 1, 1), "update on ranks, eval in flow": flow_stages(1, 0, 2), "nothing in flow": flow_stages(0, 0, 2)}
-
-
-@pytest.mark.parametrize("gpus,workers,stages", list(itertools.product((1, 2, 8), (1, 2, 8), STAGE_SETS)))
-def test_no_gpu_is_shared(gpus, workers, stages):
-    in_flow = STAGE_SETS[stages]
-    ranks = 1 if "update" in in_flow else min(2, workers)
-    if ranks < 2 and "update" not in in_flow:
-        in_flow = in_flow + ("update",)
+@pytest.mark.parametrize("gpus,workers,ranks", list(itertools.product((1, 2, 8), (1, 2, 8), (1, 2, 8))))
+def test_no_gpu_is_shared(gpus, workers, ranks):
+    if ranks > workers:
+        with pytest.raises(ConfigError, match="update_ranks .* one rank per Dask worker"):
+            gpu_assignment(gpus, workers, 1, ranks, flow_stages(ranks))
+        return
+    in_flow = flow_stages(ranks)  # the 1-rank update holds a model in the flow's process; nothing else does
     fits = workers + (1 if in_flow else 0) <= gpus
     if not fits:
         with pytest.raises(ConfigError, match=r"lower cluster\.workers to \d+"):
@@ -31,20 +29,21 @@ def test_no_gpu_is_shared(gpus, workers, stages):
     assert all(len(ds) == 1 for ds in a.workers) and len(a.workers) == workers
     assert not set(a.flow) & {d for ds in a.workers for d in ds}
     assert bool(a.flow) == bool(in_flow)  # the flow's process has a GPU exactly when it holds a model
+    assert a.ranks == (tuple(range(ranks)) if ranks > 1 else ())  # ranks are workers: no GPU of their own
     text = format_gpu_assignment(a)
-    assert text.count("\n") == gpus and "flow process" in text if in_flow else "flow process" not in text
-    print(f"{gpus} GPU(s), {workers} worker(s), {stages}:\n{text}")
+    assert text.count("\n") == gpus and ("flow process" in text) == bool(in_flow)
+    print(f"{gpus} GPU(s), {workers} worker(s), {ranks} rank(s):\n{text}")
 
 
 def test_the_readme_example_on_eight_gpus():
     """`workers: 8, gpus_per_worker: 1` on 8 GPUs: before, worker 0 and the flow met on GPU 0."""
-    with pytest.raises(ConfigError, match="keeps GPU 0 for baseline, eval, audit, update.*lower cluster.workers to 7"):
-        gpu_assignment(8, 8, 1, 1, flow_stages(1, 1, 1))
-    a = gpu_assignment(8, 7, 1, 1, flow_stages(1, 1, 1))
+    with pytest.raises(ConfigError, match="keeps GPU 0 for update.*lower cluster.workers to 7 .*update_ranks > 1"):
+        gpu_assignment(8, 8, 1, 1, flow_stages(1))
+    a = gpu_assignment(8, 7, 1, 1, flow_stages(1))
     assert a.flow == ("0",) and a.workers == tuple((str(i),) for i in range(1, 8))
-    a = gpu_assignment(8, 8, 1, 8, flow_stages(0, 0, 8))  # update on 8 ranks, no eval/audit: the flow's process holds no model
+    a = gpu_assignment(8, 8, 1, 8, flow_stages(8))  # the update on 8 ranks: the flow's process holds no model
     assert a.flow == () and a.ranks == tuple(range(8)) and sorted(d for ds in a.workers for d in ds) == [str(i) for i in range(8)]
-    assert "GPU 7: worker 7 (explore, regenerate, update rank 7)" in format_gpu_assignment(a)
+    assert "GPU 7: worker 7 (explore, regenerate, audit, eval, update rank 7)" in format_gpu_assignment(a)
 
 
 def test_visible_devices_and_the_cluster_helper(monkeypatch):
@@ -52,7 +51,7 @@ def test_visible_devices_and_the_cluster_helper(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # a batch scheduler's allocation
     assert gpu_sets(3, 1) == [["5"], ["6"], ["7"]]
-    assert gpu_sets(2, 2, update_ranks=2, stages_in_flow=()) == [["4", "5"], ["6", "7"]]
+    assert gpu_sets(2, 2, update_ranks=2) == [["4", "5"], ["6", "7"]]
     with pytest.raises(ConfigError, match="gpus_per_worker is 0"):
         gpu_assignment(["4", "5"], 2, 0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
