@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flows import stops  # noqa: E402
 from flows.cluster import api_for_workers, dask_cluster, task_runner  # noqa: E402
 from solrl.config import load_config  # noqa: E402
-from solrl.gpus import flow_stages  # noqa: E402
 from solrl.models import check_model  # noqa: E402
 from solrl.settings import settings  # noqa: E402
 from storage.store import join  # noqa: E402
@@ -102,7 +101,7 @@ def sol_rl(config: str = "configs/shapes.yaml", run_id: str | None = None, itera
     lease = run.acquire(take_over)
     try:
         get_run_logger().info("run %s at %s: %d iteration(s), mode %s", run_id, run.store.url(run.store.root), n, cfg.run.mode)
-        with dask_cluster(cfg.cluster, flow_stages(cfg.eval.every, cfg.fidelity.audit_prompts, cfg.cluster.update_ranks)) as address, api_for_workers(address):
+        with dask_cluster(cfg.cluster) as address, api_for_workers(address):
             runner = task_runner(address)
             return [sol_rl_iteration.with_options(task_runner=runner)(run.uri, i, lease.owner) for i in range(n)]
     finally:

@@ -1,4 +1,4 @@
-"""Explore and regenerate shards on Dask (prefect-dask's DaskTaskRunner): a LocalCluster the run
+"""Explore, regenerate, audit, eval and baseline shards on Dask (prefect-dask's DaskTaskRunner): a LocalCluster the run
 starts, and an existing scheduler by address. Results do not depend on the runner: the artifacts
 are byte-identical to the in-process run, also when a worker is SIGKILLed mid-explore."""
 
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.timeout(900)
 def reference(tmp_path_factory):
     """The in-process run (no Dask, no Prefect) of the small config."""
     root = tmp_path_factory.mktemp("dask_ref")
-    cfg = write_config(root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3})
+    cfg = write_config(root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2})
     cli("run", cfg, "--run-id", "ref", "--run-root", root, "--no-prefect")
     return cfg, fingerprint(root / "ref")
 
 
 def test_local_cluster_is_byte_identical_and_survives_a_killed_worker(reference, tmp_path):
     cfg, fp = reference
-    dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, cluster={"workers": 2})
+    dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"workers": 2})
     env = dict(os.environ, SOLRL_PAUSE_AFTER_WRITE_S="1.5", SOLRL_PAUSE_AFTER_WRITE_MATCH="iter=00000/explore/")  # a shard holds after its part file: the kill lands inside the task
     proc = subprocess.Popen([*SOL_RL, "run", str(dask_cfg), "--run-id", "d", "--run-root", str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -72,7 +72,7 @@ def test_an_existing_scheduler_with_two_worker_groups_and_the_update_on_two_rank
     from test_ddp import TOL
 
     cfg, fp = reference
-    ranks_cfg = write_config(tmp_path / "r.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, cluster={"update_ranks": 2})
+    ranks_cfg = write_config(tmp_path / "r.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"update_ranks": 2})
     port = _free_port()
     dask = str(Path(sys.executable).parent / "dask")
     # PYTHONPATH: `dask worker` puts its scratch folder (which holds a spill folder named
@@ -84,6 +84,11 @@ def test_an_existing_scheduler_with_two_worker_groups_and_the_update_on_two_rank
                                 "--host", "127.0.0.1", "--preload", "flows.dask_worker"],
                                cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True) for g in range(2)]
     try:
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            worker_pids = set(client.run(os.getpid).values())
         cli("run", ranks_cfg, "--run-id", "ext", "--run-root", tmp_path, "--cluster", f"tcp://127.0.0.1:{port}", timeout=600)
         got = fingerprint(tmp_path / "ext")
         assert {k: v for k, v in got.items() if k.startswith("0/") and k != "0/update"} == {k: v for k, v in fp.items() if k.startswith("0/") and k != "0/update"}
@@ -94,6 +99,8 @@ def test_an_existing_scheduler_with_two_worker_groups_and_the_update_on_two_rank
         for p in sorted(ref_dir.rglob("*.safetensors")):
             a, b = load(p.read_bytes()), load((tmp_path / "ext" / "iter=00000" / "update" / "state" / p.relative_to(ref_dir)).read_bytes())
             assert max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a) <= TOL
+        audited_by = set(pq.read_table(tmp_path / "ext" / "iter=00000" / "audit").column("worker").to_pylist())
+        assert {int(w.rsplit(":", 1)[1]) for w in audited_by} <= worker_pids  # audit shards ran on the workers (so do eval and baseline)
         status = cli("status", "ext", "--run-root", tmp_path, "--gpus", 4).stdout
         assert "an existing Dask scheduler" in status
     finally:
