@@ -35,7 +35,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("baseline", scope="run", sharded=True, schema=schemas.eval_schema,
+        Stage("baseline", scope="run", sharded=True, schema=schemas.eval_schema, volatile=("worker",),
               doc="the base model (before any update) on the evaluation sets: what every eval is paired against"),
         Stage("plan", inputs=(("plan", -1), ("audit", -1)),
               doc="the iteration's prompts, explore settings and fidelity-guard decision (plan.json)"),
@@ -49,7 +49,7 @@ STAGES: dict[str, Stage] = {
               doc="every explored seed of the first prompts in high precision: unbiased proxy fidelity"),
         Stage("update", inputs=(("regenerate", 0), ("update", -1)), volatile=("seconds_explore", "seconds_select", "seconds_regenerate", "seconds_audit", "seconds_update"),
               doc="DiffusionNFT steps: metrics.parquet and the adapters, EMA and optimizer state"),
-        Stage("eval", inputs=(("update", 0),), sharded=True, schema=schemas.eval_schema,
+        Stage("eval", inputs=(("update", 0),), sharded=True, schema=schemas.eval_schema, volatile=("worker",),
               doc="the EMA adapter on the evaluation sets (fixed prompts and seeds)"),
     )
 }

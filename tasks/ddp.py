@@ -215,6 +215,7 @@ def distributed_update_step(run: Run, iteration: int) -> str:
                         break
                     interrupt.check()
             rows = futures[0].result()
+            computed_by = sorted({store.get(f"worker/{r}").decode() for r in range(world)})  # host:pid of every rank
         except BaseException:
             client.cancel(futures)
             raise
@@ -222,4 +223,4 @@ def distributed_update_step(run: Run, iteration: int) -> str:
             ACTIVE.clear()
     if not all(r["applied"] for r in rows):
         log.warning("iteration %d: non-finite loss or gradient, optimizer step(s) skipped", iteration)
-    return steps.commit(run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers})
+    return steps.commit(run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers, "workers": computed_by})

@@ -268,6 +268,7 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
             _EVAL_MODEL[(id(policy), key)] = S.eval_model(policy, ema_of())
         model = _EVAL_MODEL[(id(policy), key)]
     cols = S.evaluate(policy, None, run.cfg, sets={set_name: ((pid, text),)}, model=model)
+    cols["worker"] = [worker()] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration))
     return h.file(part(shard))
 
