@@ -315,26 +315,41 @@ FP4_SPEEDUP = 2.0
 UPDATE_QUICK = {"explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 2, "eval.every": 0, "fidelity.audit_prompts": 0}
 
 
-def projection(shares: dict[str, float], gpus: int, update_efficiency: float) -> dict:
-    """Amdahl per stage on one node of `gpus` GPUs, from the stages' shares of a one-GPU iteration.
-    before: explore/regenerate on gpus − 1 workers (the flow's process keeps a GPU), audit, update,
-    eval in the flow's process; now: the update also on gpus − 1 ranks at `update_efficiency`."""
-    workers = gpus - 1
-    sharded = {"explore", "regenerate"}
-    before = sum(v / workers if s in sharded else v for s, v in shares.items())
-    now = sum(v / workers if s in sharded else v / (workers * update_efficiency) if s == "update" else v for s, v in shares.items())
-    return {"gpus": gpus, "workers": workers, "update_efficiency": update_efficiency, "speedup_before": 1 / before, "speedup_now": 1 / now,
-            "stage_time_now": {s: (v / workers if s in sharded else v / (workers * update_efficiency) if s == "update" else v) / now for s, v in shares.items()}}
+def projection(shares: dict[str, float], units: dict[str, int], gpus: int, update_efficiency: float) -> dict:
+    """Amdahl per stage on one node of `gpus` GPUs, from the stages' shares of a one-GPU iteration
+    and each stage's parallel units (shards: prompts; the update: micro-batches per optimizer
+    step), handed out whole: a stage of u units on w processes takes ceil(u / w) / u of its time.
+    before (main): explore and regenerate on gpus − 1 workers (the flow's process keeps a GPU),
+    audit, eval and the update in the flow's process. now: explore, regenerate, audit and eval
+    sharded on gpus workers, the update on gpus ranks at `update_efficiency` (the flow's process
+    holds no model); select (no model) stays in the flow's process."""
+    import math
+
+    def t(stage: str, workers: int, sharded: set[str]) -> float:
+        v = shares[stage]
+        if stage not in sharded:
+            return v
+        w = min(workers, units[stage])
+        return v * math.ceil(units[stage] / w) / units[stage] / (update_efficiency if stage == "update" and w > 1 else 1.0)
+
+    before = {s: t(s, gpus - 1, {"explore", "regenerate"}) for s in shares}
+    now = {s: t(s, gpus, {"explore", "regenerate", "audit", "eval", "update"}) for s in shares}
+    return {"gpus": gpus, "update_efficiency": update_efficiency, "units": units, "speedup_before": 1 / sum(before.values()), "speedup_now": 1 / sum(now.values()),
+            "stage_share_now": {s: v / sum(now.values()) for s, v in now.items()}}
 
 
 def run_update(args) -> dict:
     """Upstream stages once in this process; then the update stage (tasks.steps.update_step) on
     1 rank (this process) and on 2 ranks (a 2-worker LocalCluster, gloo), interleaved, warm."""
+    import math
+
     import torch
 
     C.set_threads(args.threads)
     logging.getLogger("solrl").setLevel(logging.WARNING)
     from distributed import Client
+
+    from solrl.config import load_config
 
     from flows.cluster import dask_cluster
     from solrl.config import ClusterSection
@@ -349,17 +364,22 @@ def run_update(args) -> dict:
     try:
         from storage.queries import read_stage
 
+        if not args.quick:  # warm-up: a tiny run of the same model loads it and compiles the kernels, so the measured iteration is warm
+            warm = open_run(str(root / "warm"), cfg.with_overrides(**UPDATE_QUICK))
+            steps.run_steps(warm, 0)
         run = open_run(str(root / "up"), cfg)
-        it = 0 if args.quick else 1  # iteration 0 warms up (model load, compilation); the shares are iteration 1's
-        for i in range(it + 1):
-            stage_s = {}
-            steps.plan_step(run, i)
-            for name in steps.plan_of(run, i).stages[1:]:  # in this process: the measured per-stage shares
-                t, _ = C.timed(steps.STEPS[name], run, i)
-                stage_s[name] = t
+        it = 0
+        stage_s = {}
+        steps.plan_step(run, it)
+        for name in steps.plan_of(run, it).stages[1:]:  # in this process: the measured per-stage shares
+            t, _ = C.timed(steps.STEPS[name], run, it)
+            stage_s[name] = t
         update_dir = root / "up" / f"iter={it:05d}" / "update"
         shutil.rmtree(root / "up" / f"iter={it:05d}" / "eval", ignore_errors=True)  # (it reads the update: it would be stale)
         n_samples = len(read_stage(run.store, it, "regenerate", "seed"))
+        shapes_units = {"explore": cfg.prompts.per_iteration, "regenerate": cfg.prompts.per_iteration, "select": 1,
+                        "audit": max(1, steps.shard_count(run, it, "audit")) if "audit" in stage_s else 1,
+                        "eval": len(steps.eval_sets(run)), "update": math.ceil(n_samples / cfg.nft.steps_per_iteration / cfg.nft.micro_batch)}
 
         def once(ranks: int):
             shutil.rmtree(update_dir, ignore_errors=True)
@@ -376,15 +396,18 @@ def run_update(args) -> dict:
     shapes_shares = {k: v / sum(rest.values()) for k, v in rest.items()}
     flux_time = {"explore": FLUX_PFLOP["explore"] / FP4_SPEEDUP, "regenerate": FLUX_PFLOP["regenerate"], "update": FLUX_PFLOP["update"]}
     flux_shares = {k: v / sum(flux_time.values()) for k, v in flux_time.items()}
-    proj = {src: {f"update_efficiency_{name}": projection(shares, 8, e) for name, e in (("ideal", 1.0), ("measured_cpu", measured_eff))}
-            for src, shares in (("shapes_measured_shares", shapes_shares), ("flux_flop_model", flux_shares))}
+    flux = load_config("flux")
+    flux_units = {"explore": flux.prompts.per_iteration, "regenerate": flux.prompts.per_iteration,
+                  "update": math.ceil(flux.prompts.per_iteration * flux.select.k / flux.nft.steps_per_iteration / flux.nft.micro_batch)}
+    proj = {src: {f"update_efficiency_{name}": projection(shares, units, 8, e) for name, e in (("ideal", 1.0), ("measured_cpu", measured_eff))}
+            for src, shares, units in (("shapes_measured_shares", shapes_shares, shapes_units), ("flux_flop_model", flux_shares, flux_units))}
     return {"config": {"config_file": str(args.config), "overrides": overrides, "samples": n_samples, "micro_batch": cfg.nft.micro_batch,
                        "times": max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction)), "repeats": args.repeats, "threads_per_process": torch.get_num_threads()},
             "machine": machine, "machine_load_at_end": [round(x, 2) for x in os.getloadavg()],
             "measured_iteration": it, "stage_seconds_in_process": stage_s, "update_seconds": times, "median_1_rank_s": t1, "median_2_ranks_s": t2,
             "speedup_2_ranks": t1 / t2, "parallel_efficiency_2_ranks": measured_eff,
             "flux_flop_model": {"pflop": FLUX_PFLOP, "fp4_speedup_over_bf16": FP4_SPEEDUP, "time_shares": flux_shares}, "shapes_time_shares": shapes_shares,
-            "projection_8_gpus": proj}
+            "flux_units": flux_units, "shapes_units": shapes_units, "projection_8_gpus": proj}
 
 
 def summary_update(res: dict) -> str:
@@ -398,15 +421,19 @@ def summary_update(res: dict) -> str:
              f"{res['machine']['loadavg_at_start']}, at end {res['machine_load_at_end']}): the 2-rank figures measure contention as much as scaling. "
              "The 2-rank time includes the launch (Dask submission, rendezvous, each rank reading the rows and restoring the adapters).", "",
              "## Projection (not a measurement): one iteration on one 8-GPU node", "",
-             "Amdahl per stage. Before: explore and regenerate on 7 workers (the flow's process keeps GPU 0), audit, update and eval in the flow's "
-             "process. Now: the update on 7 ranks as well. Stage shares of a one-GPU iteration from two sources: measured on shapes in this process "
-             f"(iteration {res['measured_iteration']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds_in_process"].items()) + "), and the FLUX FLOP model "
-             "(explore 874 PFLOP in FP4 at 2× the BF16 rate, regenerate 364, update 580; eval not in the model).", ""]
+             "Amdahl per stage, each stage's work handed out in whole units (prompts; for the update, micro-batches per optimizer step). "
+             "Before (main): explore and regenerate on 7 workers (the flow's process keeps GPU 0), audit, eval and the update in the flow's process. "
+             "Now: explore, regenerate, audit and eval sharded on 8 workers and the update on 8 ranks (the flow's process holds no model). "
+             "Stage shares of a one-GPU iteration from two sources: measured on shapes in this process (warm iteration: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds_in_process"].items()) + "; units " + ", ".join(f"{k} {v}" for k, v in res["shapes_units"].items())
+             + "), and the FLUX FLOP model (explore 874 PFLOP in FP4 at 2× the BF16 rate, regenerate 364, update 580 per iteration of 48 prompts × 96, K 24; "
+             "eval and audit not in the model; units " + ", ".join(f"{k} {v}" for k, v in res["flux_units"].items()) + "). Update efficiency per rank: 1.0 (ideal: the LoRA "
+             "gradient all-reduce is one flat buffer per optimizer step) and the 2-rank CPU efficiency measured above.", ""]
     rows = []
     for src, by_eff in res["projection_8_gpus"].items():
         for name, p in by_eff.items():
             rows.append([src, f"{p['update_efficiency']:.2f} ({name.removeprefix('update_efficiency_')})", p["speedup_before"], p["speedup_now"],
-                         ", ".join(f"{k} {v:.2f}" for k, v in p["stage_time_now"].items())])
+                         ", ".join(f"{k} {v:.2f}" for k, v in p["stage_share_now"].items())])
     lines.append(C.md_table(["shares from", "update efficiency per rank", "speed-up over 1 GPU before", "speed-up now", "share of the 8-GPU iteration per stage (now)"], rows))
     return "\n".join(lines)
 

@@ -166,6 +166,11 @@ def _rank_workers(client, world: int) -> list[str]:
     return by_name[:world]
 
 
+def _scheduler_workers(client) -> set[str]:
+    """The workers the scheduler holds now (asked, not the client's periodically refreshed copy)."""
+    return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.workers)))
+
+
 def distributed_update_step(run: Run, iteration: int) -> str:
     """The update stage on `update_ranks` ranks: skip if committed, else launch, watch, commit."""
     from distributed import Client
@@ -206,8 +211,10 @@ def distributed_update_step(run: Run, iteration: int) -> str:
                         if f.status == "error":
                             raise UpdateRankFailed(f"iteration {iteration} update: rank {r} on worker {workers[r]} failed ({type(f.exception()).__name__}: "
                                                    f"{str(f.exception()).splitlines()[0] if str(f.exception()) else ''}); nothing was committed: resume the run")
-                    alive = set(client.scheduler_info()["workers"])
-                    gone = [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
+                    gone = [r for r, w in enumerate(workers) if w not in _scheduler_workers(client) and futures[r].status != "finished"]
+                    if gone:
+                        time.sleep(1.0)  # confirm: the scheduler's list again, a second later
+                        gone = [r for r in gone if workers[r] not in _scheduler_workers(client) and futures[r].status != "finished"]
                     if gone:
                         raise UpdateRankFailed(f"iteration {iteration} update: the worker of rank {gone[0]} ({workers[gone[0]]}, pid {pids[workers[gone[0]]]}) died; "
                                                "nothing was committed: resume the run")
