@@ -379,7 +379,7 @@ def run_update(args) -> dict:
         n_samples = len(read_stage(run.store, it, "regenerate", "seed"))
         shapes_units = {"explore": cfg.prompts.per_iteration, "regenerate": cfg.prompts.per_iteration, "select": 1,
                         "audit": max(1, steps.shard_count(run, it, "audit")) if "audit" in stage_s else 1,
-                        "eval": len(steps.eval_sets(run)), "update": math.ceil(n_samples / cfg.nft.steps_per_iteration / cfg.nft.micro_batch)}
+                        "eval": steps.shard_count(run, it, "eval"), "update": math.ceil(n_samples / cfg.nft.steps_per_iteration / cfg.nft.micro_batch)}
 
         def once(ranks: int):
             shutil.rmtree(update_dir, ignore_errors=True)
@@ -421,7 +421,7 @@ def summary_update(res: dict) -> str:
              f"{res['machine']['loadavg_at_start']}, at end {res['machine_load_at_end']}): the 2-rank figures measure contention as much as scaling. "
              "The 2-rank time includes the launch (Dask submission, rendezvous, each rank reading the rows and restoring the adapters).", "",
              "## Projection (not a measurement): one iteration on one 8-GPU node", "",
-             "Amdahl per stage, each stage's work handed out in whole units (prompts; for the update, micro-batches per optimizer step). "
+             "Amdahl per stage, each stage's work handed out in whole units (prompts; eval: sampling batches; the update: micro-batches per optimizer step). "
              "Before (main): explore and regenerate on 7 workers (the flow's process keeps GPU 0), audit, eval and the update in the flow's process. "
              "Now: explore, regenerate, audit and eval sharded on 8 workers and the update on 8 ranks (the flow's process holds no model). "
              "Stage shares of a one-GPU iteration from two sources: measured on shapes in this process (warm iteration: "

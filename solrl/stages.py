@@ -396,18 +396,21 @@ def eval_model(policy: Policy, ema: dict[str, torch.Tensor]):
 
 
 def evaluate(policy: Policy, ema: dict[str, torch.Tensor] | None, cfg: RunConfig, with_media: bool = True, progress: Progress | None = None,
-             sets: dict[str, tuple[tuple[int, str], ...]] | None = None, model=None) -> dict[str, list]:
+             rows: range | None = None, model=None) -> dict[str, list]:
     """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
     (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision.
-    `sets`: only these (set -> prompts; default all, `eval_prompts`); `model`: `eval_model(policy, ema)` made already."""
+    `rows`: only these rows (an eval shard: whole sampling batches, so it computes what the
+    unsharded evaluation computes); `model`: `eval_model(policy, ema)` made already."""
     if model is None:
         model = eval_model(policy, ema)
     cols: dict[str, list] = {"set": [], "prompt_id": [], "prompt": [], "seed": []}
-    for name, prompts in (eval_prompts(policy, cfg) if sets is None else sets).items():
+    for name, prompts in eval_prompts(policy, cfg).items():
         for pid, text in prompts:
             for j in range(cfg.eval.seeds_per_prompt):
                 for k, v in zip(cols, (name, pid, text, eval_seed(text, j))):
                     cols[k].append(v)
+    if rows is not None:
+        cols = {k: v[rows.start : rows.stop] for k, v in cols.items()}
     texts = cols["prompt"]
     x0, _ = sample_batched(policy, model, texts, cols["seed"], cfg.eval.steps, "euler", cfg.rollout.batch, policy.encode_rows(texts), progress)
     images = policy.decode(x0)

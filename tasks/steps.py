@@ -97,13 +97,13 @@ def part(shard: int) -> str:
 
 
 def shard_count(run: Run, iteration: int | None, name: str) -> int:
-    """One shard per prompt: explored, kept (regenerate), audited, or evaluated (eval, baseline)."""
+    """One shard per prompt explored, kept (regenerate) or audited; per sampling batch of the evaluation rows (eval, baseline)."""
     if name == "explore":
         return len(plan_of(run, iteration).prompts)
     if name == "audit":
         return len(plan_of(run, iteration).prompts[: run.cfg.fidelity.audit_prompts])
-    if name in ("eval", "baseline"):
-        return len(eval_sets(run))
+    if name in ("eval", "baseline"):  # sampling batches of the evaluation rows
+        return -(-len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt // run.cfg.rollout.batch)
     return len(_selected_prompt_ids(run, iteration))
 
 
@@ -241,8 +241,10 @@ def update_step(run: Run, iteration: int) -> str:
 
 
 # --- evaluate -----------------------------------------------------------------------------------
-# One shard per evaluation prompt (set, prompt), on the Dask workers like explore: a shard samples
-# that prompt's `eval.seeds_per_prompt` seeds, on every runner alike.
+# Shards on the Dask workers like explore's: shard s is the s-th sampling batch of the evaluation
+# rows (set, prompt, seed; `rollout.batch` rows, whole prompts when `eval.seeds_per_prompt`
+# divides it), so a shard computes bit for bit what the unsharded evaluation computed (one
+# prompt per shard would change the batches, and the bf16 rewards by up to 3e-3).
 def eval_sets(run: Run) -> list[tuple[str, int, str]]:
     """(set, prompt id, prompt) of every evaluation prompt, in shard order (no model loaded)."""
     family = family_class(run.cfg.model.family)
@@ -257,7 +259,7 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
     h = run.stage(iteration, name)
     if h.exists(part(shard)):  # written (atomically) by an earlier attempt of this same stage run
         return h.file(part(shard))
-    set_name, pid, text = eval_sets(run)[shard]
+    batch, n = run.cfg.rollout.batch, len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt
     if name == "baseline":  # the base model: the LoRA init (B = 0)
         policy, key, ema_of = CACHE.policy(run), f"init:{run.hash}", lambda: CACHE.init_ema(run)
     else:  # the EMA after this iteration's update
@@ -267,7 +269,7 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
             _EVAL_MODEL.clear()  # one copy at a time: on a GPU it is a whole transformer
             _EVAL_MODEL[(id(policy), key)] = S.eval_model(policy, ema_of())
         model = _EVAL_MODEL[(id(policy), key)]
-    cols = S.evaluate(policy, None, run.cfg, sets={set_name: ((pid, text),)}, model=model)
+    cols = S.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
     cols["worker"] = [worker()] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration))
     return h.file(part(shard))
