@@ -171,6 +171,12 @@ def _scheduler_workers(client) -> set[str]:
     return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.workers)))
 
 
+def _gone(client, workers: list[str], futures) -> list[int]:
+    """The ranks whose worker left the scheduler before the rank finished."""
+    alive = _scheduler_workers(client)
+    return [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
+
+
 def distributed_update_step(run: Run, iteration: int) -> str:
     """The update stage on `update_ranks` ranks: skip if committed, else launch, watch, commit."""
     from distributed import Client
@@ -207,17 +213,18 @@ def distributed_update_step(run: Run, iteration: int) -> str:
                     now = sum(int(store.add(f"progress/{r}", 0)) for r in range(world))
                     advance(now - done)
                     done = now
-                    for r, f in enumerate(futures):
-                        if f.status == "error":
-                            raise UpdateRankFailed(f"iteration {iteration} update: rank {r} on worker {workers[r]} failed ({type(f.exception()).__name__}: "
-                                                   f"{str(f.exception()).splitlines()[0] if str(f.exception()) else ''}); nothing was committed: resume the run")
-                    gone = [r for r, w in enumerate(workers) if w not in _scheduler_workers(client) and futures[r].status != "finished"]
-                    if gone:
-                        time.sleep(1.0)  # confirm: the scheduler's list again, a second later
-                        gone = [r for r in gone if workers[r] not in _scheduler_workers(client) and futures[r].status != "finished"]
+                    failed = [r for r, f in enumerate(futures) if f.status == "error"]
+                    gone = _gone(client, workers, futures)
+                    if failed or gone:
+                        time.sleep(1.0)  # a rank's error is often its peer's death: give the scheduler a second to notice it
+                        gone = _gone(client, workers, futures)
                     if gone:
                         raise UpdateRankFailed(f"iteration {iteration} update: the worker of rank {gone[0]} ({workers[gone[0]]}, pid {pids[workers[gone[0]]]}) died; "
                                                "nothing was committed: resume the run")
+                    if failed:
+                        e = futures[failed[0]].exception()
+                        raise UpdateRankFailed(f"iteration {iteration} update: rank {failed[0]} on worker {workers[failed[0]]} failed ({type(e).__name__}: "
+                                               f"{(str(e).splitlines() or [''])[0]}); nothing was committed: resume the run")
                     if all(f.status == "finished" for f in futures):
                         break
                     interrupt.check()

@@ -144,6 +144,7 @@ def plan_step(run: Run, iteration: int) -> str:
 # --- explore ------------------------------------------------------------------------------------
 def explore_shard(run: Run, iteration: int, shard: int) -> str:
     """Explore one prompt (the shard-th of the iteration's plan) and write its part file."""
+    release_eval_copy(run)
     h = run.stage(iteration, "explore")
     if h.exists(part(shard)):  # written (atomically) by an earlier attempt of this same stage run
         return h.file(part(shard))
@@ -182,6 +183,7 @@ def _selected_prompt_ids(run: Run, iteration: int) -> list[int]:
 def regenerate_shard(run: Run, iteration: int, shard: int) -> str:
     """The kept seeds of one prompt (the shard-th prompt of the selection): regenerated in high
     precision, or, in modes that train on explore samples, those samples."""
+    release_eval_copy(run)
     h = run.stage(iteration, "regenerate")
     if h.exists(part(shard)):
         return h.file(part(shard))
@@ -255,6 +257,14 @@ def eval_sets(run: Run) -> list[tuple[str, int, str]]:
 _EVAL_MODEL: dict = {}  # the last evaluation copy of this process: (policy id, adapter key) -> model
 
 
+def release_eval_copy(run: Run) -> None:
+    """On a GPU, a worker's evaluation copy (a whole transformer) goes when its sampling stages
+    need the memory; on a CPU it is kept for the next eval of the same adapters."""
+    if _EVAL_MODEL and CACHE.policy(run).device.type == "cuda":
+        with CACHE._lock:
+            _EVAL_MODEL.clear()
+
+
 def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
     h = run.stage(iteration, name)
     if h.exists(part(shard)):  # written (atomically) by an earlier attempt of this same stage run
@@ -267,6 +277,8 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
     with CACHE._lock:  # (the copy is built once per adapters, by one thread)
         if (id(policy), key) not in _EVAL_MODEL:
             _EVAL_MODEL.clear()  # one copy at a time: on a GPU it is a whole transformer
+            if policy.device.type == "cuda":
+                CACHE._samplers = {}  # and so are the sampler copies (rebuilt from the next adapters anyway)
             _EVAL_MODEL[(id(policy), key)] = S.eval_model(policy, ema_of())
         model = _EVAL_MODEL[(id(policy), key)]
     cols = S.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
