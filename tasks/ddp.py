@@ -145,6 +145,11 @@ def _scheduler(run: Run, world: int):
     if address:
         yield address
         return
+    if run.resolved.device.startswith("cuda"):
+        from solrl.errors import ConfigError
+
+        raise ConfigError(f"cluster.update_ranks ({world}) on GPUs needs the run's Dask workers, one per GPU: set cluster.workers and cluster.gpus_per_worker "
+                          "(local workers started for the update alone would all share GPU 0)")
     import dask
     from distributed import LocalCluster
 

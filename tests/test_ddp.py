@@ -5,7 +5,6 @@ uninterrupted 2-rank result bit for bit."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import threading
@@ -14,9 +13,8 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from safetensors.numpy import load
-
 from pipeline_helpers import TINY
+from safetensors.numpy import load
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -74,8 +72,8 @@ def cluster():
 def one_and_two(tmp_path_factory, cluster):
     from tasks import steps
     from tasks.ddp import cluster_in_use
-    from tasks.status import fingerprint
     from tasks.run import open_run
+    from tasks.status import fingerprint
 
     root = tmp_path_factory.mktemp("ddp")
     with cluster_in_use(None, 1):

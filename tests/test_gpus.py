@@ -11,6 +11,7 @@ import pytest
 from solrl.errors import ConfigError
 from solrl.gpus import flow_stages, format_gpu_assignment, gpu_assignment
 
+
 @pytest.mark.parametrize("gpus,workers,ranks", list(itertools.product((1, 2, 8), (1, 2, 8), (1, 2, 8))))
 def test_no_gpu_is_shared(gpus, workers, ranks):
     if ranks > workers:
