@@ -306,6 +306,138 @@ def plot(res: dict, out: Path) -> list[Path]:
     return C.save_figure(fig, out, "scaling")
 
 
+# --- the update on N ranks (tasks/ddp.py) and the 8-GPU projection --------------------------------
+# The FLOP model of one FLUX iteration (48 prompts × 96 candidates, K 24; estimated from the
+# architecture): explore in FP4, regenerate and update in BF16. FP4 is taken at twice the BF16
+# throughput (Blackwell tensor cores), so explore costs 874 / 2 BF16-equivalent units of time.
+FLUX_PFLOP = {"explore": 874.0, "regenerate": 364.0, "update": 580.0}
+FP4_SPEEDUP = 2.0
+UPDATE_QUICK = {"explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 2, "eval.every": 0, "fidelity.audit_prompts": 0}
+
+
+def projection(shares: dict[str, float], units: dict[str, int], gpus: int, update_efficiency: float) -> dict:
+    """Amdahl per stage on one node of `gpus` GPUs, from the stages' shares of a one-GPU iteration
+    and each stage's parallel units (shards: prompts; the update: micro-batches per optimizer
+    step), handed out whole: a stage of u units on w processes takes ceil(u / w) / u of its time.
+    before (main): explore and regenerate on gpus − 1 workers (the flow's process keeps a GPU),
+    audit, eval and the update in the flow's process. now: explore, regenerate, audit and eval
+    sharded on gpus workers, the update on gpus ranks at `update_efficiency` (the flow's process
+    holds no model); select (no model) stays in the flow's process."""
+    import math
+
+    def t(stage: str, workers: int, sharded: set[str]) -> float:
+        v = shares[stage]
+        if stage not in sharded:
+            return v
+        w = min(workers, units[stage])
+        return v * math.ceil(units[stage] / w) / units[stage] / (update_efficiency if stage == "update" and w > 1 else 1.0)
+
+    before = {s: t(s, gpus - 1, {"explore", "regenerate"}) for s in shares}
+    now = {s: t(s, gpus, {"explore", "regenerate", "audit", "eval", "update"}) for s in shares}
+    return {"gpus": gpus, "update_efficiency": update_efficiency, "units": units, "speedup_before": 1 / sum(before.values()), "speedup_now": 1 / sum(now.values()),
+            "stage_share_now": {s: v / sum(now.values()) for s, v in now.items()}}
+
+
+def run_update(args) -> dict:
+    """Upstream stages once in this process; then the update stage (tasks.steps.update_step) on
+    1 rank (this process) and on 2 ranks (a 2-worker LocalCluster, gloo), interleaved, warm."""
+    import math
+
+    import torch
+
+    C.set_threads(args.threads)
+    logging.getLogger("solrl").setLevel(logging.WARNING)
+    from distributed import Client
+
+    from solrl.config import load_config
+
+    from flows.cluster import dask_cluster
+    from solrl.config import ClusterSection
+    from tasks import steps
+    from tasks.ddp import cluster_in_use
+    from tasks.run import open_run
+
+    machine = C.machine()
+    root = Path(tempfile.mkdtemp(prefix="solrl-bench-update-"))
+    overrides = {"prompts.per_iteration": args.prompts, "eval.every": 0 if args.quick else 1, **(UPDATE_QUICK if args.quick else {})}
+    cfg = C.base_config(args, **overrides)
+    try:
+        from storage.queries import read_stage
+
+        if not args.quick:  # warm-up: a tiny run of the same model loads it and compiles the kernels, so the measured iteration is warm
+            warm = open_run(str(root / "warm"), cfg.with_overrides(**UPDATE_QUICK))
+            steps.run_steps(warm, 0)
+        run = open_run(str(root / "up"), cfg)
+        it = 0
+        stage_s = {}
+        steps.plan_step(run, it)
+        for name in steps.plan_of(run, it).stages[1:]:  # in this process: the measured per-stage shares
+            t, _ = C.timed(steps.STEPS[name], run, it)
+            stage_s[name] = t
+        update_dir = root / "up" / f"iter={it:05d}" / "update"
+        shutil.rmtree(root / "up" / f"iter={it:05d}" / "eval", ignore_errors=True)  # (it reads the update: it would be stale)
+        n_samples = len(read_stage(run.store, it, "regenerate", "seed"))
+        shapes_units = {"explore": cfg.prompts.per_iteration, "regenerate": cfg.prompts.per_iteration, "select": 1,
+                        "audit": max(1, steps.shard_count(run, it, "audit")) if "audit" in stage_s else 1,
+                        "eval": steps.shard_count(run, it, "eval"), "update": math.ceil(n_samples / cfg.nft.steps_per_iteration / cfg.nft.micro_batch)}
+
+        def once(ranks: int):
+            shutil.rmtree(update_dir, ignore_errors=True)
+            with cluster_in_use(address if ranks > 1 else None, ranks):
+                steps.update_step(run, it)
+
+        with dask_cluster(ClusterSection(workers=2)) as address, Client(address):
+            times = C.interleaved({f"{k} rank{'s' if k > 1 else ''}": (lambda k=k: once(k)) for k in (1, 2)}, args.repeats, log="scaling update")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    t1, t2 = C.median(times["1 rank"]), C.median(times["2 ranks"])
+    measured_eff = t1 / (2 * t2)
+    rest = {k: v for k, v in stage_s.items() if k in ("explore", "regenerate", "audit", "update", "eval", "select")}
+    shapes_shares = {k: v / sum(rest.values()) for k, v in rest.items()}
+    flux_time = {"explore": FLUX_PFLOP["explore"] / FP4_SPEEDUP, "regenerate": FLUX_PFLOP["regenerate"], "update": FLUX_PFLOP["update"]}
+    flux_shares = {k: v / sum(flux_time.values()) for k, v in flux_time.items()}
+    flux = load_config("flux")
+    flux_units = {"explore": flux.prompts.per_iteration, "regenerate": flux.prompts.per_iteration,
+                  "update": math.ceil(flux.prompts.per_iteration * flux.select.k / flux.nft.steps_per_iteration / flux.nft.micro_batch)}
+    proj = {src: {f"update_efficiency_{name}": projection(shares, units, 8, e) for name, e in (("ideal", 1.0), ("measured_cpu", measured_eff))}
+            for src, shares, units in (("shapes_measured_shares", shapes_shares, shapes_units), ("flux_flop_model", flux_shares, flux_units))}
+    return {"config": {"config_file": str(args.config), "overrides": overrides, "samples": n_samples, "micro_batch": cfg.nft.micro_batch,
+                       "times": max(1, int(cfg.rollout.steps * cfg.nft.timestep_fraction)), "repeats": args.repeats, "threads_per_process": torch.get_num_threads()},
+            "machine": machine, "machine_load_at_end": [round(x, 2) for x in os.getloadavg()],
+            "measured_iteration": it, "stage_seconds_in_process": stage_s, "update_seconds": times, "median_1_rank_s": t1, "median_2_ranks_s": t2,
+            "speedup_2_ranks": t1 / t2, "parallel_efficiency_2_ranks": measured_eff,
+            "flux_flop_model": {"pflop": FLUX_PFLOP, "fp4_speedup_over_bf16": FP4_SPEEDUP, "time_shares": flux_shares}, "shapes_time_shares": shapes_shares,
+            "flux_units": flux_units, "shapes_units": shapes_units, "projection_8_gpus": proj}
+
+
+def summary_update(res: dict) -> str:
+    c = res["config"]
+    lines = [f"## The update on 1 vs 2 CPU ranks (gloo; {c['samples']} kept samples × {c['times']} times, micro-batch {c['micro_batch']}; "
+             f"{c['repeats']} interleaved repeats, medians; one thread per rank)", "",
+             C.md_table(["ranks", "update stage s (median)", "all repeats s", "speed-up", "parallel efficiency"],
+                        [["1 (this process)", res["median_1_rank_s"], " ".join(f"{x:.2f}" for x in res["update_seconds"]["1 rank"]), 1.0, 1.0],
+                         ["2 (Dask workers)", res["median_2_ranks_s"], " ".join(f"{x:.2f}" for x in res["update_seconds"]["2 ranks"]), res["speedup_2_ranks"], res["parallel_efficiency_2_ranks"]]]),
+             "", f"Host: {res['machine']['cpu_model']}, {res['machine']['cpus_usable']} usable vCPUs shared with other jobs (load average at start "
+             f"{res['machine']['loadavg_at_start']}, at end {res['machine_load_at_end']}): the 2-rank figures measure contention as much as scaling. "
+             "The 2-rank time includes the launch (Dask submission, rendezvous, each rank reading the rows and restoring the adapters).", "",
+             "## Projection (not a measurement): one iteration on one 8-GPU node", "",
+             "Amdahl per stage, each stage's work handed out in whole units (prompts; eval: sampling batches; the update: micro-batches per optimizer step). "
+             "Before (main): explore and regenerate on 7 workers (the flow's process keeps GPU 0), audit, eval and the update in the flow's process. "
+             "Now: explore, regenerate, audit and eval sharded on 8 workers and the update on 8 ranks (the flow's process holds no model). "
+             "Stage shares of a one-GPU iteration from two sources: measured on shapes in this process (warm iteration: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds_in_process"].items()) + "; units " + ", ".join(f"{k} {v}" for k, v in res["shapes_units"].items())
+             + "), and the FLUX FLOP model (explore 874 PFLOP in FP4 at 2× the BF16 rate, regenerate 364, update 580 per iteration of 48 prompts × 96, K 24; "
+             "eval and audit not in the model; units " + ", ".join(f"{k} {v}" for k, v in res["flux_units"].items()) + "). Update efficiency per rank: 1.0 (ideal: the LoRA "
+             "gradient all-reduce is one flat buffer per optimizer step) and the 2-rank CPU efficiency measured above.", ""]
+    rows = []
+    for src, by_eff in res["projection_8_gpus"].items():
+        for name, p in by_eff.items():
+            rows.append([src, f"{p['update_efficiency']:.2f} ({name.removeprefix('update_efficiency_')})", p["speedup_before"], p["speedup_now"],
+                         ", ".join(f"{k} {v:.2f}" for k, v in p["stage_share_now"].items())])
+    lines.append(C.md_table(["shares from", "update efficiency per rank", "speed-up over 1 GPU before", "speed-up now", "share of the 8-GPU iteration per stage (now)"], rows))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = C.parser(__doc__, "scaling", quick="the tests' tiny iteration (2 prompts × N 8, eval off), 1 iteration (cold), in-process vs 2 workers, 1 repeat")
     C.add_model_args(ap)
@@ -314,9 +446,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--iterations", type=int, default=None, help="iterations per run; iteration 0 is the cold start (default 3; quick 1)")
     ap.add_argument("--repeats", type=int, default=None, help="rotated repeats of every runner (default 2; quick 1)")
     ap.add_argument("--no-eval", action="store_true", help="eval.every = 0 (the iteration without evaluation)")
+    ap.add_argument("--update", action="store_true", help="instead: the update stage on 1 vs 2 ranks (gloo, tasks/ddp.py) and the 8-GPU projection "
+                    "(writes scaling_update.json/.md; repeats default 5, quick 1)")
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)
     q = args.quick
+    if args.update:
+        args.prompts = args.prompts or (2 if q else 4)
+        args.repeats = args.repeats or (1 if q else 5)
+        if args.threads:
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        out = Path(args.out)
+        t0 = time.perf_counter()
+        res = run_update(args)
+        res["wall_seconds"] = time.perf_counter() - t0
+        res["quick"] = q
+        return C.finish(out, "scaling_update", res, summary_update(res), [])
     args.workers = sorted(set(args.workers or ([2] if q else [1, 2])))
     args.prompts = args.prompts or (2 if q else 4)
     args.iterations = args.iterations or (1 if q else 3)

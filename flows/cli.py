@@ -146,8 +146,10 @@ def plan(
 
 
 @app.command()
-def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)")):
-    """Iterations x stages: commit state, stage times and the worker that committed each."""
+def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)"),
+           gpus: int = typer.Option(None, "--gpus", help="show the GPU assignment for a node with this many GPUs (default: the GPUs visible here)")):
+    """Iterations x stages: commit state, stage times and the worker that committed each; the
+    GPU assignment of the run's cluster settings (which process owns which GPU)."""
     from storage.stages import ITERATION_STAGES
     from tasks.status import status as run_status
 
@@ -171,6 +173,13 @@ def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="w
         workers = sorted({w for row in rows for w in row[stage][2] if w})
         if workers:
             console.print(f"{stage}: computed by {', '.join(workers)}", highlight=False)
+    from solrl.errors import ConfigError
+    from solrl.gpus import for_config, format_gpu_assignment, visible_gpus
+
+    try:
+        console.print(format_gpu_assignment(for_config(r.cfg, visible_gpus() if gpus is None else gpus)), highlight=False)
+    except ConfigError as e:
+        console.print(f"GPU assignment: {e}", highlight=False)
 
 
 @app.command()

@@ -5,10 +5,13 @@ Dask workers through prefect-dask's DaskTaskRunner (the config's `cluster` secti
                                          installed, and a Prefect server: PREFECT_API_URL)
     cluster.workers: 2                   a LocalCluster started for the run and closed after it
     cluster.gpus_per_worker: 1           one worker per GPU: each worker process gets its own
-                                         CUDA_VISIBLE_DEVICES (a SpecCluster of Nannies)
+                                         CUDA_VISIBLE_DEVICES (a SpecCluster of Nannies); which
+                                         process owns which GPU: solrl/gpus.py
+    cluster.update_ranks: 2              the update data parallel on 2 of the workers (tasks/ddp.py)
 
-Only mapped shard tasks go to Dask; plan, select, audit, update and eval are single tasks that
-run in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
+Mapped shard tasks go to Dask (explore, regenerate, audit, eval, baseline: one per prompt), and
+the update's ranks when `update_ranks` > 1; plan and select (no model) and the 1-rank update are
+single tasks in the flow's process. A worker loads the model once (tasks/cache.py, a process-wide cache)
 and reuses it across tasks and iterations; tasks pass run URIs and receive file URIs, never
 tensors. One thread per worker: the cache is thread-safe, but torch on a CPU wants the cores.
 """
@@ -20,6 +23,9 @@ import logging
 import os
 
 from prefect.task_runners import ThreadPoolTaskRunner
+
+from solrl.gpus import flow_stages, gpu_assignment, visible_gpus
+from tasks.ddp import cluster_in_use
 
 log = logging.getLogger("solrl")
 
@@ -41,31 +47,26 @@ def _quiet_dask() -> None:
     logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)
 
 
-def gpu_sets(workers: int, per_worker: int) -> list[list[str]]:
-    """The devices of each worker, taken from the GPUs this process may use (its own
-    CUDA_VISIBLE_DEVICES, e.g. a scheduler's allocation "4,5,6,7", else all of them). The first
-    device stays with the flow's process (plan, audit, update and eval load a model there) when
-    there are enough GPUs; otherwise workers share it."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        devices = [d.strip() for d in visible.split(",") if d.strip()]
-    else:
-        import torch
-
-        devices = [str(i) for i in range(torch.cuda.device_count())]
-    need = workers * per_worker
-    if len(devices) < need:
-        raise ValueError(f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {len(devices)} are visible: lower them")
-    pool = devices[1:] if len(devices) > need else devices
-    return [pool[i * per_worker : (i + 1) * per_worker] for i in range(workers)]
+def gpu_sets(workers: int, per_worker: int, update_ranks: int = 1) -> list[list[str]]:
+    """The devices of each worker (solrl/gpus.py): the first visible GPU stays with the flow's
+    process while it holds a model (the update on one rank); never is a GPU given to two
+    processes (too few GPUs: a ConfigError saying how many workers fit)."""
+    return [list(s) for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, flow_stages(update_ranks)).workers]
 
 
 @contextlib.contextmanager
 def dask_cluster(cluster, storage=None):
-    """Yield the scheduler address the iterations run on (None: in this process). A cluster
-    started here is closed on every exit path Python runs; on SIGKILL its workers exit by
-    themselves when their scheduler goes. `storage`: the run's storage section, whose S3
-    endpoint and region the workers started here get in their environment."""
+    """Yield the scheduler address the iterations run on (None: in this process), published to
+    the update step with the rank count (tasks/ddp.py). A cluster started here is closed on every
+    exit path Python runs; on SIGKILL its workers exit by themselves when their scheduler goes.
+    `storage`: the run's storage section, whose S3 endpoint and region the workers started here
+    get in their environment."""
+    with _dask_cluster(cluster, storage) as address, cluster_in_use(address, cluster.update_ranks):
+        yield address
+
+
+@contextlib.contextmanager
+def _dask_cluster(cluster, storage=None):
     if not (cluster.address or cluster.workers):
         yield None
         return
@@ -97,7 +98,7 @@ def dask_cluster(cluster, storage=None):
                 f"gpu{i}": {"cls": Nanny, "options": {
                     "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
                     "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
-                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker))
+                for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker, cluster.update_ranks))
             }
             scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
             c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)

@@ -234,6 +234,9 @@ class ClusterSection(_Strict):
     # Threads per Dask worker, and GPUs per worker process (0 = CPU workers).
     threads_per_worker: int = Field(1, ge=1)
     gpus_per_worker: int = Field(0, ge=0)
+    # > 1: the update runs data parallel on this many Dask workers (tasks/ddp.py); 1 = in the
+    # flow's process. Equal to the 1-rank update up to float summation order (docs/scale-out-gpus.md).
+    update_ranks: int = Field(1, ge=1)
 
 
 class StorageSection(_Strict):
@@ -288,6 +291,9 @@ class RunConfig(_Strict):
             raise ValueError("fidelity.guard needs audits to watch: set fidelity.audit_prompts >= 1")
         if self.prompts.pool is not None and self.prompts.pool < self.prompts.per_iteration:
             raise ValueError(f"prompts.pool ({self.prompts.pool}) must be >= prompts.per_iteration ({self.prompts.per_iteration}): an iteration draws from the pool")
+        if self.cluster.update_ranks > 1 and self.cluster.workers and self.cluster.workers < self.cluster.update_ranks:
+            raise ValueError(f"cluster.update_ranks ({self.cluster.update_ranks}) runs one rank per Dask worker, but cluster.workers is {self.cluster.workers}: "
+                             "raise cluster.workers or lower cluster.update_ranks")
         if self.cluster.address and self.cluster.workers:
             raise ValueError("set either cluster.address (an existing Dask scheduler) or cluster.workers (a local cluster), not both")
         return self

@@ -282,11 +282,14 @@ def train_micro_batch(policy: Policy, cfg: RunConfig, x0, x_t, t, c, r, divisor:
     return terms
 
 
-def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None) -> list[dict[str, float]]:
+def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None, ranks=None) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
     after the last step (docs/algorithm.md, "Old policy and EMA"). One metrics row per optimizer step. Samples with a
-    non-finite reward are left out ("Advantages"); `n_dropped` counts them."""
+    non-finite reward are left out ("Advantages"); `n_dropped` counts them.
+
+    `ranks` (solrl/ddp.py, data parallel): this process computes only the micro-batches it owns,
+    and gradients and loss terms are summed over the ranks before the optimizer step."""
     finite = torch.isfinite(samples.rewards)
     dropped = int((~finite).sum())
     if dropped:
@@ -315,7 +318,9 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
         state.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for j in range(n_times):
-            for idx in chunks:
+            for ci, idx in enumerate(chunks):
+                if ranks is not None and not ranks.owns(ci):
+                    continue
                 check_stop()
                 t = grid[times[idx, j]].to(dev)
                 tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
@@ -326,6 +331,8 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
                     sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
                 if progress:
                     progress(len(idx))
+        if ranks is not None:
+            sums = ranks.all_reduce(params, sums)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.nft.max_grad_norm))
         applied = bool(np.isfinite(sums["loss"]) and np.isfinite(grad_norm))
         ema_d = nft.ema_decay(state.step + 1)
@@ -358,10 +365,13 @@ def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, s
     """The evaluation sets (docs/algorithm.md, "Evaluation"): `train` = the training pool (or, without a pool, 16
     training prompts drawn once on a constant key), `held_out` = the family's stratified sample of
     held-out prompts. Ids index the training set and the held-out set respectively."""
-    train, held = policy.train_prompts(), policy.eval_prompts()
+    return eval_prompt_sets(type(policy), cfg, policy.train_prompts(), policy.eval_prompts(), policy.resolved.pool)
+
+
+def eval_prompt_sets(family, cfg: RunConfig, train: tuple[str, ...], held: tuple[str, ...], pool: tuple[str, ...] | None) -> dict[str, tuple[tuple[int, str], ...]]:
+    """`eval_prompts` from the family class and its prompt sets (no model needed)."""
     out = {}
     if "train" in cfg.eval.sets:
-        pool = policy.resolved.pool
         if pool is None:
             g = torch.Generator().manual_seed(stream_seed(0, len(train), name="eval-train"))
             pool = tuple(train[i] for i in sorted(torch.randperm(len(train), generator=g)[: min(16, len(train))].tolist()))
@@ -369,25 +379,36 @@ def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, s
         out["train"] = tuple((where[p], p) for p in pool[: cfg.eval.train_prompts])
     if "held_out" in cfg.eval.sets:
         where = {p: i for i, p in enumerate(held)}
-        out["held_out"] = tuple((where[p], p) for p in type(policy).held_out_eval_prompts(cfg, held))
+        out["held_out"] = tuple((where[p], p) for p in family.held_out_eval_prompts(cfg, held))
     return out
 
 
-def evaluate(policy: Policy, ema: dict[str, torch.Tensor], cfg: RunConfig, with_media: bool = True, progress: Progress | None = None) -> dict[str, list]:
-    """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
-    (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision."""
+def eval_model(policy: Policy, ema: dict[str, torch.Tensor]):
+    """The high-precision sampler copy with `ema` merged (the policy's own adapters unchanged)."""
     current = policy.adapter_state("default")
     policy.load_adapter("default", ema)
     try:
-        model, _ = policy.sampler_copy(None, adapter="default")
+        return policy.sampler_copy(None, adapter="default")[0]
     finally:
         policy.load_adapter("default", current)
+
+
+def evaluate(policy: Policy, ema: dict[str, torch.Tensor] | None, cfg: RunConfig, with_media: bool = True, progress: Progress | None = None,
+             rows: range | None = None, model=None) -> dict[str, list]:
+    """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
+    (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision.
+    `rows`: only these rows (an eval shard: whole sampling batches, so it computes what the
+    unsharded evaluation computes); `model`: `eval_model(policy, ema)` made already."""
+    if model is None:
+        model = eval_model(policy, ema)
     cols: dict[str, list] = {"set": [], "prompt_id": [], "prompt": [], "seed": []}
     for name, prompts in eval_prompts(policy, cfg).items():
         for pid, text in prompts:
             for j in range(cfg.eval.seeds_per_prompt):
                 for k, v in zip(cols, (name, pid, text, eval_seed(text, j))):
                     cols[k].append(v)
+    if rows is not None:
+        cols = {k: v[rows.start : rows.stop] for k, v in cols.items()}
     texts = cols["prompt"]
     x0, _ = sample_batched(policy, model, texts, cols["seed"], cfg.eval.steps, "euler", cfg.rollout.batch, policy.encode_rows(texts), progress)
     images = policy.decode(x0)

@@ -42,7 +42,7 @@ REGENERATE_TAIL = [
 ]
 
 EVAL = COMMON + [pa.field("set", pa.string()), PROMPT_ID, PROMPT, SEED, pa.field("reward", pa.float64())]
-EVAL_TAIL = [pa.field("image", pa.binary())]
+EVAL_TAIL = [pa.field("image", pa.binary()), pa.field("worker", pa.string())]  # worker: host:pid of the shard (eval runs on the Dask workers)
 
 # Audit: every explored seed of an audited prompt, regenerated in high precision, beside its proxy.
 AUDIT = COMMON + [

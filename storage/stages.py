@@ -25,7 +25,7 @@ from . import schemas
 class Stage:
     name: str
     inputs: tuple[tuple[str, int], ...] = ()
-    sharded: bool = False  # one part file per prompt, written by parallel shard tasks
+    sharded: bool = False  # one part file per prompt, written by parallel shard tasks (on the Dask workers)
     schema: Callable[[list[str]], pa.Schema] | None = None  # of its Parquet rows (reward names -> schema)
     volatile: tuple[str, ...] = ()  # columns that differ between identical recomputations (kept out of content ids)
     scope: str = "iteration"  # or "run": once per run (the baseline evaluation)
@@ -35,7 +35,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("baseline", scope="run", schema=schemas.eval_schema,
+        Stage("baseline", scope="run", sharded=True, schema=schemas.eval_schema, volatile=("worker",),
               doc="the base model (before any update) on the evaluation sets: what every eval is paired against"),
         Stage("plan", inputs=(("plan", -1), ("audit", -1)),
               doc="the iteration's prompts, explore settings and fidelity-guard decision (plan.json)"),
@@ -45,11 +45,11 @@ STAGES: dict[str, Stage] = {
               doc="K/2 top + K/2 bottom seeds per prompt (DuckDB), or the first K"),
         Stage("regenerate", inputs=(("select", 0), ("explore", 0), ("update", -1)), sharded=True, schema=schemas.regenerate_schema, volatile=("duration_ms", "worker"),
               doc="the kept seeds in high precision (or the explored samples): reward, image, x0"),
-        Stage("audit", inputs=(("plan", 0), ("explore", 0), ("select", 0), ("update", -1)), schema=schemas.audit_schema, volatile=("duration_ms", "worker"),
+        Stage("audit", inputs=(("plan", 0), ("explore", 0), ("select", 0), ("update", -1)), sharded=True, schema=schemas.audit_schema, volatile=("duration_ms", "worker"),
               doc="every explored seed of the first prompts in high precision: unbiased proxy fidelity"),
         Stage("update", inputs=(("regenerate", 0), ("update", -1)), volatile=("seconds_explore", "seconds_select", "seconds_regenerate", "seconds_audit", "seconds_update"),
               doc="DiffusionNFT steps: metrics.parquet and the adapters, EMA and optimizer state"),
-        Stage("eval", inputs=(("update", 0),), schema=schemas.eval_schema,
+        Stage("eval", inputs=(("update", 0),), sharded=True, schema=schemas.eval_schema, volatile=("worker",),
               doc="the EMA adapter on the evaluation sets (fixed prompts and seeds)"),
     )
 }

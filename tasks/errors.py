@@ -33,6 +33,8 @@ def explain(e: BaseException, resume: str = "") -> tuple[int, str] | None:
     again = f"; then resume with `{resume}`" if resume else ""
     if isinstance(e, (ConfigError, MissingInput, ConfigMismatch, LeaseHeld, RunDamaged, RewardUnavailable, ShortPromptError)):
         return 2, str(e)
+    if "UpdateRankFailed" in _names(e):  # tasks/ddp.py: a rank of the distributed update failed or died
+        return 1, str(e)
     if isinstance(e, LeaseLost):
         return 1, str(e)
     if isinstance(e, StoreError):

@@ -10,6 +10,7 @@ tasks/cache.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -74,6 +75,8 @@ def commit(run: Run, iteration: int | None, name: str, started: float, extra: di
         missing = [s for s in range(shard_count(run, iteration, name)) if not h.exists(part(s))]
         if missing:
             raise RuntimeError(f"{h.label} is missing shard(s) {missing}; not committing")
+    if extra is None and name in COMMIT_RECORDS:
+        extra = COMMIT_RECORDS[name](run, iteration)
     if run.lease is not None:
         run.lease.check()  # taken over meanwhile: stop before overwriting anything
     h.commit(run.hash, run.inputs(iteration, name), extra={**(extra or {}), "worker": worker()}, started_at=started)
@@ -94,8 +97,15 @@ def part(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
-def shard_count(run: Run, iteration: int, name: str) -> int:
-    return len(plan_of(run, iteration).prompts) if name == "explore" else len(_selected_prompt_ids(run, iteration))
+def shard_count(run: Run, iteration: int | None, name: str) -> int:
+    """One shard per prompt explored, kept (regenerate) or audited; per sampling batch of the evaluation rows (eval, baseline)."""
+    if name == "explore":
+        return len(plan_of(run, iteration).prompts)
+    if name == "audit":
+        return len(plan_of(run, iteration).prompts[: run.cfg.fidelity.audit_prompts])
+    if name in ("eval", "baseline"):  # sampling batches of the evaluation rows
+        return -(-len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt // run.cfg.rollout.batch)
+    return len(_selected_prompt_ids(run, iteration))
 
 
 def sharded_step(run: Run, iteration: int, name: str) -> str:
@@ -135,6 +145,7 @@ def plan_step(run: Run, iteration: int) -> str:
 # --- explore ------------------------------------------------------------------------------------
 def explore_shard(run: Run, iteration: int, shard: int) -> str:
     """Explore one prompt (the shard-th of the iteration's plan) and write its part file."""
+    release_eval_copy(run)
     h = run.stage(iteration, "explore")
     if h.exists(part(shard)):  # written (atomically) by an earlier attempt of this same stage run
         return h.file(part(shard))
@@ -173,6 +184,7 @@ def _selected_prompt_ids(run: Run, iteration: int) -> list[int]:
 def regenerate_shard(run: Run, iteration: int, shard: int) -> str:
     """The kept seeds of one prompt (the shard-th prompt of the selection): regenerated in high
     precision, or, in modes that train on explore samples, those samples."""
+    release_eval_copy(run)
     h = run.stage(iteration, "regenerate")
     if h.exists(part(shard)):
         return h.file(part(shard))
@@ -205,6 +217,10 @@ def _stage_seconds(run: Run, iteration: int) -> dict[str, float]:
 
 
 def update_step(run: Run, iteration: int) -> str:
+    from .ddp import distributed_update_step, update_ranks
+
+    if update_ranks(run) > 1:  # data parallel over Dask workers (tasks/ddp.py)
+        return distributed_update_step(run, iteration)
     started = begin(run, iteration, "update")
     h = run.stage(iteration, "update")
     if started is None:
@@ -228,53 +244,107 @@ def update_step(run: Run, iteration: int) -> str:
 
 
 # --- evaluate -----------------------------------------------------------------------------------
-def _eval_body(run: Run, ema_of):
-    def body(h: StageHandle):
-        policy = CACHE.policy(run)
-        cols = S.evaluate(policy, ema_of(), run.cfg)
-        h.write_table(part(0), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if h.iteration is None else h.iteration))
+# Shards on the Dask workers like explore's: shard s is the s-th sampling batch of the evaluation
+# rows (set, prompt, seed; `rollout.batch` rows, whole prompts when `eval.seeds_per_prompt`
+# divides it), so a shard computes bit for bit what the unsharded evaluation computed (one
+# prompt per shard would change the batches, and the bf16 rewards by up to 3e-3).
+def eval_sets(run: Run) -> list[tuple[str, int, str]]:
+    """(set, prompt id, prompt) of every evaluation prompt, in shard order (no model loaded)."""
+    family = family_class(run.cfg.model.family)
+    train, held = family.prompt_sets(run.cfg)
+    return [(name, pid, text) for name, prompts in S.eval_prompt_sets(family, run.cfg, train, held, run.resolved.pool).items() for pid, text in prompts]
 
-    return body
+
+_EVAL_MODEL: dict = {}  # the last evaluation copy of this process: (policy id, adapter key) -> model
+
+
+def release_eval_copy(run: Run) -> None:
+    """On a GPU, a worker's evaluation copy (a whole transformer) goes when its sampling stages
+    need the memory; on a CPU it is kept for the next eval of the same adapters."""
+    if _EVAL_MODEL and CACHE.policy(run).device.type == "cuda":
+        with CACHE._lock:
+            _EVAL_MODEL.clear()
+
+
+def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
+    h = run.stage(iteration, name)
+    if h.exists(part(shard)):  # written (atomically) by an earlier attempt of this same stage run
+        return h.file(part(shard))
+    batch, n = run.cfg.rollout.batch, len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt
+    if name == "baseline":  # the base model: the LoRA init (B = 0)
+        policy, key, ema_of = CACHE.policy(run), f"init:{run.hash}", lambda: CACHE.init_ema(run)
+    else:  # the EMA after this iteration's update
+        policy, key, ema_of = CACHE.policy(run), CACHE.adapter_key(run, iteration + 1), lambda: CACHE.at(run, iteration + 1)[1].ema
+    with CACHE._lock:  # (the copy is built once per adapters, by one thread)
+        if (id(policy), key) not in _EVAL_MODEL:
+            _EVAL_MODEL.clear()  # one copy at a time: on a GPU it is a whole transformer
+            if policy.device.type == "cuda":
+                CACHE._samplers = {}  # and so are the sampler copies (rebuilt from the next adapters anyway)
+            _EVAL_MODEL[(id(policy), key)] = S.eval_model(policy, ema_of())
+        model = _EVAL_MODEL[(id(policy), key)]
+    cols = S.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
+    cols["worker"] = [worker()] * len(cols["seed"])
+    h.write_table(part(shard), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration))
+    return h.file(part(shard))
+
+
+def eval_shard(run: Run, iteration: int, shard: int) -> str:
+    return _eval_shard(run, iteration, "eval", shard)
+
+
+def baseline_shard(run: Run, iteration: None, shard: int) -> str:
+    return _eval_shard(run, None, "baseline", shard)
 
 
 def eval_step(run: Run, iteration: int) -> str:
     """The EMA adapter after this iteration's update on the evaluation sets."""
-    return stage_step(run, iteration, "eval", _eval_body(run, lambda: CACHE.at(run, iteration + 1)[1].ema))
+    return sharded_step(run, iteration, "eval")
 
 
 def baseline_step(run: Run) -> str:
     """The base model (the LoRA init, B = 0) on the evaluation sets, once per run."""
-    return stage_step(run, None, "baseline", _eval_body(run, lambda: CACHE.init_ema(run)))
+    return sharded_step(run, None, "baseline")
 
 
 # --- audit --------------------------------------------------------------------------------------
+def audit_shard(run: Run, iteration: int, shard: int) -> str:
+    """Every explored seed of the shard-th audited prompt in high precision (the audited prompts
+    are the first `fidelity.audit_prompts` of the plan)."""
+    h = run.stage(iteration, "audit")
+    if h.exists(part(shard)):
+        return h.file(part(shard))
+    plan = plan_of(run, iteration)
+    pid, _ = plan.prompts[shard]
+    explore = read_stage(run.store, iteration, "explore", "prompt_id, prompt, candidate, seed, reward", prompt_id=pid).to_pydict()
+    regen = read_stage(run.store, iteration, "regenerate", "seed, reward", prompt_id=pid).to_pydict()
+    policy, _ = CACHE.at(run, iteration)
+    model, _ = CACHE.sampler(run, iteration, None)
+    primary = CACHE.sampler(run, iteration, plan.primary)[0] if plan.primary is not None and plan.primary != plan.explore else None
+    one = dataclasses.replace(plan, prompts=(plan.prompts[shard],))
+    with progress_bar(f"iter {iteration} audit prompt {shard + 1}", plan.explore.n - run.cfg.select.k) as advance:
+        cols = S.audit(policy, run.cfg, one, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance)
+    cols["worker"] = [worker()] * len(cols["seed"])
+    h.write_table(part(shard), schemas.to_table(cols, schemas.audit_schema([]), run.run_id, iteration))
+    return h.file(part(shard))
+
+
+def _audit_record(run: Run, iteration: int) -> dict:
+    """What the audit's commit records beside its files: the fidelity metrics over every shard."""
+    h = run.stage(iteration, "audit")
+    cols = pa.concat_tables([run.store.read_table(h.file(part(s))) for s in range(shard_count(run, iteration, "audit"))]).to_pydict()
+    return {"fidelity": audit_metrics(cols, run.cfg.select.k)}
+
+
 def audit_step(run: Run, iteration: int) -> str:
     """Every explored seed of the first `fidelity.audit_prompts` prompts in high precision."""
-
-    def body(h: StageHandle):
-        plan = plan_of(run, iteration)
-        audited = [pid for pid, _ in plan.prompts[: run.cfg.fidelity.audit_prompts]]
-        explore = read_stage(run.store, iteration, "explore", "prompt_id, prompt, candidate, seed, reward").to_pydict()
-        keep = [i for i, p in enumerate(explore["prompt_id"]) if p in audited]
-        explore = {k: [v[i] for i in keep] for k, v in explore.items()}
-        regen = read_stage(run.store, iteration, "regenerate", "seed, reward").to_pydict()
-        policy, _ = CACHE.at(run, iteration)
-        model, _ = CACHE.sampler(run, iteration, None)
-        primary = CACHE.sampler(run, iteration, plan.primary)[0] if plan.primary is not None and plan.primary != plan.explore else None
-        n = len(audited) * (plan.explore.n - run.cfg.select.k)
-        with progress_bar(f"iter {iteration} audit", n) as advance:
-            cols = S.audit(policy, run.cfg, plan, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance)
-        cols["worker"] = [worker()] * len(cols["seed"])
-        h.write_table(part(0), schemas.to_table(cols, schemas.audit_schema([]), run.run_id, iteration))
-        return {"fidelity": audit_metrics(cols, run.cfg.select.k)}
-
-    return stage_step(run, iteration, "audit", body)
+    return sharded_step(run, iteration, "audit")
 
 
 # --- an iteration -------------------------------------------------------------------------------
-SHARDS = {"explore": explore_shard, "regenerate": regenerate_shard}
+SHARDS = {"explore": explore_shard, "regenerate": regenerate_shard, "audit": audit_shard, "eval": eval_shard, "baseline": baseline_shard}
 STEPS = {"baseline": lambda run, _: baseline_step(run), "plan": plan_step, "select": select_step, "audit": audit_step, "update": update_step, "eval": eval_step,
          "explore": lambda run, i: sharded_step(run, i, "explore"), "regenerate": lambda run, i: sharded_step(run, i, "regenerate")}
+COMMIT_RECORDS = {"audit": _audit_record}  # sharded stages whose commit records more than their files
 
 
 def run_steps(run: Run, iteration: int) -> dict:

@@ -1,4 +1,4 @@
-"""Explore and regenerate shards on Dask (prefect-dask's DaskTaskRunner): a LocalCluster the run
+"""Explore, regenerate, audit, eval and baseline shards on Dask (prefect-dask's DaskTaskRunner): a LocalCluster the run
 starts, and an existing scheduler by address. Results do not depend on the runner: the artifacts
 are byte-identical to the in-process run, also when a worker is SIGKILLed mid-explore."""
 
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.timeout(900)
 def reference(tmp_path_factory):
     """The in-process run (no Dask, no Prefect) of the small config."""
     root = tmp_path_factory.mktemp("dask_ref")
-    cfg = write_config(root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3})
+    cfg = write_config(root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2})
     cli("run", cfg, "--run-id", "ref", "--run-root", root, "--no-prefect")
     return cfg, fingerprint(root / "ref")
 
 
 def test_local_cluster_is_byte_identical_and_survives_a_killed_worker(reference, tmp_path):
     cfg, fp = reference
-    dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, cluster={"workers": 2})
+    dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"workers": 2})
     env = hooks_env(pause_s=1.5, match="iter=00000/explore/")  # a shard holds after its part file: the kill lands inside the task
     proc = subprocess.Popen([*SOL_RL, "run", str(dask_cfg), "--run-id", "d", "--run-root", str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -58,8 +58,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_existing_scheduler_by_address(reference, tmp_path):
+def test_an_existing_scheduler_with_two_worker_groups_and_the_update_on_two_ranks(reference, tmp_path):
+    """Two `dask worker` groups on loopback (as two hosts would start them) under one scheduler;
+    the update runs on 2 ranks (a gloo process group over the two workers, tasks/ddp.py), end to
+    end through Prefect. Iteration 0's plan, explore, selection and rows are byte-identical to the
+    in-process run and its adapters equal within the 2-rank tolerance; later iterations start from
+    those (slightly different) adapters, so they are only checked to complete."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load
+
+    from test_ddp import TOL
+
     cfg, fp = reference
+    ranks_cfg = write_config(tmp_path / "r.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"update_ranks": 2})
     port = _free_port()
     dask = str(Path(sys.executable).parent / "dask")
     # PYTHONPATH: `dask worker` puts its scratch folder (which holds a spill folder named
@@ -67,14 +80,31 @@ def test_an_existing_scheduler_by_address(reference, tmp_path):
     env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning", PYTHONPATH=str(REPO))
     log = open(tmp_path / "dask.log", "w")
     scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
-    workers = subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "2", "--no-dashboard", "--host", "127.0.0.1",
-                                "--preload", "flows.dask_worker"],
-                               cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
+    groups = [subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "1", "--name", f"host{g}", "--no-dashboard",
+                                "--host", "127.0.0.1", "--preload", "flows.dask_worker"],
+                               cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True) for g in range(2)]
     try:
-        cli("run", cfg, "--run-id", "ext", "--run-root", tmp_path, "--cluster", f"tcp://127.0.0.1:{port}", timeout=600)
-        assert fingerprint(tmp_path / "ext") == fp
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            worker_pids = set(client.run(os.getpid).values())
+        cli("run", ranks_cfg, "--run-id", "ext", "--run-root", tmp_path, "--cluster", f"tcp://127.0.0.1:{port}", timeout=600)
+        got = fingerprint(tmp_path / "ext")
+        assert {k: v for k, v in got.items() if k.startswith("0/") and k != "0/update"} == {k: v for k, v in fp.items() if k.startswith("0/") and k != "0/update"}
+        assert {k for k in got} == {k for k in fp}  # every stage of both iterations committed
+        rec = json.loads((tmp_path / "ext" / "iter=00000" / "update" / "_COMMITTED.json").read_text())
+        assert rec["update_ranks"] == 2 and len(set(rec["rank_workers"])) == 2
+        ref_dir = Path(cfg).parent / "ref" / "iter=00000" / "update" / "state"
+        for p in sorted(ref_dir.rglob("*.safetensors")):
+            a, b = load(p.read_bytes()), load((tmp_path / "ext" / "iter=00000" / "update" / "state" / p.relative_to(ref_dir)).read_bytes())
+            assert max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a) <= TOL
+        audited_by = set(pq.read_table(tmp_path / "ext" / "iter=00000" / "audit").column("worker").to_pylist())
+        assert {int(w.rsplit(":", 1)[1]) for w in audited_by} <= worker_pids  # audit shards ran on the workers (so do eval and baseline)
+        status = cli("status", "ext", "--run-root", tmp_path, "--gpus", 4).stdout
+        assert "an existing Dask scheduler" in status
     finally:
-        for p in (workers, scheduler):  # workers first: a scheduler gone first can leave them waiting
+        for p in (*groups, scheduler):  # workers first: a scheduler gone first can leave them waiting
             os.killpg(p.pid, signal.SIGTERM)
             try:
                 p.wait(20)
