@@ -66,7 +66,8 @@ class IterationPlan:
     @classmethod
     def from_json(cls, data: bytes | str) -> "IterationPlan":
         d = json.loads(data)
-        spec = lambda x: ExploreSpec(**x) if x else None  # noqa: E731
+        def spec(x):
+            return ExploreSpec(**x) if x else None
         guard = GuardState(**{**d["guard"], "window": tuple(d["guard"]["window"])}) if d.get("guard") else None
         return cls(d["iteration"], d["mode"], tuple(tuple(p) for p in d["prompts"]), spec(d["explore"]), spec(d["primary"]), tuple(d["stages"]), guard)
 

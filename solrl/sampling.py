@@ -36,7 +36,8 @@ def sigma_grid(kind: str, steps: int, **kw) -> np.ndarray:
         return np.linspace(1.0, 0.0, steps + 1)
     if kind == "sd3":
         shift = float(kw.get("shift", 3.0))
-        f = lambda u: shift * u / (1 + (shift - 1) * u)  # noqa: E731
+        def f(u):
+            return shift * u / (1 + (shift - 1) * u)
         # diffusers: timesteps = linspace(f-applied? no) -> sigma_min = f(1/1000) is shifted again.
         s = f(np.linspace(1.0, f(1.0 / 1000.0), steps))
         return np.append(s, 0.0)

@@ -19,7 +19,7 @@ import time
 import pyarrow as pa
 import torch
 
-from solrl import stages as S
+from solrl import stages as compute
 from solrl.checkpoint import state_files
 from solrl.fidelity import audit_metrics
 from solrl.nft import timesteps_per_sample
@@ -153,10 +153,10 @@ def explore_shard(run: Run, iteration: int, shard: int) -> str:
     policy, _ = CACHE.at(run, iteration)
     model, _ = CACHE.sampler(run, iteration, plan.explore)
     with progress_bar(f"iter {iteration} explore prompt {shard + 1}/{len(plan.prompts)}", plan.explore.n) as advance:
-        ex = S.explore(policy, run.cfg, plan.explore, iteration, [plan.prompts[shard]], model, advance)
+        ex = compute.explore(policy, run.cfg, plan.explore, iteration, [plan.prompts[shard]], model, advance)
     cols = dict(ex.columns, worker=[worker()] * len(ex.columns["seed"]))
     if ex.x0 is not None:
-        cols["x0"] = [S.tensor_bytes(x) for x in ex.x0]
+        cols["x0"] = [compute.tensor_bytes(x) for x in ex.x0]
         cols["x0_shape"] = [list(ex.x0.shape[1:])] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.explore_schema(run.reward_names), run.run_id, iteration))
     return h.file(part(shard))
@@ -167,7 +167,7 @@ def select_step(run: Run, iteration: int) -> str:
     def body(h: StageHandle):
         plan = plan_of(run, iteration)
         explore = read_stage(run.store, iteration, "explore", "prompt_id, prompt, seed, reward").to_pydict() if plan.runs("explore") else None
-        selected, stats = S.select(run.cfg, plan, explore, select_seeds)
+        selected, stats = compute.select(run.cfg, plan, explore, select_seeds)
         if stats["non_finite"]:
             log.warning("iteration %d: %d candidates with a non-finite proxy reward were excluded from selection", iteration, stats["non_finite"])
         h.write_table("selected.parquet", schemas.to_table(selected, schemas.selected_schema(), run.run_id, iteration))
@@ -191,16 +191,16 @@ def regenerate_shard(run: Run, iteration: int, shard: int) -> str:
     sel = read_stage(run.store, iteration, "select").to_pydict()
     pid = list(dict.fromkeys(sel["prompt_id"]))[shard]
     rows = [i for i, p in enumerate(sel["prompt_id"]) if p == pid]
-    selected = {k: [sel[k][i] for i in rows] for k in S.SAMPLE_KEYS}
+    selected = {k: [sel[k][i] for i in rows] for k in compute.SAMPLE_KEYS}
     policy, _ = CACHE.at(run, iteration)
     if run.cfg.mode.trains_on == "regenerated":
         model, _ = CACHE.sampler(run, iteration, None)
         with progress_bar(f"iter {iteration} regenerate prompt {shard + 1}", len(rows)) as advance:
-            samples = S.regenerate(policy, run.cfg, selected, model, advance)
+            samples = compute.regenerate(policy, run.cfg, selected, model, advance)
     else:  # only this prompt's explore rows (they carry every candidate's x0 in these modes)
         explore = read_stage(run.store, iteration, "explore", prompt_id=pid).to_pydict()
-        x0 = torch.stack([S.tensor_from_bytes(b) for b in explore["x0"]])
-        samples = S.samples_from_explore(policy, run.cfg, explore, x0, selected)
+        x0 = torch.stack([compute.tensor_from_bytes(b) for b in explore["x0"]])
+        samples = compute.samples_from_explore(policy, run.cfg, explore, x0, selected)
     cols = dict(samples.columns, worker=[worker()] * len(rows))
     h.write_table(part(shard), schemas.to_table(cols, schemas.regenerate_schema(run.reward_names), run.run_id, iteration))
     return h.file(part(shard))
@@ -226,11 +226,11 @@ def update_step(run: Run, iteration: int) -> str:
     if started is None:
         return h.url
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
-    samples = S.Samples(t["prompt_id"], t["prompt"], torch.stack([S.tensor_from_bytes(b) for b in t["x0"]]), torch.tensor(t["reward"], dtype=torch.float64))
+    samples = compute.Samples(t["prompt_id"], t["prompt"], torch.stack([compute.tensor_from_bytes(b) for b in t["x0"]]), torch.tensor(t["reward"], dtype=torch.float64))
     n_times = timesteps_per_sample(run.cfg.rollout.steps, run.cfg.nft.timestep_fraction)
     with CACHE.mutating(run, iteration) as (policy, state):  # dirty until committed: a retry restores from the store
         with progress_bar(f"iter {iteration} update", samples.x0.shape[0] * n_times) as advance:
-            rows = S.update(policy, state, run.cfg, iteration, samples, advance)
+            rows = compute.update(policy, state, run.cfg, iteration, samples, advance)
         if not all(r["applied"] for r in rows):
             log.warning("iteration %d: non-finite loss or gradient, optimizer step(s) skipped", iteration)
         seconds = {**_stage_seconds(run, iteration), "seconds_update": time.time() - started}
@@ -252,7 +252,7 @@ def eval_sets(run: Run) -> list[tuple[str, int, str]]:
     """(set, prompt id, prompt) of every evaluation prompt, in shard order (no model loaded)."""
     family = family_class(run.cfg.model.family)
     train, held = family.prompt_sets(run.cfg)
-    return [(name, pid, text) for name, prompts in S.eval_prompt_sets(family, run.cfg, train, held, run.resolved.pool).items() for pid, text in prompts]
+    return [(name, pid, text) for name, prompts in compute.eval_prompt_sets(family, run.cfg, train, held, run.resolved.pool).items() for pid, text in prompts]
 
 
 _EVAL_MODEL: dict = {}  # the last evaluation copy of this process: (policy id, adapter key) -> model
@@ -280,9 +280,9 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
             _EVAL_MODEL.clear()  # one copy at a time: on a GPU it is a whole transformer
             if policy.device.type == "cuda":
                 CACHE._samplers = {}  # and so are the sampler copies (rebuilt from the next adapters anyway)
-            _EVAL_MODEL[(id(policy), key)] = S.eval_model(policy, ema_of())
+            _EVAL_MODEL[(id(policy), key)] = compute.eval_model(policy, ema_of())
         model = _EVAL_MODEL[(id(policy), key)]
-    cols = S.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
+    cols = compute.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
     cols["worker"] = [worker()] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration))
     return h.file(part(shard))
@@ -322,7 +322,7 @@ def audit_shard(run: Run, iteration: int, shard: int) -> str:
     primary = CACHE.sampler(run, iteration, plan.primary)[0] if plan.primary is not None and plan.primary != plan.explore else None
     one = dataclasses.replace(plan, prompts=(plan.prompts[shard],))
     with progress_bar(f"iter {iteration} audit prompt {shard + 1}", plan.explore.n - run.cfg.select.k) as advance:
-        cols = S.audit(policy, run.cfg, one, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance)
+        cols = compute.audit(policy, run.cfg, one, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance)
     cols["worker"] = [worker()] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.audit_schema([]), run.run_id, iteration))
     return h.file(part(shard))

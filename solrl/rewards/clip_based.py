@@ -365,7 +365,7 @@ def load_hpsv2() -> ClipScorer:
     return ClipScorer(model, open_clip.get_tokenizer(HPSV2_ARCH), image_size=size, mean=mean, std=std, scale="cosine", quantize=True)
 
 
-LOADERS = {"clipscore": lambda: load_clipscore(), "pickscore": lambda: load_pickscore(), "hpsv2": lambda: load_hpsv2()}
+LOADERS = {"clipscore": load_clipscore, "pickscore": load_pickscore, "hpsv2": load_hpsv2}
 
 
 def build(reward: str) -> ClipScorer:
