@@ -42,7 +42,7 @@ def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> NVFP4Con
     """The quantisation of the explore copy (None: high precision)."""
     if not spec.low_precision:
         return None
-    backend = "fp8" if spec.precision == "fp8" else cfg.explore.backend
+    backend = spec.precision if spec.precision in ("fp8", "int8") else cfg.explore.backend
     skip = cfg.explore.skip if cfg.explore.skip is not None else policy.quant_skip
     min_dim = cfg.explore.min_dim if cfg.explore.min_dim is not None else policy.quant_min_dim
     kw = {"lowrank": spec.lowrank} if spec.lowrank else {}

@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import nn
 
-Backend = Literal["emulated", "transformer_engine", "fp8", "none"]
+Backend = Literal["emulated", "transformer_engine", "fp8", "int8", "none"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class NVFP4Config:
 
     def __post_init__(self):
         object.__setattr__(self, "skip", tuple(self.skip))
-        if self.backend not in ("emulated", "transformer_engine", "fp8", "none"):
-            raise ValueError(f"unknown quantisation backend {self.backend!r}: use emulated, transformer_engine, fp8 or none")
+        if self.backend not in ("emulated", "transformer_engine", "fp8", "int8", "none"):
+            raise ValueError(f"unknown quantisation backend {self.backend!r}: use emulated, transformer_engine, fp8, int8 or none")
         if isinstance(self.lowrank, bool) or not isinstance(self.lowrank, numbers.Integral) or self.lowrank < 0:
             raise ValueError(f"lowrank must be a non-negative integer rank, got {self.lowrank!r}")
         object.__setattr__(self, "lowrank", int(self.lowrank))

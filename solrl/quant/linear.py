@@ -125,6 +125,12 @@ def quantize_(model: nn.Module, config: NVFP4Config) -> QuantReport:
 
         require_te()  # one clear sentence, before any layer is touched
         factory: Callable[[nn.Linear], nn.Module] = make_te_linear
+    elif config.backend == "int8":
+        from .int8 import Int8Linear, int8_engine
+
+        engine = int8_engine()
+        report.backend = f"int8 ({engine})"
+        factory = lambda lin: Int8Linear(lin, engine)  # noqa: E731
     else:
         fmt = "nvfp4" if config.backend == "emulated" else "fp8"
         factory = lambda lin: EmulatedLinear(lin, fmt, lowrank=config.lowrank)  # noqa: E731
