@@ -102,7 +102,7 @@ def test_fidelity_quick(quick):
     assert d["pngs"] == ["fidelity.png", "fidelity_heatmap.png", "fidelity_cost.png"]
     cfg = d["config"]
     steps, n, k = cfg["explore_steps"], cfg["seeds_per_prompt"], cfg["k"]
-    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "high"}
+    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "int8", "high"}
     assert set(d["overall"]) == {"fp32", "bf16"}  # the two truths side by side
     for truth, by_variant in d["overall"].items():
         assert set(by_variant) == variants
@@ -124,6 +124,7 @@ def test_fidelity_quick(quick):
     assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # ALGORITHM §4
     assert 4.5 < q["nvfp4-r8"]["bits_per_weight"] < 16  # + the bf16 low-rank factors
     assert q["fp8"]["bits_per_weight"] == pytest.approx(8.0, abs=0.01)
+    assert 8.0 < q["int8"]["bits_per_weight"] < 8.25 and q["int8"]["summary"].startswith("int8 (")  # codes + a float32 scale per output channel
     assert q["high"]["weights"] == 0
     rows = d["cost"]["rows"]
     assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")}
