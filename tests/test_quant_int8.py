@@ -118,3 +118,19 @@ def test_avx2_capability_picks_fbgemm():
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", "from solrl.quant import int8_engine; print(int8_engine())"], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "fbgemm"
+
+
+def test_int8_on_a_gpu_model_is_refused_before_any_compute(monkeypatch):
+    from solrl.errors import ConfigError
+    from solrl.models.base import Policy
+
+    class NoPrompts(Policy):  # resolve() only: the device check comes before the prompt sets
+        @classmethod
+        def prompt_sets(cls, cfg):
+            raise AssertionError("the device check should have refused first")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as torch reports it
+    with pytest.raises(ConfigError, match="int8 runs on the CPU"):
+        NoPrompts.resolve(RunConfig().with_overrides(**{"explore.precision": "int8"}))
+    with pytest.raises(ConfigError, match="int8 runs on the CPU"):
+        NoPrompts.resolve(RunConfig().with_overrides(**{"fidelity.audit_prompts": 1, "fidelity.guard.enabled": True, "fidelity.guard.fallback_precision": "int8"}))

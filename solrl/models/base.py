@@ -120,6 +120,10 @@ class Policy(ABC):
     def resolve(cls, cfg: RunConfig) -> Resolved:
         """What `auto` and the prompt settings mean on this machine (stored in run.json)."""
         device = pick_device(cfg.model.device)
+        int8 = cfg.explore.precision == "int8" or (cfg.fidelity.guard.enabled and cfg.fidelity.guard.fallback_precision == "int8")
+        if int8 and device.type != "cpu":
+            raise ConfigError(f"explore precision int8 runs on the CPU's integer kernels and this run's model is on {device.type}: "
+                              "use explore.precision nvfp4 or fp8 on a GPU, or model.device: cpu")
         train, held = cls.prompt_sets(cfg)
         digest = hashlib.sha256(("\n".join(train) + "\0" + "\n".join(held)).encode()).hexdigest()
         pool = None
