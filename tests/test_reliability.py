@@ -341,8 +341,11 @@ def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_t
     fp = fingerprint(str(tmp_path / "a"))
     assert fingerprint(str(tmp_path / "b")) == fp
     assert open_run(str(tmp_path / "a")).resolved.dtype == "bfloat16"
-    precision = steps.read_stage(open_run(str(tmp_path / "a")).store, 0, "explore", "precision").to_pydict()["precision"]
+    store_a = open_run(str(tmp_path / "a")).store
+    precision = steps.read_stage(store_a, 0, "explore", "precision").to_pydict()["precision"]
     assert set(precision) == {over.get("explore.precision", "nvfp4")}
+    # the fidelity audit measures the proxy that explored
+    assert set(steps.read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(precision)
     assert torch.get_num_threads() == 1
     pid = os.fork()
     if pid == 0:
