@@ -118,3 +118,20 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 W8A8 ({self.engine})"
+
+
+_ENGINE_WHY = {"onednn": "oneDNN, this CPU has AVX-512 VNNI / AMX-INT8", "fbgemm": "fbgemm, AVX2", "qnnpack": "QNNPACK"}
+
+
+def describe_explore(precision: str, backend: str, device_type: str) -> str:
+    """One line for a run's output: which explore runs here and why (measurements: docs/cpu-explore.md)."""
+    if precision == "int8":
+        engine = int8_engine()
+        return (f"explore: int8 W8A8 on integer GEMMs ({_ENGINE_WHY.get(engine, engine)}): on the CPU kinds measured it samples a candidate "
+                "faster than emulated NVFP4 and ranks seeds closer to high precision (docs/cpu-explore.md)")
+    if precision == "nvfp4" and backend == "emulated" and device_type == "cpu":
+        return ("explore: NVFP4 W4A4 emulated: exact NVFP4 numerics, not fast on a CPU "
+                "(explore.precision: int8 is the CPU's fast explore, docs/cpu-explore.md)")
+    if precision == "high":
+        return "explore: high precision (naive scaling)"
+    return f"explore: {precision}" + (f" ({backend})" if precision == "nvfp4" else "")
