@@ -35,9 +35,12 @@
    matmul timing and the int8 engine, which show the kernels the host kind gets. To measure the
    AVX2 kind on a larger CPU, run it with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2.
    Writes cpu_explore-<kind>.json/.md (kind: avx512 / avx2, from torch's CPU capability).
+   With --int8-kernels, only one Linear per shapes-model shape: float32, bf16 and the int8
+   kernels a CPU has (int8_kernels-<kind>.json/.md): what chose the int8 explore's kernel.
 
     python benchmarks/cost.py --cpu-explore --threads 1 --out benchmarks/results/cost
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cost.py --cpu-explore --threads 1 --out benchmarks/results/cost
+    python benchmarks/cost.py --cpu-explore --int8-kernels --threads 1 --out benchmarks/results/cost
 """
 
 from __future__ import annotations
@@ -574,6 +577,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, nargs="+", default=None, help="synthetic explore rows for the selection timing (default 1000000 10000000; quick 10000)")
     ap.add_argument("--select-repeats", type=int, default=None, help="selection repeats per size (default 3; quick 2)")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts to time part 1 at, interleaved (default: torch's default); parts 2-4 use the first")
+    ap.add_argument("--int8-kernels", action="store_true", help="with --cpu-explore: only time one Linear per shapes-model shape, float32 / bf16 / the int8 kernels")
     ap.add_argument("--cpu-explore", action="store_true", help="part 5 only: int8 and NVFP4 explore vs the rollout, and Sol-RL vs naive-scaling iterations, on this host kind")
     args = ap.parse_args(argv)
     q = args.quick
@@ -740,6 +744,84 @@ def cpu_explore_summary(res: dict) -> str:
     return "\n".join(lines)
 
 
+# the shapes model's quantised Linear shapes at explore.batch 96: (tokens M, in K, out N)
+SHAPES_LINEARS = ((6144, 192, 192), (6144, 192, 768), (6144, 768, 192), (7296, 192, 768), (1152, 192, 192), (96, 192, 1152))
+
+
+def int8_kernels(args) -> dict:
+    """ms per call of one Linear, float32 / bf16 / the int8 candidates, interleaved repeats,
+    medians: torch's dynamic quantised Linear on fbgemm and on oneDNN (quantized::linear_dynamic),
+    oneDNN's qlinear_pointwise with a dynamic per-tensor uint8 input quantised before it,
+    torch._int_mm with per-token int8 activations quantised around it, and torchao's
+    Int8DynamicActivationInt8WeightConfig (quantize_)."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    from solrl.quant.int8 import Int8Linear, quantize_weight_int8
+
+    engines = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+    out = {"shapes": [], "repeats": args.repeats}
+    for (M, K, N) in (SHAPES_LINEARS[:2] if args.quick else SHAPES_LINEARS):
+        g = torch.Generator().manual_seed(0)
+        x, b = torch.randn(M, K, generator=g), torch.randn(N, generator=g)
+        lin = torch.nn.Linear(K, N)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(N, K, generator=g) / K**0.5)
+            lin.bias.copy_(b)
+        w = lin.weight.detach()
+        codes, scale = quantize_weight_int8(w)
+        fns = {"float32": lambda: F.linear(x, w, b), "bf16": (lambda x16=x.bfloat16(), w16=w.bfloat16(), b16=b.bfloat16(): F.linear(x16, w16, b16))}
+        for e in engines:
+            fns[f"linear_dynamic[{e}]"] = (lambda m=Int8Linear(lin, e): m(x))
+        if hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_prepack"):
+            packed = torch.ops.onednn.qlinear_prepack(codes, None)
+
+            def qpw():
+                lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+                s = (hi - lo) / 255
+                zp = int(round(-lo / s))
+                xq = torch.clamp(torch.round(x / s) + zp, 0, 255).to(torch.uint8)
+                return torch.ops.onednn.qlinear_pointwise(xq, s, zp, packed, scale, torch.zeros(N, dtype=torch.long), b, 1.0, 0, torch.float32, "none", [], "")
+
+            fns["onednn.qlinear_pointwise"] = qpw
+
+        def int_mm():
+            sa = x.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+            a8 = torch.round(x / sa).to(torch.int8)
+            return torch._int_mm(a8, codes.t()).float() * (sa * scale) + b
+
+        fns["_int_mm per-token"] = int_mm
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+                m = torch.nn.Sequential(torch.nn.Linear(K, N))
+                m[0].load_state_dict(lin.state_dict())
+                quantize_(m, Int8DynamicActivationInt8WeightConfig())
+            fns["torchao Int8DynamicActivationInt8Weight"] = lambda m=m: m(x)
+        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
+            out.setdefault("errors", []).append(f"torchao at {(M, K, N)}: {e!r}"[:300])
+        with torch.no_grad():
+            secs = C.interleaved(fns, args.repeats)
+        ms = {k: 1000 * C.median(v) for k, v in secs.items()}
+        out["shapes"].append({"M": M, "K": K, "N": N, "ms": ms, "over_float32": {k: v / ms["float32"] for k, v in ms.items()}})
+        print(f"[cost] int8 kernels {(M, K, N)}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()), flush=True)
+    return out
+
+
+def int8_kernels_summary(res: dict) -> str:
+    m = res["machine"]
+    names = list(res["kernels"]["shapes"][0]["ms"])
+    lines = [f"# One Linear of the shapes model, ms per call ({res['kind']} kind: torch capability {m['aten_cpu_capability']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; "
+             f"{m['torch_threads']} thread; {res['kernels']['repeats']} interleaved repeats, medians)\n"]
+    rows = [[f"{r['M']}×{r['K']}→{r['N']}"] + [f"{r['ms'][k]:.2f}" for k in names] for r in res["kernels"]["shapes"]]
+    lines.append(C.md_table(["M×K→N"] + names, rows))
+    return "\n".join(lines)
+
+
 def cpu_explore_main(args) -> dict:
     import torch
 
@@ -753,6 +835,10 @@ def cpu_explore_main(args) -> dict:
     cfg = C.base_config(args)
     policy = C.load_policy(cfg)
     prompt = policy.train_prompts()[0]
+    if args.int8_kernels:
+        res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": int8_kernels(args)}
+        res["wall_seconds"] = time.perf_counter() - t0
+        return C.finish(out, f"int8_kernels-{kind}", res, int8_kernels_summary(res), [])
     res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": matmul_kernels(),
            "config": {"config_file": str(args.config), "model": C.model_label(cfg), "prompt": prompt}}
     res["sampling"] = cpu_explore_sampling(args, cfg, policy, prompt)

@@ -284,3 +284,21 @@ def test_soak_quick(quick):
     d = load(out, "soak")
     assert d["runs_completed"] == 2 and sum(d["faults_injected"].values()) >= 2
     assert d["runs_byte_identical"] == 2 and d["runs_with_verify_problems"] == 0
+
+
+def test_cost_cpu_explore_quick(tmp_path):
+    """cost.py --cpu-explore (int8 and NVFP4 explore vs the rollout on this host kind) and
+    --int8-kernels (one Linear per shape, every int8 kernel), in their smoke modes."""
+    env = dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg")
+    for extra, name in ((["--iteration-repeats", "0"], "cpu_explore-avx512"), (["--int8-kernels"], "int8_kernels-avx512")):
+        p = subprocess.run([sys.executable, "benchmarks/cost.py", "--cpu-explore", "--quick", "--threads", "1", "--out", str(tmp_path), *extra],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+        assert p.returncode == 0, p.stderr[-3000:]
+        d = load(tmp_path, name)
+        assert d["kind"] == "avx512" and d["int8_engine"] == "onednn" and d["machine"]["aten_cpu_capability"] == "AVX512"
+    d = load(tmp_path, "cpu_explore-avx512")
+    rows = d["sampling"]["rows"]
+    assert set(rows) == {"int8/6", "nvfp4/6", "high/6", "rollout/10"} and rows["rollout/10"]["over_rollout"] == 1.0
+    assert all(r["ms_per_candidate"] > 0 for r in rows.values()) and d["kernels"]["bf16_over_fp32"] > 0
+    k = load(tmp_path, "int8_kernels-avx512")["kernels"]["shapes"]
+    assert {"float32", "bf16", "linear_dynamic[fbgemm]", "linear_dynamic[onednn]", "_int_mm per-token"} <= set(k[0]["ms"])

@@ -7,7 +7,7 @@ not per token, because that is what the fused kernels do: `quantized::linear_dyn
 the input, runs the u8×s8 GEMM with int32 accumulation and dequantises with the bias in one op.
 Per-token scales would need the quantisation as separate torch ops around `torch._int_mm`
 (torchao's Int8DynamicActivationInt8Weight does exactly that on the CPU), measured 3–5× slower
-than this on the shapes model's Linear shapes (benchmarks/results/cost/int8_kernels.json). The
+than this on the shapes model's Linear shapes (benchmarks/results/cost/int8_kernels-*.md). The
 NVFP4 emulation's activation scale is per tensor too, so both proxies see a batch alike.
 
 Which library runs the GEMM (`int8_engine`), chosen by what the CPU has, measured on the shapes
