@@ -459,7 +459,8 @@ def main(argv=None):
         from tasks.steps import is_done
 
         for r in runs.values():
-            done = [i for i in r["run"].store.iterations() if is_done(r["run"], r["run"].stage(i, "update"))]
+            # at most --iterations (a study stopped mid-round: analyse the rounds every run completed)
+            done = [i for i in r["run"].store.iterations() if i < args.iterations and is_done(r["run"], r["run"].stage(i, "update"))]
             r["points"] = [L.run_point(r["run"], i) for i in done]
     else:
         L.advance(runs, args.iterations, lambda i: C.write_json(out, f"convergence-progress-{'-'.join(args.only or ['all'])}", {"round": i, "runs": {k: r["points"] for k, r in runs.items()}}))
