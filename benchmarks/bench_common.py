@@ -72,6 +72,11 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "nvfp4_kernel": "eager" if os.environ.get("SOLRL_NO_COMPILE") == "1" else "torch.compile",
+        # the kernels torch and oneDNN may use: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 hold a
+        # larger CPU to an AVX2 host's kernels (how the AVX2 kind is measured here)
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env_ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "env_ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 
 

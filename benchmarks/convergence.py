@@ -42,10 +42,11 @@ MODES = {
     "naive_scaling": {"run.mode": "naive_scaling", "explore.precision": "high"},
     "diffusionnft": {"run.mode": "diffusionnft"},
     "naive_quant": {"run.mode": "naive_quant"},
+    "sol_rl_int8": {"run.mode": "sol_rl", "explore.precision": "int8"},  # W8A8 on the CPU's integer kernels
 }
 DIFFS = (("sol_rl", "naive_scaling"), ("sol_rl", "diffusionnft"), ("naive_quant", "sol_rl"))
 PROGRESS = (0.25, 0.5, 0.75, 1.0)
-COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
+COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3", "sol_rl_int8": "C4"}
 
 
 def variant_specs(args, n_default: int) -> list[str]:
@@ -141,6 +142,55 @@ def parity(curves: dict) -> dict:
                 if mode != "naive_scaling":
                     row[f"speedup_{mode}_{clock}"] = (t_ns / t) if (t_ns and t) else None
         out["levels"].append(row)
+    return out
+
+
+def seed_curve(points: list, eval_set: str, clock: str) -> tuple[list, list]:
+    """One run's (cumulative clock, paired gain) at its evaluated iterations, from (0, 0)."""
+    xs, ys = [0.0], [0.0]
+    for p in points:
+        if eval_set in p:
+            xs.append(sum(q[clock] for q in points if q["iteration"] <= p["iteration"]))
+            ys.append(p[eval_set]["gain"])
+    return xs, ys
+
+
+def parity_per_seed(runs: dict, eval_set: str = "train", fractions=(0.5, 0.75, 1.0)) -> dict:
+    """Time to a fixed gain that both modes reach, per training seed, then mean ± SE over seeds.
+
+    The level is a fraction of the smaller of the two modes' final mean gains (so both reach it on
+    average); per seed, each run's first crossing on its own cumulative clock (interpolated between
+    evaluations), the speed-up t_naive / t_mode, and its mean ± SE over the seeds where both cross."""
+    bv = by_variant(runs)
+    if "naive_scaling" not in bv:
+        return {}
+    out = {}
+    for mode in bv:
+        if mode == "naive_scaling" or mode.startswith("sol_rl_N"):
+            continue
+        seeds = sorted(set(bv[mode]) & set(bv["naive_scaling"]))
+        finals = [np.mean([next((p[eval_set]["gain"] for p in reversed(bv[m][s]) if eval_set in p), 0.0) for s in seeds]) for m in (mode, "naive_scaling")]
+        level0 = float(min(finals))
+        rows = []
+        for f in fractions:
+            target = f * level0
+            row = {"fraction": f, "target": target, "per_seed": {}}
+            for clock in ("cpu_seconds", "denoiser"):
+                key = "seconds" if clock == "cpu_seconds" else "denoiser"
+                sp, tm, tn = [], [], []
+                for s in seeds:
+                    t_m = first_crossing(*seed_curve(bv[mode][s], eval_set, key), target) if target > 0 else None
+                    t_n = first_crossing(*seed_curve(bv["naive_scaling"][s], eval_set, key), target) if target > 0 else None
+                    row["per_seed"].setdefault(s, {})[clock] = {"mode": t_m, "naive_scaling": t_n, "speedup": (t_n / t_m) if (t_m and t_n) else None}
+                    if t_m and t_n:
+                        sp.append(t_n / t_m)
+                        tm.append(t_m)
+                        tn.append(t_n)
+                row[clock] = {"speedup_mean": float(np.mean(sp)) if sp else None, "speedup_se": se_over(sp) if sp else None, "seeds_both_cross": len(sp), "seeds": len(seeds),
+                              "speedup_min": float(min(sp)) if sp else None, "speedup_max": float(max(sp)) if sp else None,
+                              "ratio_of_mean_times": float(np.mean(tn) / np.mean(tm)) if sp else None}
+            rows.append(row)
+        out[mode] = {"final_gains": {"mode": float(finals[0]), "naive_scaling": float(finals[1])}, "levels": rows}
     return out
 
 
@@ -314,11 +364,22 @@ def summarise(res: dict) -> str:
     if res["parity"].get("skipped"):
         rows.append(["–", "–", res["parity"]["skipped"], ""])
     for lv in res["parity"].get("levels", []):
-        for mode in ("sol_rl", "diffusionnft", "naive_quant"):
+        for mode in [m for m in res["curves"]["train"] if m != "naive_scaling" and not m.startswith("sol_rl_N")]:
             a, b = lv.get(f"speedup_{mode}_denoiser"), lv.get(f"speedup_{mode}_cpu_seconds")
             rows.append([f"{lv['progress']:.0%}" + (" (within 5 SE)" if lv["within_5_se"] else ""), f"{lv['target']:+.4f}", mode,
                          f"{a:.2f}× / {b:.2f}×" if a and b else "never (within the run)"])
     lines += [C.md_table(["progress", "target gain", "mode", "speedup: denoiser / CPU clock"], rows), ""]
+    if res.get("parity_per_seed"):
+        lines.append("## Time to a fixed gain both modes reach, per training seed (speed-up = naive_scaling's CPU time / the mode's; mean ± SE over seeds)\n")
+        rows = []
+        for mode, d in res["parity_per_seed"].items():
+            for lv in d["levels"]:
+                c = lv["cpu_seconds"]
+                per = ", ".join(f"{s}: " + (f"{v['cpu_seconds']['speedup']:.2f}×" if v["cpu_seconds"]["speedup"] else "–") for s, v in lv["per_seed"].items())
+                rows.append([mode, f"{lv['fraction']:.0%} of {min(d['final_gains'].values()):+.4f} = {lv['target']:+.4f}",
+                             f"{c['speedup_mean']:.2f} ± {c['speedup_se']:.2f}" if c["speedup_mean"] and c["speedup_se"] == c["speedup_se"] else ("–" if not c["speedup_mean"] else f"{c['speedup_mean']:.2f}"),
+                             f"{c['seeds_both_cross']}/{c['seeds']}", per, f"{c['ratio_of_mean_times']:.2f}×" if c["ratio_of_mean_times"] else "–"])
+        lines += [C.md_table(["mode", "level (of the smaller final mean gain)", "CPU-clock speed-up, mean ± SE", "seeds where both cross", "per seed", "ratio of mean times"], rows), ""]
     if res.get("winners_curse"):
         lines.append("## Winner's curse (audited prompt, every iteration; mean ± SE, n)\n")
         rows = [[n] + [f"{v[0]:.3f} ± {v[1]:.3f} ({v[2]})" if k in d else "–" for k, v in ((k, d.get(k)) for k in ("rank_error_top", "false_top", "true_rank_top", "rank_error_bottom", "false_bottom"))]
@@ -346,6 +407,7 @@ def analyse(args, runs: dict) -> dict:
     res["curves"] = {s: mode_curves(runs, s) for s in ("train", "held_out")}
     res["differences"] = {s: differences(runs, s) for s in ("train", "held_out")}
     res["parity"] = parity(res["curves"]["train"])
+    res["parity_per_seed"] = parity_per_seed(runs)
     res["cost"] = cost_per_iteration(runs)
     res["pool_n"] = {r["variant"]: r["run"].cfg.explore.n for r in runs.values()}
     audited = [k for k, r in runs.items() if r["variant"].startswith("sol_rl")]
@@ -358,7 +420,7 @@ def main(argv=None):
     ap = C.parser(__doc__, "convergence", "2 iterations of a tiny config, 2 modes, one seed")
     ap.add_argument("--config", default="shapes-long", help="a preset name or a YAML path")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=[m for m in MODES if m != "sol_rl_int8"], choices=list(MODES))
     ap.add_argument("--pools", type=int, nargs="+", default=[24, 48, 96], help="sol_rl pool sizes N (the config's own N is the sol_rl run itself)")
     ap.add_argument("--pool-seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--iterations", type=int, default=None, help="default: run.iterations of the config")
@@ -379,7 +441,8 @@ def main(argv=None):
     if args.quick:
         base = base.with_overrides(**{"prompts.pool": 2, "prompts.per_iteration": 2, "explore.n": 8, "select.k": 4, "rollout.steps": 3, "explore.steps": 2,
                                       "eval.every": 1, "eval.steps": 2, "eval.seeds_per_prompt": 1, "eval.held_out_prompts": 2, "nft.micro_batch": 8})
-        args.modes, args.pools, args.seeds, args.iterations = ["sol_rl", "diffusionnft"], [4, 8], args.seeds[:1], 2
+        quick_modes = args.modes if args.modes != [m for m in MODES if m != "sol_rl_int8"] else ["sol_rl", "diffusionnft"]
+        args.modes, args.pools, args.seeds, args.iterations = quick_modes, [4, 8], args.seeds[:1], 2
         args.pool_seeds = args.seeds
     args.iterations = args.iterations or base.run.iterations
     args.variant = variant_specs(args, base.explore.n)
@@ -396,7 +459,8 @@ def main(argv=None):
         from tasks.steps import is_done
 
         for r in runs.values():
-            done = [i for i in r["run"].store.iterations() if is_done(r["run"], r["run"].stage(i, "update"))]
+            # at most --iterations (a study stopped mid-round: analyse the rounds every run completed)
+            done = [i for i in r["run"].store.iterations() if i < args.iterations and is_done(r["run"], r["run"].stage(i, "update"))]
             r["points"] = [L.run_point(r["run"], i) for i in done]
     else:
         L.advance(runs, args.iterations, lambda i: C.write_json(out, f"convergence-progress-{'-'.join(args.only or ['all'])}", {"round": i, "runs": {k: r["points"] for k, r in runs.items()}}))

@@ -24,6 +24,23 @@
     python benchmarks/cost.py --threads 1 --out benchmarks/results/cost                # full (20-25 min)
     python benchmarks/cost.py --threads 1 2 --out benchmarks/results/cost              # also at 2 threads (part 1 only)
     python benchmarks/cost.py --quick --threads 1 --out /tmp/cost                      # smoke
+
+5. `--cpu-explore` (instead of 1-4): what a CPU user gets on this host kind. Per candidate, side by
+   side in one process (interleaved repeats in a shuffled order, medians of the per-repeat ratio):
+   the int8 explore (W8A8 on integer GEMMs) and the NVFP4 explore (emulated) at explore.steps vs
+   the high-precision rollout at rollout.steps, all in the model.dtype `auto` resolves to here
+   (the dtype a run on this host uses); then one Sol-RL iteration (int8 explore, NVFP4 explore)
+   vs one naive-scaling iteration of the config, in memory, interleaved repeats, medians of the
+   per-repeat ratio (iteration 1: no evaluation; no fidelity audit). Also a bf16 vs float32
+   matmul timing and the int8 engine, which show the kernels the host kind gets. To measure the
+   AVX2 kind on a larger CPU, run it with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2.
+   Writes cpu_explore-<kind>.json/.md (kind: avx512 / avx2, from torch's CPU capability).
+   With --int8-kernels, only one Linear per shapes-model shape: float32, bf16 and the int8
+   kernels a CPU has (int8_kernels-<kind>.json/.md): what chose the int8 explore's kernel.
+
+    python benchmarks/cost.py --cpu-explore --threads 1 --out benchmarks/results/cost
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cost.py --cpu-explore --threads 1 --out benchmarks/results/cost
+    python benchmarks/cost.py --cpu-explore --int8-kernels --threads 1 --out benchmarks/results/cost
 """
 
 from __future__ import annotations
@@ -560,6 +577,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, nargs="+", default=None, help="synthetic explore rows for the selection timing (default 1000000 10000000; quick 10000)")
     ap.add_argument("--select-repeats", type=int, default=None, help="selection repeats per size (default 3; quick 2)")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts to time part 1 at, interleaved (default: torch's default); parts 2-4 use the first")
+    ap.add_argument("--int8-kernels", action="store_true", help="with --cpu-explore: only time one Linear per shapes-model shape, float32 / bf16 / the int8 kernels")
+    ap.add_argument("--cpu-explore", action="store_true", help="part 5 only: int8 and NVFP4 explore vs the rollout, and Sol-RL vs naive-scaling iterations, on this host kind")
     args = ap.parse_args(argv)
     q = args.quick
     import torch
@@ -576,6 +595,8 @@ def main(argv=None) -> dict:
     args.iteration_warmup = (not q) if args.iteration_warmup is None else args.iteration_warmup
     args.rows = args.rows or ([10_000] if q else [1_000_000, 10_000_000])
     args.select_repeats = args.select_repeats or (2 if q else 3)
+    if args.cpu_explore:
+        return cpu_explore_main(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     C.set_threads(args.threads[0])
@@ -609,6 +630,223 @@ def main(argv=None) -> dict:
     res["wall_seconds"] = time.perf_counter() - t_start
     text = summary(res)
     return C.finish(out, "cost", res, text, plot(res, out))
+
+
+# --- 5. the CPU explore on this host kind ---------------------------------------------------------------
+GOAL_INT8_OVER_ROLLOUT_AVX2 = 0.45
+GOAL_SOL_OVER_NAIVE_ITERATION = 0.8
+CPU_EXPLORES = ("int8", "nvfp4")
+
+
+def matmul_kernels(repeats: int = 7) -> dict:
+    """ms of a 1024² float32 and bf16 matmul (one thread as set): a bf16 matmul much slower than
+    float32 means no bf16 instructions are used (AVX2), faster means AVX-512 BF16 / AMX."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 1024, generator=g)
+    fns = {"fp32": lambda: a @ b, "bf16": (lambda a16=a.bfloat16(), b16=b.bfloat16(): a16 @ b16)}
+    secs = C.interleaved(fns, repeats)
+    ms = {k: 1000 * C.median(v) for k, v in secs.items()}
+    return {"ms": ms, "bf16_over_fp32": ms["bf16"] / ms["fp32"]}
+
+
+def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
+    import torch
+
+    from solrl.plan import primary_explore
+    from solrl.stages import explore_quant
+
+    spec = primary_explore(cfg)
+    copies = {p: policy.sampler_copy(explore_quant(policy, cfg, replace(spec, precision=p, lowrank=0))) for p in CPU_EXPLORES}
+    copies["high"] = policy.sampler_copy(None)
+    B, e, R = args.batch, cfg.explore.steps, cfg.rollout.steps
+    seeds = list(range(B))
+    cond = policy.encode_rows([prompt] * B)
+    fns = {f"{p}/{e}": (lambda m=copies[p][0]: policy.sample(m, [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond)) for p in CPU_EXPLORES}
+    fns[f"high/{e}"] = lambda: policy.sample(copies["high"][0], [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond)
+    fns[f"rollout/{R}"] = lambda: policy.sample(copies["high"][0], [prompt] * B, seeds, R, cfg.rollout.solver, cond=cond)
+    for fn in fns.values():  # warm-up (a compiled quantiser compiles here)
+        fn()
+    secs = {k: [] for k in fns}
+    for r in range(args.repeats):
+        order = list(fns)
+        random.Random(r).shuffle(order)
+        for k in order:
+            t = time.perf_counter()
+            fns[k]()
+            secs[k].append(time.perf_counter() - t)
+        print(f"[cost] cpu-explore sampling repeat {r + 1}/{args.repeats}", flush=True)
+    ref = secs[f"rollout/{R}"]
+    rows = {k: {"ms_per_candidate": 1000 * C.median(v) / B, "over_rollout": C.median([x / y for x, y in zip(v, ref)]),
+                "over_rollout_min": min(x / y for x, y in zip(v, ref)), "over_rollout_max": max(x / y for x, y in zip(v, ref))} for k, v in secs.items()}
+    return {"batch": B, "explore_steps": e, "rollout_steps": R, "repeats": args.repeats, "dtype": str(policy.dtype).replace("torch.", ""),
+            "quant": {p: copies[p][1].summary() for p in CPU_EXPLORES}, "rows": rows, "torch_threads": torch.get_num_threads()}
+
+
+def cpu_explore_iterations(args, cfg) -> dict:
+    """One iteration of each mode from the same fresh adapters, interleaved (rotated), medians."""
+    from solrl.stages import TrainState, run_iteration
+    from storage.selection import select_seeds
+
+    base = cfg.with_overrides(**{"fidelity.audit_prompts": 0, "eval.every": 2})
+    modes = {"sol_rl-int8": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "int8"}),
+             "sol_rl-nvfp4": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "nvfp4"}),
+             "naive_scaling": base.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"})}
+    policy = C.load_policy(base)
+    init = policy.adapter_state("default")
+
+    def once(name):
+        c = modes[name]
+        policy.load_adapter("default", init)
+        policy.load_adapter("old", init)
+        state = TrainState.fresh(policy, c)
+        t, res = C.timed(run_iteration, policy, state, c, 1, select_seeds)  # iteration 1: no evaluation
+        return {"seconds": t, "stages": dict(res.seconds)}
+
+    if args.iteration_warmup:
+        for name in modes:
+            once(name)
+    reps = []
+    for r in range(args.iteration_repeats):
+        rep = {name: once(name) for name in C.rotated(list(modes), r)}
+        reps.append(rep)
+        print(f"[cost] cpu-explore iteration repeat {r + 1}/{args.iteration_repeats}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in rep.items()), flush=True)
+    med = {k: {"seconds": C.median([x[k]["seconds"] for x in reps]), "stages": {s: C.median([x[k]["stages"][s] for x in reps]) for s in reps[0][k]["stages"]}} for k in modes}
+    ratios = {k: C.median([x[k]["seconds"] / x["naive_scaling"]["seconds"] for x in reps]) for k in modes if k != "naive_scaling"}
+    return {"iteration": {"prompts": base.prompts.per_iteration, "explore_n": base.explore.n, "explore_steps": base.explore.steps, "k": base.select.k,
+                          "rollout_steps": base.rollout.steps, "dtype": str(policy.dtype).replace("torch.", "")},
+            "repeats": reps, "median": med, "over_naive_scaling": ratios, "goal": GOAL_SOL_OVER_NAIVE_ITERATION,
+            "goal_met": {k: bool(v <= GOAL_SOL_OVER_NAIVE_ITERATION) for k, v in ratios.items()}}
+
+
+def cpu_explore_summary(res: dict) -> str:
+    m, s, k = res["machine"], res["sampling"], res["kernels"]
+    lines = [f"# CPU explore on the {res['kind']} kind ({m['cpu_model']}; torch capability {m['aten_cpu_capability']}, "
+             f"ATEN_CPU_CAPABILITY={m['env_ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; {m['torch_threads']} torch thread(s))\n",
+             f"Kernels: a 1024² matmul takes {k['ms']['fp32']:.1f} ms in float32, {k['ms']['bf16']:.1f} ms in bf16 (× {k['bf16_over_fp32']:.2f}); int8 engine: {res['int8_engine']}; "
+             f"model.dtype auto → {s['dtype']}.\n",
+             f"## Per candidate: explore ({s['explore_steps']} steps) ÷ the high-precision rollout ({s['rollout_steps']} steps), batch {s['batch']}, {s['repeats']} interleaved repeats, medians\n"]
+    rows = [[name, f"{r['ms_per_candidate']:.2f}", f"{r['over_rollout']:.3f}", f"{r['over_rollout_min']:.3f}..{r['over_rollout_max']:.3f}"] for name, r in s["rows"].items()]
+    lines += [C.md_table(["variant", "ms / candidate", "÷ rollout (median)", "min..max"], rows), ""]
+    if res["kind"] == "avx2":
+        x = s["rows"][f"int8/{s['explore_steps']}"]["over_rollout"]
+        lines.append(f"Goal on the AVX2 kind: int8 explore ≤ {GOAL_INT8_OVER_ROLLOUT_AVX2} of the rollout: {x:.3f} ({'met' if x <= GOAL_INT8_OVER_ROLLOUT_AVX2 else 'not met'}).\n")
+    it = res.get("iterations")
+    if it:
+        n = len(it["repeats"])
+        lines.append(f"## One iteration ({it['iteration']['prompts']} prompts × {it['iteration']['explore_n']} candidates, K {it['iteration']['k']}; {n} interleaved repeats, medians)\n")
+        stages = sorted({st for v in it["median"].values() for st in v["stages"]})
+        rows = [[k, f"{v['seconds']:.1f}", f"{it['over_naive_scaling'][k]:.3f}" if k in it["over_naive_scaling"] else "1"] + [f"{v['stages'].get(st, 0):.1f}" for st in stages]
+                for k, v in it["median"].items()]
+        lines += [C.md_table(["mode", "seconds", "÷ naive_scaling"] + [f"{st} s" for st in stages], rows), ""]
+        lines.append(f"Goal: a Sol-RL iteration ≤ {GOAL_SOL_OVER_NAIVE_ITERATION}× a naive-scaling iteration: " + ", ".join(f"{k} {'met' if v else 'not met'}" for k, v in it["goal_met"].items()) + ".")
+    return "\n".join(lines)
+
+
+# the shapes model's quantised Linear shapes at explore.batch 96: (tokens M, in K, out N)
+SHAPES_LINEARS = ((6144, 192, 192), (6144, 192, 768), (6144, 768, 192), (7296, 192, 768), (1152, 192, 192), (96, 192, 1152))
+
+
+def int8_kernels(args) -> dict:
+    """ms per call of one Linear, float32 / bf16 / the int8 candidates, interleaved repeats,
+    medians: torch's dynamic quantised Linear on fbgemm and on oneDNN (quantized::linear_dynamic),
+    oneDNN's qlinear_pointwise with a dynamic per-tensor uint8 input quantised before it,
+    torch._int_mm with per-token int8 activations quantised around it, and torchao's
+    Int8DynamicActivationInt8WeightConfig (quantize_)."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    from solrl.quant.int8 import Int8Linear, quantize_weight_int8
+
+    engines = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+    out = {"shapes": [], "repeats": args.repeats}
+    for (M, K, N) in (SHAPES_LINEARS[:2] if args.quick else SHAPES_LINEARS):
+        g = torch.Generator().manual_seed(0)
+        x, b = torch.randn(M, K, generator=g), torch.randn(N, generator=g)
+        lin = torch.nn.Linear(K, N)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(N, K, generator=g) / K**0.5)
+            lin.bias.copy_(b)
+        w = lin.weight.detach()
+        codes, scale = quantize_weight_int8(w)
+        fns = {"float32": lambda: F.linear(x, w, b), "bf16": (lambda x16=x.bfloat16(), w16=w.bfloat16(), b16=b.bfloat16(): F.linear(x16, w16, b16))}
+        for e in engines:
+            fns[f"linear_dynamic[{e}]"] = (lambda m=Int8Linear(lin, e): m(x))
+        if hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_prepack"):
+            packed = torch.ops.onednn.qlinear_prepack(codes, None)
+
+            def qpw():
+                lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+                s = (hi - lo) / 255
+                zp = int(round(-lo / s))
+                xq = torch.clamp(torch.round(x / s) + zp, 0, 255).to(torch.uint8)
+                return torch.ops.onednn.qlinear_pointwise(xq, s, zp, packed, scale, torch.zeros(N, dtype=torch.long), b, 1.0, 0, torch.float32, "none", [], "")
+
+            fns["onednn.qlinear_pointwise"] = qpw
+
+        def int_mm():
+            sa = x.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+            a8 = torch.round(x / sa).to(torch.int8)
+            return torch._int_mm(a8, codes.t()).float() * (sa * scale) + b
+
+        fns["_int_mm per-token"] = int_mm
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+                m = torch.nn.Sequential(torch.nn.Linear(K, N))
+                m[0].load_state_dict(lin.state_dict())
+                quantize_(m, Int8DynamicActivationInt8WeightConfig())
+            fns["torchao Int8DynamicActivationInt8Weight"] = lambda m=m: m(x)
+        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
+            out.setdefault("errors", []).append(f"torchao at {(M, K, N)}: {e!r}"[:300])
+        with torch.no_grad():
+            secs = C.interleaved(fns, args.repeats)
+        ms = {k: 1000 * C.median(v) for k, v in secs.items()}
+        out["shapes"].append({"M": M, "K": K, "N": N, "ms": ms, "over_float32": {k: v / ms["float32"] for k, v in ms.items()}})
+        print(f"[cost] int8 kernels {(M, K, N)}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()), flush=True)
+    return out
+
+
+def int8_kernels_summary(res: dict) -> str:
+    m = res["machine"]
+    names = list(res["kernels"]["shapes"][0]["ms"])
+    lines = [f"# One Linear of the shapes model, ms per call ({res['kind']} kind: torch capability {m['aten_cpu_capability']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; "
+             f"{m['torch_threads']} thread; {res['kernels']['repeats']} interleaved repeats, medians)\n"]
+    rows = [[f"{r['M']}×{r['K']}→{r['N']}"] + [f"{r['ms'][k]:.2f}" for k in names] for r in res["kernels"]["shapes"]]
+    lines.append(C.md_table(["M×K→N"] + names, rows))
+    return "\n".join(lines)
+
+
+def cpu_explore_main(args) -> dict:
+    import torch
+
+    from solrl.quant import int8_engine
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    C.set_threads(args.threads[0])
+    t0 = time.perf_counter()
+    kind = "avx512" if torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512") else torch.backends.cpu.get_cpu_capability().lower()
+    cfg = C.base_config(args)
+    policy = C.load_policy(cfg)
+    prompt = policy.train_prompts()[0]
+    if args.int8_kernels:
+        res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": int8_kernels(args)}
+        res["wall_seconds"] = time.perf_counter() - t0
+        return C.finish(out, f"int8_kernels-{kind}", res, int8_kernels_summary(res), [])
+    res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": matmul_kernels(),
+           "config": {"config_file": str(args.config), "model": C.model_label(cfg), "prompt": prompt}}
+    res["sampling"] = cpu_explore_sampling(args, cfg, policy, prompt)
+    del policy
+    if args.iteration_repeats:
+        res["iterations"] = cpu_explore_iterations(args, cfg.with_overrides(**QUICK_ITERATION) if args.quick else cfg)
+    res["wall_seconds"] = time.perf_counter() - t0
+    return C.finish(out, f"cpu_explore-{kind}", res, cpu_explore_summary(res), [])
 
 
 def cfg_prompts(cfg) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ reward of every seed under each explore variant
     nvfp4-r0, nvfp4-r8, nvfp4-r16, nvfp4-r32   W4A4 NVFP4 emulated, with an SVDQuant low-rank
                                                high-precision branch of rank r (0 = plain NVFP4)
     fp8                                        E4M3 per-tensor
+    int8                                       W8A8 on the CPU's integer GEMMs (per-channel weights,
+                                               dynamic per-tensor activations; solrl/quant/int8.py)
     high                                       the explore copy without quantisation
 
 at each explore step count (default 2, 4, 6, 8, 10), against TWO truths, side by side: the same
@@ -36,6 +38,7 @@ top-12 hit 93 %, best explore steps 6.
     python benchmarks/fidelity.py --threads 1 --out benchmarks/results/fidelity            # full (20-30 min)
     python benchmarks/fidelity.py --weights /path/to/model --threads 1 --out DIR           # another shapes model
     python benchmarks/fidelity.py --quick --threads 1 --out /tmp/fid                       # smoke (seconds)
+    python benchmarks/fidelity.py --variants int8 --threads 1 --out benchmarks/results/fidelity-int8   # one variant beside the same truths
 
 Writes fidelity.json, fidelity.md, fidelity.png (rho, tau, mean true ranks, regret vs steps per
 variant, one row per truth), fidelity_heatmap.png (rho per prompt vs the bf16 truth) and
@@ -57,7 +60,7 @@ ANCHORS = {"spearman": 0.93, "kendall": 0.80, "mean_true_rank_top": 8.4, "mean_t
 
 def variant_list(lowranks: list[int]) -> list[dict]:
     out = [{"name": f"nvfp4-r{r}", "precision": "nvfp4", "lowrank": r} for r in lowranks]
-    return out + [{"name": "fp8", "precision": "fp8", "lowrank": 0}, {"name": "high", "precision": "high", "lowrank": 0}]
+    return out + [{"name": "fp8", "precision": "fp8", "lowrank": 0}, {"name": "int8", "precision": "int8", "lowrank": 0}, {"name": "high", "precision": "high", "lowrank": 0}]
 
 
 def explore_models(policy, cfg, variants) -> dict:
@@ -122,7 +125,7 @@ def run(args) -> dict:
     cfg = C.base_config(args, **{"explore.n": args.seeds, "select.k": args.k, "rollout.steps": args.truth_steps})
     explore_dtype = {v: k for k, v in C.DTYPES.items()}[args.explore_dtype or resolve(cfg).dtype]
     policies = {d: C.load_policy(cfg, C.DTYPES[d]) for d in TRUTHS}
-    variants = variant_list(args.lowranks)
+    variants = [v for v in variant_list(args.lowranks) if not args.variants or v["name"] in args.variants]
     models = explore_models(policies[explore_dtype], cfg, variants)
     truth_models = {d: policies[d].sampler_copy(None)[0] for d in TRUTHS}
     prompts = C.study_prompts(cfg, policies["fp32"].train_prompts(), args.prompts, one_object=args.prompts // 2)
@@ -324,6 +327,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=None, help="K kept per prompt: top/bottom K/2 (default 24; quick 4)")
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 4 6 8 10; quick 2 3)")
     ap.add_argument("--lowranks", type=int, nargs="+", default=None, help="ranks of the NVFP4 low-rank branch (default 0 8 16 32; quick 0 8)")
+    ap.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table: nvfp4-r0 ... fp8 int8 high; default all)")
     ap.add_argument("--truth-steps", type=int, default=None, help="rollout steps of the truths (default rollout.steps = 10; quick 4)")
     ap.add_argument("--explore-dtype", choices=["float32", "bfloat16"], default=None, help="model.dtype of the explore variants (default: the config's, auto resolved)")
     ap.add_argument("--cost-steps", type=int, default=None, help="explore steps of the cost timing (default explore.steps = 6; quick the largest --steps)")

@@ -91,6 +91,10 @@ def run(
 
     n = iterations or cfg.run.iterations
     console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
+    if cfg.mode.explores:
+        from solrl.quant.int8 import describe_explore
+
+        console.print(describe_explore(cfg.explore.precision, cfg.explore.backend, run_.resolved.device.split(":")[0]))
     from solrl.progress import log_to_stderr
 
     log_to_stderr()

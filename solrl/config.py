@@ -100,9 +100,10 @@ class ExploreSection(_Strict):
     # Candidates (seeds) per prompt, and the solver steps of each.
     n: int = Field(96, ge=2)
     steps: int = Field(6, ge=1)
-    # The explore copy's numerics (high = unquantised: the mode naive_scaling) and, for nvfp4,
-    # how they run: exact emulation anywhere, or Transformer Engine on a Blackwell GPU.
-    precision: Literal["nvfp4", "fp8", "high"] = "nvfp4"
+    # The explore copy's numerics (high = unquantised: the mode naive_scaling) and, for nvfp4/fp8,
+    # how they run: exact emulation anywhere, or Transformer Engine on a GPU. int8: W8A8 on the
+    # CPU's integer GEMM kernels (solrl/quant/int8.py), CPU only.
+    precision: Literal["nvfp4", "fp8", "int8", "high"] = "nvfp4"
     backend: Literal["emulated", "transformer_engine"] = "emulated"
     # SVDQuant-style low-rank high-precision branch of rank r beside the 4-bit residual (nvfp4
     # only; 0 = plain NVFP4).
@@ -214,7 +215,7 @@ class GuardSection(_Strict):
     recover: float | None = None  # switch back when it rises above this (None = threshold)
     window: int = Field(2, ge=1)  # audits averaged
     # The explore used while the proxy is distrusted (None = keep the configured one).
-    fallback_precision: Literal["nvfp4", "fp8", "high"] | None = "fp8"
+    fallback_precision: Literal["nvfp4", "fp8", "int8", "high"] | None = "fp8"
     fallback_steps: int | None = Field(None, ge=1)
 
 
@@ -280,7 +281,7 @@ class RunConfig(_Strict):
         if m.explores and self.explore.n < self.select.k:
             raise ValueError(f"explore.n ({self.explore.n}) must be >= select.k ({self.select.k}): explore at least as many seeds as you keep")
         if m.explore_precision == "low" and self.explore.precision == "high":
-            raise ValueError(f"mode {m.name} explores in low precision: set explore.precision to nvfp4 or fp8 (or use mode naive_scaling)")
+            raise ValueError(f"mode {m.name} explores in low precision: set explore.precision to nvfp4, fp8 or int8 (or use mode naive_scaling)")
         if m.explore_precision == "high" and self.explore.precision != "high":
             raise ValueError(f"mode {m.name} explores in high precision: set explore.precision: high (or use mode naive_quant)")
         if self.explore.lowrank and self.explore.precision != "nvfp4":

@@ -27,7 +27,7 @@ from .config import RunConfig
 from .interrupt import check as check_stop
 from .models.base import Policy
 from .plan import ExploreSpec, IterationPlan, plan_iteration
-from .quant import FP8Config, NVFP4Config, QuantConfig
+from .quant import FP8Config, Int8Config, NVFP4Config, QuantConfig
 from .rewards import score_all, weighted_sum
 from .seeds import eval_seed, seed as candidate_seed, stream_seed
 
@@ -47,6 +47,8 @@ def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> QuantCon
     min_dim = cfg.explore.min_dim if cfg.explore.min_dim is not None else policy.quant_min_dim
     if spec.precision == "fp8":
         return FP8Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend)
+    if spec.precision == "int8":
+        return Int8Config(skip=skip, min_dim=min_dim)
     kw = {"lowrank": spec.lowrank} if spec.lowrank else {}
     return NVFP4Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend, **kw)
 

@@ -102,7 +102,7 @@ def test_fidelity_quick(quick):
     assert d["pngs"] == ["fidelity.png", "fidelity_heatmap.png", "fidelity_cost.png"]
     cfg = d["config"]
     steps, n, k = cfg["explore_steps"], cfg["seeds_per_prompt"], cfg["k"]
-    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "high"}
+    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "int8", "high"}
     assert set(d["overall"]) == {"fp32", "bf16"}  # the two truths side by side
     for truth, by_variant in d["overall"].items():
         assert set(by_variant) == variants
@@ -124,6 +124,7 @@ def test_fidelity_quick(quick):
     assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # docs/algorithm.md, "NVFP4 numerics"
     assert 4.5 < q["nvfp4-r8"]["bits_per_weight"] < 16  # + the bf16 low-rank factors
     assert q["fp8"]["bits_per_weight"] == pytest.approx(8.0, abs=0.01)
+    assert 8.0 < q["int8"]["bits_per_weight"] < 8.25 and q["int8"]["summary"].startswith("int8 (")  # codes + a float32 scale per output channel
     assert q["high"]["weights"] == 0
     rows = d["cost"]["rows"]
     assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")}
@@ -283,3 +284,21 @@ def test_soak_quick(quick):
     d = load(out, "soak")
     assert d["runs_completed"] == 2 and sum(d["faults_injected"].values()) >= 2
     assert d["runs_byte_identical"] == 2 and d["runs_with_verify_problems"] == 0
+
+
+def test_cost_cpu_explore_quick(tmp_path):
+    """cost.py --cpu-explore (int8 and NVFP4 explore vs the rollout on this host kind) and
+    --int8-kernels (one Linear per shape, every int8 kernel), in their smoke modes."""
+    env = dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg")
+    for extra, name in ((["--iteration-repeats", "0"], "cpu_explore-avx512"), (["--int8-kernels"], "int8_kernels-avx512")):
+        p = subprocess.run([sys.executable, "benchmarks/cost.py", "--cpu-explore", "--quick", "--threads", "1", "--out", str(tmp_path), *extra],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+        assert p.returncode == 0, p.stderr[-3000:]
+        d = load(tmp_path, name)
+        assert d["kind"] == "avx512" and d["int8_engine"] == "onednn" and d["machine"]["aten_cpu_capability"] == "AVX512"
+    d = load(tmp_path, "cpu_explore-avx512")
+    rows = d["sampling"]["rows"]
+    assert set(rows) == {"int8/6", "nvfp4/6", "high/6", "rollout/10"} and rows["rollout/10"]["over_rollout"] == 1.0
+    assert all(r["ms_per_candidate"] > 0 for r in rows.values()) and d["kernels"]["bf16_over_fp32"] > 0
+    k = load(tmp_path, "int8_kernels-avx512")["kernels"]["shapes"]
+    assert {"float32", "bf16", "linear_dynamic[fbgemm]", "linear_dynamic[onednn]", "_int_mm per-token"} <= set(k[0]["ms"])

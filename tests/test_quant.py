@@ -1,3 +1,4 @@
+import os
 import warnings
 from contextlib import contextmanager
 
@@ -406,3 +407,29 @@ def test_pointwise_convolutions_quantise_like_the_same_linear():
     report = quantize_(model, cfg)
     assert report.modules == ["0", "2"] and isinstance(model[0], PointwiseConv) and report.weights == 32 * 64 + 64 * 32
     assert torch.equal(model[0](x), ref(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_a_process_held_to_avx2_compiles_into_its_own_cache():
+    """How the AVX2 host kind is measured on a larger CPU (ATEN_CPU_CAPABILITY=avx2): its compiled
+    quantiser must not share inductor's on-disk cache with normal processes (torch 2.13 does not
+    key the cache on it; mixing gave NaNs and heap corruption), and gives the eager bits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch\n"
+        "from solrl.quant.numerics import nvfp4_factors\n"
+        "x = torch.randn(7, 48, generator=torch.Generator().manual_seed(0)) * 3\n"
+        "a, s = nvfp4_factors(x, torch.float32, compiled=True)\n"
+        "b, t = nvfp4_factors(x, torch.float32, compiled=False)\n"
+        "assert torch.equal(a, b) and torch.equal(s, t)\n"
+        "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "SOLRL_NO_COMPILE")}
+    env.update(ATEN_CPU_CAPABILITY="avx2", PYTHONWARNINGS="error::UserWarning:solrl.quant.numerics")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cache = out.stdout.split()[-1]
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    assert cache == os.path.abspath(default_cache_dir()) + "-avx2"

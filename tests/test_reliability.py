@@ -332,19 +332,30 @@ def test_eval_pairs_are_shared_by_every_run_mode_and_seed(tmp_path):
     assert ra.stage(None, "baseline").content_id() == rb.stage(None, "baseline").content_id()
 
 
-def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_too(tmp_path):
-    """model.dtype bfloat16 with nft.steps_per_iteration 2: two runs agree bit for bit, and a
-    run SIGKILLed while its update writes the adapter files resumes to them."""
-    cfg = micro(**{"model.dtype": "bfloat16", "nft.steps_per_iteration": 2})
+@pytest.mark.parametrize("over,kill_at", [
+    ({"nft.steps_per_iteration": 2}, "write@iter=00000/update/state:3:kill"),
+    # the int8 explore (integer GEMMs; bf16 in and out of them): killed between its two prompt shards
+    ({"explore.precision": "int8"}, "write@iter=00000/explore:3:kill"),
+], ids=["two-steps", "int8-explore"])
+def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_too(tmp_path, over, kill_at):
+    """model.dtype bfloat16 with nft.steps_per_iteration 2 (or an int8 explore): two runs agree
+    bit for bit, and a run SIGKILLed while its update writes the adapter files (or between the
+    explore's shards) resumes to them."""
+    cfg = micro(**{"model.dtype": "bfloat16", **over})
     run_all(str(tmp_path / "a"), cfg)
     run_all(str(tmp_path / "b"), cfg)
     fp = fingerprint(str(tmp_path / "a"))
     assert fingerprint(str(tmp_path / "b")) == fp
     assert open_run(str(tmp_path / "a")).resolved.dtype == "bfloat16"
+    store_a = open_run(str(tmp_path / "a")).store
+    precision = steps.read_stage(store_a, 0, "explore", "precision").to_pydict()["precision"]
+    assert set(precision) == {over.get("explore.precision", "nvfp4")}
+    # the fidelity audit measures the proxy that explored
+    assert set(steps.read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(precision)
     assert torch.get_num_threads() == 1
     pid = os.fork()
     if pid == 0:
-        faults.install("write@iter=00000/update/state:3:kill")
+        faults.install(kill_at)
         try:
             run_all(str(tmp_path / "k"), cfg)
         finally:

@@ -90,11 +90,15 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16) and oneDNN
-    may use them (ONEDNN_MAX_CPU_ISA=AVX2 makes a bf16 host behave as an AVX2-only one)."""
+    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16) and torch
+    may use them: held to AVX2 (ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2, how an AVX2
+    host is measured on a larger one) its bf16 kernels are ~10-30x slower than float32, as on an
+    AVX2-only host."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
+        return False
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
         return False
     return ("avx512_bf16" in flags or "amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -164,6 +168,10 @@ class Policy(ABC):
     def resolve(cls, cfg: RunConfig) -> Resolved:
         """What `auto` and the prompt settings mean on this machine (stored in run.json)."""
         device = pick_device(cfg.model.device)
+        int8 = cfg.explore.precision == "int8" or (cfg.fidelity.guard.enabled and cfg.fidelity.guard.fallback_precision == "int8")
+        if int8 and device.type != "cpu":
+            raise ConfigError(f"explore precision int8 runs on the CPU's integer kernels and this run's model is on {device.type}: "
+                              "use explore.precision nvfp4 or fp8 on a GPU, or model.device: cpu")
         train, held = cls.prompt_sets(cfg)
         digest = hashlib.sha256(("\n".join(train) + "\0" + "\n".join(held)).encode()).hexdigest()
         pool = None

@@ -9,11 +9,14 @@ tests), computed as a block-scaled MMA: y = (S_a·S_w)·(A′ @ W′ᵀ) + b wit
 bfloat16 and float32 accumulation (W′ held in bfloat16 on a GPU, bf16 GEMMs);
 `transformer_engine` (TE's kernels: NVFP4 on Blackwell, FP8 on Ada/Hopper/Blackwell, with the
 recipe flags that match the emulation, see solrl/accelerator.py); `none` (ablations).
-`NVFP4Config(lowrank=r)` adds SVDQuant's rank-r bfloat16 branch to `emulated`. See docs/algorithm.md,
-"NVFP4 numerics"; backends per GPU generation: docs/gpus-hopper-blackwell.md.
+`NVFP4Config(lowrank=r)` adds SVDQuant's rank-r bfloat16 branch to `emulated`. `Int8Config`: W8A8
+on the CPU's integer GEMM kernels (torch's dynamic quantised Linear, fbgemm or oneDNN;
+solrl/quant/int8.py). See docs/algorithm.md, "NVFP4 numerics"; backends per GPU generation:
+docs/gpus-hopper-blackwell.md; int8: docs/cpu-explore.md.
 """
 
-from .config import FP8Config, NVFP4Config, QuantConfig, QuantReport, select_linears
+from .config import FP8Config, Int8Config, NVFP4Config, QuantConfig, QuantReport, select_linears
+from .int8 import Int8Linear, int8_engine
 from .linear import EmulatedLinear, quantize_
 from .lowrank import lowrank_split
 from .numerics import block_mm, fake_quantize_fp8, fake_quantize_nvfp4, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack
@@ -24,6 +27,8 @@ __all__ = [
     "QuantConfig",
     "QuantReport",
     "EmulatedLinear",
+    "Int8Linear",
+    "int8_engine",
     "quantize_",
     "select_linears",
     "fake_quantize_nvfp4",

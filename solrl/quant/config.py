@@ -1,4 +1,4 @@
-"""The quantisation configs (one per scheme, torchao-style: NVFP4Config, FP8Config) and the
+"""The quantisation configs (one per scheme, torchao-style: NVFP4Config, FP8Config, Int8Config) and the
 module filter they share."""
 
 from __future__ import annotations
@@ -68,7 +68,28 @@ class FP8Config:
         _check_filter(self)
 
 
-QuantConfig = NVFP4Config | FP8Config
+@dataclass(frozen=True)
+class Int8Config:
+    """Int8 W8A8 of the layers the same filter as NVFP4Config's selects: int8 weights with one
+    scale per output channel, activations quantised per tensor on every call, on the CPU's
+    integer GEMM kernels (torch's quantized::linear_dynamic: oneDNN on AVX-512 VNNI / AMX-INT8,
+    fbgemm on AVX2; solrl/quant/int8.py). CPU only.
+
+    backend: `cpu` (those kernels), `none` (nothing is quantised)."""
+
+    skip: tuple[str, ...] = ()
+    min_dim: int = 0
+    backend: Literal["cpu", "none"] = "cpu"
+    fmt = "int8"
+    lowrank = 0  # no low-rank branch beside int8 weights (a class constant, not a field)
+
+    def __post_init__(self):
+        object.__setattr__(self, "skip", tuple(self.skip))
+        if self.backend not in ("cpu", "none"):
+            raise ValueError(f"unknown int8 backend {self.backend!r}: use cpu or none")
+
+
+QuantConfig = NVFP4Config | FP8Config | Int8Config
 
 
 def is_pointwise_conv(mod: nn.Module) -> bool:

@@ -149,7 +149,7 @@ def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.
 
 def quantize_(model: nn.Module, config: QuantConfig) -> QuantReport:
     """Quantise the selected Linear layers of `model` in place, one layer at a time; returns
-    what was done. `config` is an NVFP4Config or an FP8Config; backend `transformer_engine`
+    what was done. `config` is an NVFP4Config, FP8Config or Int8Config; backend `transformer_engine`
     also wraps the model's forward in one TE autocast with the scheme's recipe. Each original
     layer is dropped as soon as its replacement is in: should building a layer fail part-way
     (the backend itself is checked before the first), the model is left part-quantised — the
@@ -163,6 +163,12 @@ def quantize_(model: nn.Module, config: QuantConfig) -> QuantReport:
 
         te, recipe = require_te(config.fmt)  # one clear sentence, before any layer is touched
         factory: Callable[[nn.Linear], nn.Module] = lambda lin: make_te_linear(lin, te, config.fmt)  # noqa: E731
+    elif config.fmt == "int8":
+        from .int8 import Int8Linear, int8_engine
+
+        engine = int8_engine()
+        report.backend = f"int8 ({engine})"
+        factory = lambda lin: Int8Linear(lin, engine)  # noqa: E731
     else:
         factory = lambda lin: EmulatedLinear(lin, config.fmt, lowrank=config.lowrank)  # noqa: E731
     for new in _swap(model, names, _pointwise_aware(factory), atomic=False):

@@ -19,6 +19,7 @@ arithmetic of a block-scaled MMA (tcgen05 on Blackwell). FP8 likewise: `fp8_fact
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 
@@ -148,10 +149,61 @@ def _kernel(fn, compiled: bool | None):
     if not compiled:
         return fn
     if fn not in _compiled:
+        _own_cache_per_capability()
         # One fused kernel instead of ~12 elementwise passes: ~7x faster activation quantisation
         # on the CPU, and the same bits (checked by tests against torchao and the eager twin).
-        _compiled[fn] = torch.compile(fn, dynamic=True)
+        _compiled[fn] = _checked(fn, torch.compile(fn, dynamic=True))
     return _compiled[fn]
+
+
+def _own_cache_per_capability() -> None:
+    """A process held to another CPU capability (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 host, how
+    the AVX2 kind is measured) compiles its kernels into a cache of its own. Measured with torch
+    2.13: inductor's on-disk cache does not key on that variable, so such a process and a normal
+    one on the same machine served each other's kernels: NaNs, wrong scales, heap corruption."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not cap:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from torch._inductor.utils import clear_caches
+
+    default = os.path.abspath(default_cache_dir())
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:  # not chosen by the user (torch sets it on first use)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{cap.lower()}"
+        clear_caches()
+
+
+def _probe_args(fn, x: torch.Tensor) -> tuple:
+    return (x,) if fn is _fake_nvfp4_blocks else (x, torch.float32)
+
+
+def _checked(fn, cfn):
+    """`cfn` when it gives `fn`'s bits on probe inputs (blocked [M, K/16, 16] for the NVFP4
+    kernels, [M, K] for FP8; a small odd M and a model-sized one), else `fn` with a warning.
+    A defence: a compiled kernel served from a cache made under another CPU capability gave
+    wrong scales and NaNs (see _own_cache_per_capability); the eager kernel is always right."""
+    g = torch.Generator().manual_seed(0)
+    for m, k in ((7, 48), (1000, 192)):
+        x = torch.randn(m, k, generator=g) * 3
+        if fn is not _fp8_factors:
+            x = x.reshape(m, k // BLOCK, BLOCK)
+        want, got = fn(*_probe_args(fn, x)), cfn(*_probe_args(fn, x))
+        want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+        if not all(torch.equal(a, b) for a, b in zip(want, got)):
+            warnings.warn(f"the torch.compile'd {fn.__name__.lstrip('_')} kernel differs from the eager one on this CPU "
+                          f"(torch {torch.__version__}, inductor ISA {_vec_isa()}; a compile cache made under another CPU capability "
+                          "does this): using the eager kernel (same bits, slower)", stacklevel=3)
+            return fn
+    return cfn
+
+
+def _vec_isa() -> str:
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa())
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
 
 
 def fake_quantize_nvfp4(x: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
