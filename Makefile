@@ -27,6 +27,8 @@ run: setup
 	$(BIN)/sol-rl run configs/shapes.yaml
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 # Transformer Engine (the gpu extra) builds its PyTorch extension against the installed CUDA torch.

@@ -81,15 +81,27 @@ def machine() -> dict:
 
 
 def add_threads_arg(ap) -> None:
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's default, the core count). On a machine that other "
-                         "jobs load, 1 avoids OpenMP oversubscription, which can slow small ops many-fold")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's default, the core count). On a machine that other "
+        "jobs load, 1 avoids OpenMP oversubscription, which can slow small ops many-fold",
+    )
 
 
 def add_model_args(ap) -> None:
     """--config and --weights: which run config and which shapes model a script measures."""
-    ap.add_argument("--config", default=str(REPO / "configs" / "shapes.yaml"), help="run config (YAML path or preset name; default configs/shapes.yaml)")
-    ap.add_argument("--weights", default=None, help="model weights directory (model.weights; default: the config's, i.e. the shipped shapes model)")
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "shapes.yaml"),
+        help="run config (YAML path or preset name; default configs/shapes.yaml)",
+    )
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="model weights directory (model.weights; default: the config's, i.e. the shipped shapes model)",
+    )
 
 
 def base_config(args, **overrides):
@@ -193,8 +205,9 @@ def parser(doc: str, name: str | None = None, quick: str | None = None) -> argpa
     """The script's argument parser: the docstring's first line as description, the rest as epilog;
     with `name`, also --out (default benchmarks/out/<name>) and --quick (help: `quick`)."""
     head, _, rest = doc.partition("\n\n")
-    ap = argparse.ArgumentParser(description=head.splitlines()[0], epilog=rest or None,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=head.splitlines()[0], epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if name:
         ap.add_argument("--out", default=f"benchmarks/out/{name}", help="output folder (JSON, markdown, PNG)")
         ap.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
@@ -233,7 +246,9 @@ def finish(out: Path, name: str, res: dict, text: str, pngs: list[Path], what: s
 
 
 # --- proxy fidelity helpers (fidelity.py, shapes_quality.py) ---------------------------------------
-def study_prompts(cfg, train: tuple[str, ...], p: int, one_object: int | None = None, max_iterations: int = 100_000) -> list[dict]:
+def study_prompts(
+    cfg, train: tuple[str, ...], p: int, one_object: int | None = None, max_iterations: int = 100_000
+) -> list[dict]:
     """`p` distinct prompts the default run explores, with each one's candidate seeds: walk the
     run's prompt draws (docs/algorithm.md, "Prompts and the training pool"; iterations 0, 1, ..., all training prompts,
     i.e. without a prompts.pool) and keep the first distinct prompts until there are
@@ -248,14 +263,18 @@ def study_prompts(cfg, train: tuple[str, ...], p: int, one_object: int | None = 
     for it in range(max_iterations):
         for pid, text in iteration_prompts(cfg, it, train, None):
             n_obj = parse(text).n_objects
-            if text in seen or (want is not None and want.get(n_obj, 0) <= sum(1 for r in out if r["objects"] == n_obj)):
+            if text in seen or (
+                want is not None and want.get(n_obj, 0) <= sum(1 for r in out if r["objects"] == n_obj)
+            ):
                 continue
             seen.add(text)
             seeds = [candidate_seed(cfg.run.seed, it, pid, c) for c in range(cfg.explore.n)]
             out.append({"iteration": it, "prompt_id": pid, "prompt": text, "objects": n_obj, "seeds": seeds})
             if len(out) == p:
                 return sorted(out, key=lambda r: (r["objects"], r["iteration"]))
-    raise ValueError(f"the first {max_iterations} iterations' prompt draws hold fewer than the {p} prompts asked for ({want})")
+    raise ValueError(
+        f"the first {max_iterations} iterations' prompt draws hold fewer than the {p} prompts asked for ({want})"
+    )
 
 
 def proxy_metrics(proxy, truth, k: int, seeds) -> dict:
@@ -289,7 +308,9 @@ def summarise_metrics(per_prompt: list[dict]) -> dict:
     return out
 
 
-def interleaved(fns: dict, repeats: int, per: dict | None = None, warmup: bool = True, log: str = "") -> dict[str, list[float]]:
+def interleaved(
+    fns: dict, repeats: int, per: dict | None = None, warmup: bool = True, log: str = ""
+) -> dict[str, list[float]]:
     """Time every fn of `fns` (name -> zero-argument callable) once per repeat, in an order
     rotated from repeat to repeat; seconds per call divided by per[name] (default 1). With
     `warmup`, one untimed call of each first."""

@@ -58,8 +58,18 @@ PRECISIONS = ("nvfp4", "fp8", "high")
 GOAL_EXPLORE_OVER_ROLLOUT = 0.9
 GOAL_FP32_OVER_BF16_ITERATION = 2.0
 # --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY)
-QUICK_ITERATION = {"prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8,
-                   "eval.train_prompts": 2, "eval.held_out_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 4}
+QUICK_ITERATION = {
+    "prompts.per_iteration": 2,
+    "explore.n": 8,
+    "explore.steps": 3,
+    "select.k": 4,
+    "rollout.steps": 5,
+    "nft.micro_batch": 8,
+    "eval.train_prompts": 2,
+    "eval.held_out_prompts": 2,
+    "eval.seeds_per_prompt": 1,
+    "eval.steps": 4,
+}
 
 
 @contextmanager
@@ -89,13 +99,33 @@ def explore_copies(policy, cfg, lowranks) -> dict:
 # --- 1. time per candidate ---------------------------------------------------------------------
 def variants(args, cfg) -> list[dict]:
     e, B, ed = cfg.explore.steps, args.batch, args.explore_dtype
-    out = [{"name": f"{p}/{s}", "copy": p, "steps": s, "batch": B, "kind": "explore", "dtype": ed} for p in PRECISIONS for s in args.steps]
-    out += [{"name": f"nvfp4-r{r}/{e}", "copy": f"nvfp4-r{r}", "steps": e, "batch": B, "kind": "explore", "dtype": ed} for r in args.lowranks if r]
+    out = [
+        {"name": f"{p}/{s}", "copy": p, "steps": s, "batch": B, "kind": "explore", "dtype": ed}
+        for p in PRECISIONS
+        for s in args.steps
+    ]
+    out += [
+        {"name": f"nvfp4-r{r}/{e}", "copy": f"nvfp4-r{r}", "steps": e, "batch": B, "kind": "explore", "dtype": ed}
+        for r in args.lowranks
+        if r
+    ]
     if os.environ.get("SOLRL_NO_COMPILE") != "1":  # also the eager quantiser (what the tests run), at the default steps
-        out.append({"name": f"nvfp4-eager/{e}", "copy": "nvfp4", "steps": e, "batch": B, "kind": "explore", "dtype": ed, "eager": True})
+        out.append(
+            {
+                "name": f"nvfp4-eager/{e}",
+                "copy": "nvfp4",
+                "steps": e,
+                "batch": B,
+                "kind": "explore",
+                "dtype": ed,
+                "eager": True,
+            }
+        )
     R, K = cfg.rollout.steps, min(cfg.select.k, B)
     out.append({"name": "rollout-bf16", "copy": "rollout", "steps": R, "batch": B, "kind": "rollout", "dtype": "bf16"})
-    out.append({"name": f"rollout-bf16-b{K}", "copy": "rollout", "steps": R, "batch": K, "kind": "rollout", "dtype": "bf16"})
+    out.append(
+        {"name": f"rollout-bf16-b{K}", "copy": "rollout", "steps": R, "batch": K, "kind": "rollout", "dtype": "bf16"}
+    )
     out.append({"name": "rollout-fp32", "copy": "rollout", "steps": R, "batch": B, "kind": "rollout", "dtype": "fp32"})
     return out
 
@@ -114,7 +144,9 @@ def time_sampling(args, cfg, policies, copies, prompt) -> dict:
         policy = policies[d]
         cond = policy.select_cond(cond_full[d], torch.arange(v["batch"]))
         model = copies[d]["high" if v["copy"] == "rollout" else v["copy"]][0]
-        call = lambda: policy.sample(model, [prompt] * v["batch"], seeds[: v["batch"]], steps or v["steps"], cfg.rollout.solver, cond=cond)  # noqa: E731
+        call = lambda: policy.sample(
+            model, [prompt] * v["batch"], seeds[: v["batch"]], steps or v["steps"], cfg.rollout.solver, cond=cond
+        )  # noqa: E731
         t = time.perf_counter()
         if v.get("eager"):
             with eager_nvfp4():
@@ -146,22 +178,34 @@ def time_sampling(args, cfg, policies, copies, prompt) -> dict:
     from solrl.stages import score  # decode + reward per candidate (the same for every variant)
 
     pe = policies[args.explore_dtype]
-    x0 = pe.sample(copies[args.explore_dtype]["high"][0], [prompt] * args.batch, seeds, 1, cond=cond_full[args.explore_dtype])
+    x0 = pe.sample(
+        copies[args.explore_dtype]["high"][0], [prompt] * args.batch, seeds, 1, cond=cond_full[args.explore_dtype]
+    )
     score_ms = []
     for _ in range(max(3, args.repeats)):
         t = time.perf_counter()
         score(pe, cfg, x0, [prompt] * args.batch)
         score_ms.append(1000.0 * (time.perf_counter() - t) / args.batch)
 
-    out = {"warmup_seconds": warmup, "variants": vs, "reference": "rollout-bf16", "by_threads": {}, "score_ms_per_candidate": C.median(score_ms)}
+    out = {
+        "warmup_seconds": warmup,
+        "variants": vs,
+        "reference": "rollout-bf16",
+        "by_threads": {},
+        "score_ms_per_candidate": C.median(score_ms),
+    }
     e, K = cfg.explore.steps, min(cfg.select.k, args.batch)
     for th in args.threads:
         rows = {}
         for v in vs:
-            rows[v["name"]] = {**v, "ms_per_candidate": C.median(ms[th][v["name"]]), "ms_all": ms[th][v["name"]],
-                               "over_rollout_bf16": C.median(ratio[th][v["name"]]),
-                               "over_rollout_fp32": C.median([a / b for a, b in zip(ms[th][v["name"]], ms[th]["rollout-fp32"])]),
-                               "ms_per_candidate_step": C.median(ms[th][v["name"]]) / v["steps"]}
+            rows[v["name"]] = {
+                **v,
+                "ms_per_candidate": C.median(ms[th][v["name"]]),
+                "ms_all": ms[th][v["name"]],
+                "over_rollout_bf16": C.median(ratio[th][v["name"]]),
+                "over_rollout_fp32": C.median([a / b for a, b in zip(ms[th][v["name"]], ms[th]["rollout-fp32"])]),
+                "ms_per_candidate_step": C.median(ms[th][v["name"]]) / v["steps"],
+            }
         fits = {}
         if len(args.steps) >= 2:
             for p in PRECISIONS:
@@ -170,14 +214,23 @@ def time_sampling(args, cfg, policies, copies, prompt) -> dict:
             R = cfg.rollout.steps
             fits["rollout-bf16"] = {"ms_per_step": rows["rollout-bf16"]["ms_per_candidate"] / R, "ms_fixed": 0.0}
             for p in fits:
-                fits[p]["per_step_over_bf16_rollout_step"] = fits[p]["ms_per_step"] / fits["rollout-bf16"]["ms_per_step"]
+                fits[p]["per_step_over_bf16_rollout_step"] = (
+                    fits[p]["ms_per_step"] / fits["rollout-bf16"]["ms_per_step"]
+                )
         headline = {}
         if f"nvfp4/{e}" in rows:
             x = rows[f"nvfp4/{e}"]["over_rollout_bf16"]
             n = cfg.explore.n
-            t_ex, t_bk, t_b = rows[f"nvfp4/{e}"]["ms_per_candidate"], rows[f"rollout-bf16-b{K}"]["ms_per_candidate"], rows["rollout-bf16"]["ms_per_candidate"]
+            t_ex, t_bk, t_b = (
+                rows[f"nvfp4/{e}"]["ms_per_candidate"],
+                rows[f"rollout-bf16-b{K}"]["ms_per_candidate"],
+                rows["rollout-bf16"]["ms_per_candidate"],
+            )
             headline = {
-                "explore_variant": f"nvfp4/{e}", "explore_over_rollout_bf16": x, "goal": GOAL_EXPLORE_OVER_ROLLOUT, "goal_met": bool(x <= GOAL_EXPLORE_OVER_ROLLOUT),
+                "explore_variant": f"nvfp4/{e}",
+                "explore_over_rollout_bf16": x,
+                "goal": GOAL_EXPLORE_OVER_ROLLOUT,
+                "goal_met": bool(x <= GOAL_EXPLORE_OVER_ROLLOUT),
                 "explore_over_rollout_fp32": rows[f"nvfp4/{e}"]["over_rollout_fp32"],
                 "rollout_fp32_over_bf16": rows["rollout-fp32"]["over_rollout_bf16"],
                 # one prompt's sampling: sol_rl (N explore + K rollouts) vs naive_scaling (N rollouts), bf16 rollouts
@@ -252,7 +305,14 @@ def limits(args, cfg, policies, copies, prompt) -> dict:
     explore_model, report = copies[args.explore_dtype]["nvfp4"]
     rollout_model = copies["bf16"]["high"][0]
     reps = max(1, args.limit_repeats)
-    res = {"explore_total": [], "explore_layers": [], "quantiser": [], "block_gemm": [], "rollout_total": [], "rollout_layers": []}
+    res = {
+        "explore_total": [],
+        "explore_layers": [],
+        "quantiser": [],
+        "block_gemm": [],
+        "rollout_total": [],
+        "rollout_layers": [],
+    }
     cond_e, cond_b = pe.encode_rows([prompt] * B), pb.encode_rows([prompt] * B)
     for _ in range(reps):
         clock = LayerClock(explore_model, report.modules)
@@ -273,21 +333,38 @@ def limits(args, cfg, policies, copies, prompt) -> dict:
     q, g = ms["quantiser"], ms["block_gemm"]
     bf16_layers_at_explore_steps = L_r * e / R
     out = {
-        "explore": f"nvfp4, {e} steps, {args.explore_dtype}", "rollout": f"bf16, {R} steps", "batch": B, "repeats": reps, "quantised_layers": len(report.modules),
+        "explore": f"nvfp4, {e} steps, {args.explore_dtype}",
+        "rollout": f"bf16, {R} steps",
+        "batch": B,
+        "repeats": reps,
+        "quantised_layers": len(report.modules),
         "ms_per_candidate": {
-            "explore_total": T_e, "explore_quantised_layers": L_e, "explore_quantiser": q, "explore_block_gemm": g,
+            "explore_total": T_e,
+            "explore_quantised_layers": L_e,
+            "explore_quantiser": q,
+            "explore_block_gemm": g,
             "explore_layer_other": L_e - q - g,  # per-tensor scales, bias, casts
             "explore_rest": T_e - L_e,  # attention, norms, unquantised layers, solver
-            "rollout_total": T_r, "rollout_same_layers_bf16": L_r, "rollout_rest": T_r - L_r,
+            "rollout_total": T_r,
+            "rollout_same_layers_bf16": L_r,
+            "rollout_rest": T_r - L_r,
         },
-        "shares_of_explore": {"quantiser": q / T_e, "block_gemm": g / T_e, "layer_other": (L_e - q - g) / T_e, "rest": (T_e - L_e) / T_e},
+        "shares_of_explore": {
+            "quantiser": q / T_e,
+            "block_gemm": g / T_e,
+            "layer_other": (L_e - q - g) / T_e,
+            "rest": (T_e - L_e) / T_e,
+        },
         "nvfp4_layer_over_bf16_layer_per_step": (L_e / e) / (L_r / R) if L_r else None,
         "block_gemm_over_bf16_layer_per_step": (g / e) / (L_r / R) if L_r else None,
         "explore_over_rollout": {
             "measured (instrumented)": T_e / T_r,
             "without the activation quantiser": (T_e - q) / T_r,
             "quantised layers at bf16-Linear speed": (T_e - L_e + bf16_layers_at_explore_steps) / T_r,
-            "quantised layers at 4x bf16-Linear speed (FP4 tensor cores)": (T_e - L_e + bf16_layers_at_explore_steps / 4) / T_r,
+            "quantised layers at 4x bf16-Linear speed (FP4 tensor cores)": (
+                T_e - L_e + bf16_layers_at_explore_steps / 4
+            )
+            / T_r,
             "quantised layers free (floor)": (T_e - L_e) / T_r,
         },
     }
@@ -324,7 +401,12 @@ def time_iterations(args, cfg) -> dict:
         state = TrainState.fresh(p, cfgs[d])
         t, res = C.timed(run_iteration, p, state, cfgs[d], 0, select_seeds)
         ev = res.eval["reward"] if res.eval else []
-        return {"seconds": t, "stages": dict(res.seconds), "train_reward": res.metrics[-1]["reward_mean"], "eval_reward": sum(ev) / len(ev) if ev else None}
+        return {
+            "seconds": t,
+            "stages": dict(res.seconds),
+            "train_reward": res.metrics[-1]["reward_mean"],
+            "eval_reward": sum(ev) / len(ev) if ev else None,
+        }
 
     warm = {}
     if args.iteration_warmup:
@@ -336,24 +418,52 @@ def time_iterations(args, cfg) -> dict:
         rep = {d: once(d) for d in C.rotated(list(pols), r)}
         rep["fp32_over_bf16"] = rep["fp32"]["seconds"] / rep["bf16"]["seconds"]
         reps.append(rep)
-        print(f"[cost] iteration repeat {r + 1}/{args.iteration_repeats}: fp32 {rep['fp32']['seconds']:.1f} s, bf16 {rep['bf16']['seconds']:.1f} s", flush=True)
+        print(
+            f"[cost] iteration repeat {r + 1}/{args.iteration_repeats}: fp32 {rep['fp32']['seconds']:.1f} s, bf16 {rep['bf16']['seconds']:.1f} s",
+            flush=True,
+        )
     stages = list(reps[0]["fp32"]["stages"])
-    med = {d: {"seconds": C.median([x[d]["seconds"] for x in reps]), "stages": {s: C.median([x[d]["stages"][s] for x in reps]) for s in stages},
-               "train_reward": C.median([x[d]["train_reward"] for x in reps])} for d in ("fp32", "bf16")}
+    med = {
+        d: {
+            "seconds": C.median([x[d]["seconds"] for x in reps]),
+            "stages": {s: C.median([x[d]["stages"][s] for x in reps]) for s in stages},
+            "train_reward": C.median([x[d]["train_reward"] for x in reps]),
+        }
+        for d in ("fp32", "bf16")
+    }
     ratio = C.median([x["fp32_over_bf16"] for x in reps])
     return {
-        "iteration": {"prompts": cfg.prompts.per_iteration, "explore_n": cfg.explore.n, "explore_steps": cfg.explore.steps, "explore_precision": cfg.explore.precision,
-                      "k": cfg.select.k, "rollout_steps": cfg.rollout.steps, "eval_every": cfg.eval.every, "eval_steps": cfg.eval.steps},
-        "warmup_seconds": warm, "repeats": reps, "median": med,
-        "stage_fp32_over_bf16": {s: med["fp32"]["stages"][s] / med["bf16"]["stages"][s] for s in stages if med["bf16"]["stages"][s] > 0},
-        "fp32_over_bf16": ratio, "fp32_over_bf16_min": min(x["fp32_over_bf16"] for x in reps), "fp32_over_bf16_max": max(x["fp32_over_bf16"] for x in reps),
-        "goal": GOAL_FP32_OVER_BF16_ITERATION, "goal_met": bool(ratio >= GOAL_FP32_OVER_BF16_ITERATION),
+        "iteration": {
+            "prompts": cfg.prompts.per_iteration,
+            "explore_n": cfg.explore.n,
+            "explore_steps": cfg.explore.steps,
+            "explore_precision": cfg.explore.precision,
+            "k": cfg.select.k,
+            "rollout_steps": cfg.rollout.steps,
+            "eval_every": cfg.eval.every,
+            "eval_steps": cfg.eval.steps,
+        },
+        "warmup_seconds": warm,
+        "repeats": reps,
+        "median": med,
+        "stage_fp32_over_bf16": {
+            s: med["fp32"]["stages"][s] / med["bf16"]["stages"][s] for s in stages if med["bf16"]["stages"][s] > 0
+        },
+        "fp32_over_bf16": ratio,
+        "fp32_over_bf16_min": min(x["fp32_over_bf16"] for x in reps),
+        "fp32_over_bf16_max": max(x["fp32_over_bf16"] for x in reps),
+        "goal": GOAL_FP32_OVER_BF16_ITERATION,
+        "goal_met": bool(ratio >= GOAL_FP32_OVER_BF16_ITERATION),
     }
 
 
 # --- 3. memory -------------------------------------------------------------------------------------
 def memory(copies, total_params: int) -> dict:
-    out = {"transformer_params": total_params, "whole_bf16_bytes": 2 * total_params, "whole_fp32_bytes": 4 * total_params}
+    out = {
+        "transformer_params": total_params,
+        "whole_bf16_bytes": 2 * total_params,
+        "whole_fp32_bytes": 4 * total_params,
+    }
     for name, (_, rep) in copies.items():
         if not rep.weights:
             continue
@@ -385,12 +495,14 @@ def synthetic_explore(rows: int, n: int, prompts: tuple[str, ...], seed: int = 0
     pid = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
     texts = pa.array([f"{prompts[i % len(prompts)]} #{i}" for i in range(n_prompts)], type=pa.string())
     prompt = pa.DictionaryArray.from_arrays(pa.array(pid), texts).dictionary_decode()
-    return pa.table({
-        "prompt_id": pa.array(pid),
-        "prompt": prompt,
-        "seed": pa.array(rng.integers(0, 2**63 - 1, size=pid.size, dtype=np.int64)),
-        "reward": pa.array(rng.random(pid.size)),
-    })
+    return pa.table(
+        {
+            "prompt_id": pa.array(pid),
+            "prompt": prompt,
+            "seed": pa.array(rng.integers(0, 2**63 - 1, size=pid.size, dtype=np.int64)),
+            "reward": pa.array(rng.random(pid.size)),
+        }
+    )
 
 
 def time_selection(args, cfg, prompts) -> dict:
@@ -409,7 +521,14 @@ def time_selection(args, cfg, prompts) -> dict:
     for rows in args.rows:
         t, tab = C.timed(synthetic_explore, rows, n, prompts, seed=rows)
         tables[rows] = tab
-        out[str(rows)] = {"rows": tab.num_rows, "prompts": tab.num_rows // n, "build_seconds": t, "arrow_bytes": tab.nbytes, "seconds_all": [], "window_seconds_all": []}
+        out[str(rows)] = {
+            "rows": tab.num_rows,
+            "prompts": tab.num_rows // n,
+            "build_seconds": t,
+            "arrow_bytes": tab.nbytes,
+            "seconds_all": [],
+            "window_seconds_all": [],
+        }
     fns = {"seconds_all": select_seeds, "window_seconds_all": select_seeds_window}
     for r in range(args.select_repeats):
         for rows in C.rotated(list(args.rows), r):
@@ -421,7 +540,9 @@ def time_selection(args, cfg, prompts) -> dict:
             sel = got["seconds_all"]
             d["selected_rows"] = sel.num_rows
             if sel.num_rows != d["prompts"] * k:
-                raise AssertionError(f"selection over {rows} rows returned {sel.num_rows} rows, expected {d['prompts'] * k}")
+                raise AssertionError(
+                    f"selection over {rows} rows returned {sel.num_rows} rows, expected {d['prompts'] * k}"
+                )
             if not sel.equals(got["window_seconds_all"]):
                 raise AssertionError(f"selection over {rows} rows differs from the reference window query")
         print(f"[cost] selection repeat {r + 1}/{args.select_repeats} done", flush=True)
@@ -432,7 +553,12 @@ def time_selection(args, cfg, prompts) -> dict:
         d["rows_per_second"] = d["rows"] / d["seconds"]
         d["ms_per_prompt"] = 1000.0 * d["seconds"] / d["prompts"]
     con = duckdb.connect()
-    meta = {"duckdb": duckdb.__version__, "duckdb_threads": int(con.execute("SELECT current_setting('threads')").fetchone()[0]), "n": n, "k": k}
+    meta = {
+        "duckdb": duckdb.__version__,
+        "duckdb_threads": int(con.execute("SELECT current_setting('threads')").fetchone()[0]),
+        "n": n,
+        "k": k,
+    }
     con.close()
     return {"meta": meta, "sizes": out}
 
@@ -442,64 +568,206 @@ def summary(res: dict) -> str:
     cfg = res["config"]
     m = res["machine"]
     flags = ", ".join(f for f, on in m["cpu_flags"].items() if on)
-    lines = [f"## Cost on {m['cpu_model']} ({flags}); explore copies in {cfg['explore_dtype']}, batch {cfg['batch']}, {cfg['repeats']} interleaved repeats, medians", ""]
+    lines = [
+        f"## Cost on {m['cpu_model']} ({flags}); explore copies in {cfg['explore_dtype']}, batch {cfg['batch']}, {cfg['repeats']} interleaved repeats, medians",
+        "",
+    ]
     for th, d in res["timing"]["by_threads"].items():
-        head = ["variant", "copy", "dtype", "steps", "batch", "ms / candidate", "ms / candidate-step", "× bf16 rollout", "× fp32 rollout"]
-        rows = [[name, v["copy"] + (" (eager quantiser)" if v.get("eager") else ""), v["dtype"], v["steps"], v["batch"], v["ms_per_candidate"], v["ms_per_candidate_step"], v["over_rollout_bf16"], v["over_rollout_fp32"]]
-                for name, v in d["rows"].items()]
+        head = [
+            "variant",
+            "copy",
+            "dtype",
+            "steps",
+            "batch",
+            "ms / candidate",
+            "ms / candidate-step",
+            "× bf16 rollout",
+            "× fp32 rollout",
+        ]
+        rows = [
+            [
+                name,
+                v["copy"] + (" (eager quantiser)" if v.get("eager") else ""),
+                v["dtype"],
+                v["steps"],
+                v["batch"],
+                v["ms_per_candidate"],
+                v["ms_per_candidate_step"],
+                v["over_rollout_bf16"],
+                v["over_rollout_fp32"],
+            ]
+            for name, v in d["rows"].items()
+        ]
         lines += [f"### torch threads = {th}", "", C.md_table(head, rows), ""]
         h = d["headline"]
         if h:
-            lines.append(f"**explore ({h['explore_variant']}) ÷ rollout (bf16, {cfg['rollout_steps']} steps) = {h['explore_over_rollout_bf16']:.2f}** "
-                         f"(goal ≤ {h['goal']}: {'met' if h['goal_met'] else 'not met'}); ÷ float32 rollout {h['explore_over_rollout_fp32']:.2f}; "
-                         f"float32 rollout ÷ bf16 rollout {h['rollout_fp32_over_bf16']:.2f}. Per prompt, sol_rl sampling (N explore + K bf16 rollouts) ÷ naive_scaling "
-                         f"(N bf16 rollouts) = {h['sol_rl_over_naive_scaling_sampling']:.2f}; explore is {100 * h['explore_share_of_sol_rl_sampling']:.0f} % of sol_rl sampling.")
+            lines.append(
+                f"**explore ({h['explore_variant']}) ÷ rollout (bf16, {cfg['rollout_steps']} steps) = {h['explore_over_rollout_bf16']:.2f}** "
+                f"(goal ≤ {h['goal']}: {'met' if h['goal_met'] else 'not met'}); ÷ float32 rollout {h['explore_over_rollout_fp32']:.2f}; "
+                f"float32 rollout ÷ bf16 rollout {h['rollout_fp32_over_bf16']:.2f}. Per prompt, sol_rl sampling (N explore + K bf16 rollouts) ÷ naive_scaling "
+                f"(N bf16 rollouts) = {h['sol_rl_over_naive_scaling_sampling']:.2f}; explore "
+                f"is {100 * h['explore_share_of_sol_rl_sampling']:.0f} % of sol_rl sampling."
+            )
         if d["linear_fit"]:
-            lines.append("linear fit ms/candidate = fixed + per_step × steps: " + "; ".join(
-                f"{p}: {f['ms_per_step']:.2f} ms/step ({f['per_step_over_bf16_rollout_step']:.2f}× a bf16 rollout step) + {f['ms_fixed']:.2f} ms" for p, f in d["linear_fit"].items()))
+            lines.append(
+                "linear fit ms/candidate = fixed + per_step × steps: "
+                + "; ".join(
+                    f"{p}: {f['ms_per_step']:.2f} ms/step ({f['per_step_over_bf16_rollout_step']:.2f}× a bf16 rollout step) + {f['ms_fixed']:.2f} ms"
+                    for p, f in d["linear_fit"].items()
+                )
+            )
         lines.append("")
-    lines.append(f"decode + reward: {res['timing']['score_ms_per_candidate']:.3f} ms / candidate (same for every variant; not in the times above); "
-                 f"warm-up (incl. compile) {res['timing']['warmup_seconds']:.1f} s")
+    lines.append(
+        f"decode + reward: {res['timing']['score_ms_per_candidate']:.3f} ms / candidate (same for every variant; not in the times above); "
+        f"warm-up (incl. compile) {res['timing']['warmup_seconds']:.1f} s"
+    )
     lim = res["limits"]
     ms = lim["ms_per_candidate"]
-    lines += ["", f"### What limits explore ÷ rollout (instrumented, {lim['explore']} vs {lim['rollout']}, batch {lim['batch']}, {lim['quantised_layers']} quantised layers)", ""]
-    lines.append(C.md_table(["part", "ms / candidate", "share of explore"], [
-        ["explore total", ms["explore_total"], 1.0],
-        ["  activation quantiser (NVFP4 factors of every input)", ms["explore_quantiser"], lim["shares_of_explore"]["quantiser"]],
-        ["  block GEMM (float32 oneDNN, bf16 fpmath)", ms["explore_block_gemm"], lim["shares_of_explore"]["block_gemm"]],
-        ["  rest of the quantised layers (scales, bias, casts)", ms["explore_layer_other"], lim["shares_of_explore"]["layer_other"]],
-        ["  everything else (attention, norms, unquantised layers, solver)", ms["explore_rest"], lim["shares_of_explore"]["rest"]],
-        ["bf16 rollout total", ms["rollout_total"], ""],
-        ["  the same layers as bf16 Linear", ms["rollout_same_layers_bf16"], ""],
-    ]))
-    lines += ["", "Per step, an NVFP4 layer costs " + (f"{lim['nvfp4_layer_over_bf16_layer_per_step']:.2f}× a bf16 Linear (its block GEMM alone {lim['block_gemm_over_bf16_layer_per_step']:.2f}×). "
-              if lim["nvfp4_layer_over_bf16_layer_per_step"] else "n/a. ") + "Explore ÷ rollout if ...: " + "; ".join(f"{k}: {v:.2f}" for k, v in lim["explore_over_rollout"].items()) + "."]
+    lines += [
+        "",
+        f"### What limits explore ÷ rollout (instrumented, {lim['explore']} vs "
+        f"{lim['rollout']}, batch {lim['batch']}, {lim['quantised_layers']} quantised layers)",
+        "",
+    ]
+    lines.append(
+        C.md_table(
+            ["part", "ms / candidate", "share of explore"],
+            [
+                ["explore total", ms["explore_total"], 1.0],
+                [
+                    "  activation quantiser (NVFP4 factors of every input)",
+                    ms["explore_quantiser"],
+                    lim["shares_of_explore"]["quantiser"],
+                ],
+                [
+                    "  block GEMM (float32 oneDNN, bf16 fpmath)",
+                    ms["explore_block_gemm"],
+                    lim["shares_of_explore"]["block_gemm"],
+                ],
+                [
+                    "  rest of the quantised layers (scales, bias, casts)",
+                    ms["explore_layer_other"],
+                    lim["shares_of_explore"]["layer_other"],
+                ],
+                [
+                    "  everything else (attention, norms, unquantised layers, solver)",
+                    ms["explore_rest"],
+                    lim["shares_of_explore"]["rest"],
+                ],
+                ["bf16 rollout total", ms["rollout_total"], ""],
+                ["  the same layers as bf16 Linear", ms["rollout_same_layers_bf16"], ""],
+            ],
+        )
+    )
+    lines += [
+        "",
+        "Per step, an NVFP4 layer costs "
+        + (
+            f"{lim['nvfp4_layer_over_bf16_layer_per_step']:.2f}× a bf16 Linear (its block GEMM alone {lim['block_gemm_over_bf16_layer_per_step']:.2f}×). "
+            if lim["nvfp4_layer_over_bf16_layer_per_step"]
+            else "n/a. "
+        )
+        + "Explore ÷ rollout if ...: "
+        + "; ".join(f"{k}: {v:.2f}" for k, v in lim["explore_over_rollout"].items())
+        + ".",
+    ]
     if res.get("layer_bench"):
         lines += ["", "### Per layer (solrl.quant.bench, 1 thread, medians)", ""]
-        lines.append(C.md_table(["shape", "variant", "median ms", "× fp32 Linear", "× bf16 Linear"],
-                                [[r["shape"], r["variant"], r["median_ms"], r["x_fp32_linear"], r["x_bf16_linear"]] for r in res["layer_bench"]]))
+        lines.append(
+            C.md_table(
+                ["shape", "variant", "median ms", "× fp32 Linear", "× bf16 Linear"],
+                [
+                    [r["shape"], r["variant"], r["median_ms"], r["x_fp32_linear"], r["x_bf16_linear"]]
+                    for r in res["layer_bench"]
+                ],
+            )
+        )
     it = res.get("iteration")
     if it:
         i = it["iteration"]
-        lines += ["", f"### One iteration in memory (run_iteration: {i['prompts']} prompts × N {i['explore_n']} {i['explore_precision']} {i['explore_steps']} steps, K {i['k']}, "
-                  f"rollout {i['rollout_steps']} steps, eval every {i['eval_every']}), float32 vs bf16, {len(it['repeats'])} interleaved repeat(s), medians", ""]
+        lines += [
+            "",
+            f"### One iteration in memory (run_iteration: {i['prompts']} prompts × N "
+            f"{i['explore_n']} {i['explore_precision']} {i['explore_steps']} steps, K {i['k']}, "
+            f"rollout {i['rollout_steps']} steps, eval every {i['eval_every']}), float32 vs bf16, {len(it['repeats'])} interleaved repeat(s), medians",
+            "",
+        ]
         stages = list(it["median"]["fp32"]["stages"])
-        rows = [[d, it["median"][d]["seconds"]] + [it["median"][d]["stages"][s] for s in stages] + [it["median"][d]["train_reward"]] for d in ("fp32", "bf16")]
-        rows.append(["fp32 ÷ bf16", it["fp32_over_bf16"]] + [it["stage_fp32_over_bf16"].get(s, "") for s in stages] + [""])
+        rows = [
+            [d, it["median"][d]["seconds"]]
+            + [it["median"][d]["stages"][s] for s in stages]
+            + [it["median"][d]["train_reward"]]
+            for d in ("fp32", "bf16")
+        ]
+        rows.append(
+            ["fp32 ÷ bf16", it["fp32_over_bf16"]] + [it["stage_fp32_over_bf16"].get(s, "") for s in stages] + [""]
+        )
         lines.append(C.md_table(["model.dtype", "wall s"] + [f"{s} s" for s in stages] + ["train reward"], rows))
-        lines.append(f"\n**float32 ÷ bf16 iteration = {it['fp32_over_bf16']:.2f}×** ({it['fp32_over_bf16_min']:.2f}..{it['fp32_over_bf16_max']:.2f} over repeats; "
-                     f"goal ≥ {it['goal']}×: {'met' if it['goal_met'] else 'not met'})")
+        lines.append(
+            f"\n**float32 ÷ bf16 iteration = {it['fp32_over_bf16']:.2f}×** ({it['fp32_over_bf16_min']:.2f}..{it['fp32_over_bf16_max']:.2f} over repeats; "
+            f"goal ≥ {it['goal']}×: {'met' if it['goal_met'] else 'not met'})"
+        )
     mem = res["memory"]
     lines += ["", "### Explore-weight memory", ""]
-    head = ["format", "layers", "weights", "packed bytes", "bits / weight", "same layers bf16", "packed / bf16", "whole transformer", "whole / bf16"]
-    rows = [[p, x["layers"], f"{x['weights']:,}", f"{x['packed_bytes']:,}", x["bits_per_weight"], f"{x['selected_bf16_bytes']:,}", x["packed_over_bf16"], f"{x['whole_explore_bytes']:,}", x["whole_over_bf16"]]
-            for p, x in mem.items() if isinstance(x, dict)]
-    rows.append(["bf16", "", f"{mem['transformer_params']:,} params", "", 16.0, "", 1.0, f"{mem['whole_bf16_bytes']:,}", 1.0])
+    head = [
+        "format",
+        "layers",
+        "weights",
+        "packed bytes",
+        "bits / weight",
+        "same layers bf16",
+        "packed / bf16",
+        "whole transformer",
+        "whole / bf16",
+    ]
+    rows = [
+        [
+            p,
+            x["layers"],
+            f"{x['weights']:,}",
+            f"{x['packed_bytes']:,}",
+            x["bits_per_weight"],
+            f"{x['selected_bf16_bytes']:,}",
+            x["packed_over_bf16"],
+            f"{x['whole_explore_bytes']:,}",
+            x["whole_over_bf16"],
+        ]
+        for p, x in mem.items()
+        if isinstance(x, dict)
+    ]
+    rows.append(
+        ["bf16", "", f"{mem['transformer_params']:,} params", "", 16.0, "", 1.0, f"{mem['whole_bf16_bytes']:,}", 1.0]
+    )
     lines.append(C.md_table(head, rows))
     s = res["selection"]
-    lines += ["", f"### DuckDB selection (select_seeds, N = {s['meta']['n']}, K = {s['meta']['k']}; duckdb {s['meta']['duckdb']}, {s['meta']['duckdb_threads']} threads)", ""]
-    head = ["rows", "prompts", "selected rows", "seconds (median)", "rows / s", "ms / prompt", "window query ÷ select_seeds", "table build s"]
-    rows = [[f"{d['rows']:,}", f"{d['prompts']:,}", f"{d['selected_rows']:,}", d["seconds"], f"{d['rows_per_second']:,.0f}", d["ms_per_prompt"], d["window_over_select"], d["build_seconds"]] for d in s["sizes"].values()]
+    lines += [
+        "",
+        f"### DuckDB selection (select_seeds, N = {s['meta']['n']}, K = {s['meta']['k']}; duckdb {s['meta']['duckdb']}, {s['meta']['duckdb_threads']} threads)",
+        "",
+    ]
+    head = [
+        "rows",
+        "prompts",
+        "selected rows",
+        "seconds (median)",
+        "rows / s",
+        "ms / prompt",
+        "window query ÷ select_seeds",
+        "table build s",
+    ]
+    rows = [
+        [
+            f"{d['rows']:,}",
+            f"{d['prompts']:,}",
+            f"{d['selected_rows']:,}",
+            d["seconds"],
+            f"{d['rows_per_second']:,.0f}",
+            d["ms_per_prompt"],
+            d["window_over_select"],
+            d["build_seconds"],
+        ]
+        for d in s["sizes"].values()
+    ]
     lines.append(C.md_table(head, rows))
     return "\n".join(lines)
 
@@ -516,15 +784,33 @@ def plot(res: dict, out: Path) -> list[Path]:
             axes[0].plot(cfg["steps"], ys, "o" + styles[i % 3], color=colours[p], label=f"{p}, {th} thread(s)")
         for name, v in d["rows"].items():
             if name.startswith("nvfp4-r") or name.startswith("nvfp4-eager"):
-                axes[0].plot([v["steps"]], [v["over_rollout_bf16"]], "x", color="tab:purple" if "-r" in name else "tab:orange", label=f"{name}, {th} thread(s)")
-        axes[0].axhline(d["rows"]["rollout-fp32"]["over_rollout_bf16"], color="grey", lw=1, ls="-.", label="float32 rollout")
+                axes[0].plot(
+                    [v["steps"]],
+                    [v["over_rollout_bf16"]],
+                    "x",
+                    color="tab:purple" if "-r" in name else "tab:orange",
+                    label=f"{name}, {th} thread(s)",
+                )
+        axes[0].axhline(
+            d["rows"]["rollout-fp32"]["over_rollout_bf16"], color="grey", lw=1, ls="-.", label="float32 rollout"
+        )
     axes[0].axhline(1.0, color="k", lw=1, ls=":", label=f"bf16 rollout ({cfg['rollout_steps']} steps)")
-    axes[0].axhline(GOAL_EXPLORE_OVER_ROLLOUT, color="tab:red", lw=1, ls="--", label=f"goal {GOAL_EXPLORE_OVER_ROLLOUT}")
-    axes[0].set(title="sampling time per candidate ÷ bf16 rollout", xlabel="explore steps", ylabel="× bf16 rollout (median of per-repeat ratios)")
+    axes[0].axhline(
+        GOAL_EXPLORE_OVER_ROLLOUT, color="tab:red", lw=1, ls="--", label=f"goal {GOAL_EXPLORE_OVER_ROLLOUT}"
+    )
+    axes[0].set(
+        title="sampling time per candidate ÷ bf16 rollout",
+        xlabel="explore steps",
+        ylabel="× bf16 rollout (median of per-repeat ratios)",
+    )
     axes[0].set_xticks(cfg["steps"])
     lim = res["limits"]["ms_per_candidate"]
-    parts = [("quantiser", lim["explore_quantiser"], "tab:red"), ("block GEMM", lim["explore_block_gemm"], "tab:orange"), ("layer other", lim["explore_layer_other"], "tab:pink"),
-             ("rest", lim["explore_rest"], "lightgrey")]
+    parts = [
+        ("quantiser", lim["explore_quantiser"], "tab:red"),
+        ("block GEMM", lim["explore_block_gemm"], "tab:orange"),
+        ("layer other", lim["explore_layer_other"], "tab:pink"),
+        ("rest", lim["explore_rest"], "lightgrey"),
+    ]
     left = 0.0
     for label, w, c in parts:
         axes[1].barh(1, w, left=left, color=c, label=label)
@@ -546,14 +832,19 @@ def plot(res: dict, out: Path) -> list[Path]:
                 left += w
             axes[2].text(left, j, f" {it['median'][dt]['seconds']:.1f} s", va="center", fontsize=8)
         axes[2].set_yticks([0, 1], ["float32", "bf16"])
-        axes[2].set(title=f"one iteration in memory: float32 ÷ bf16 = {it['fp32_over_bf16']:.2f}× (goal ≥ {it['goal']})", xlabel="seconds (median)")
+        axes[2].set(
+            title=f"one iteration in memory: float32 ÷ bf16 = {it['fp32_over_bf16']:.2f}× (goal ≥ {it['goal']})",
+            xlabel="seconds (median)",
+        )
         axes[2].legend(fontsize=7)
     else:
         axes[2].set_axis_off()
     sizes = res["selection"]["sizes"]
     axes[3].loglog([d["rows"] for d in sizes.values()], [d["seconds"] for d in sizes.values()], "o-")
     for d in sizes.values():
-        axes[3].annotate(f"{d['seconds']:.2f} s", (d["rows"], d["seconds"]), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        axes[3].annotate(
+            f"{d['seconds']:.2f} s", (d["rows"], d["seconds"]), textcoords="offset points", xytext=(5, -12), fontsize=8
+        )
     axes[3].set(title="DuckDB selection time (select_seeds)", xlabel="explore rows", ylabel="seconds (median)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -563,22 +854,80 @@ def plot(res: dict, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__, "cost", quick="batch 8, steps 2 6, 2 repeats, the tests' tiny iteration once, 10k selection rows")
+    ap = C.parser(
+        __doc__, "cost", quick="batch 8, steps 2 6, 2 repeats, the tests' tiny iteration once, 10k selection rows"
+    )
     C.add_model_args(ap)
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 6 10; quick 2 6)")
-    ap.add_argument("--lowranks", type=int, nargs="+", default=None, help="NVFP4 low-rank branch ranks also timed at explore.steps (default 32; quick 8)")
-    ap.add_argument("--explore-dtype", choices=["fp32", "bf16"], default=None, help="model.dtype of the explore copies (default: the config's, auto resolved)")
-    ap.add_argument("--batch", type=int, default=None, help="candidates per sampling call (default explore.batch = 96; quick 8)")
+    ap.add_argument(
+        "--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 6 10; quick 2 6)"
+    )
+    ap.add_argument(
+        "--lowranks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="NVFP4 low-rank branch ranks also timed at explore.steps (default 32; quick 8)",
+    )
+    ap.add_argument(
+        "--explore-dtype",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="model.dtype of the explore copies (default: the config's, auto resolved)",
+    )
+    ap.add_argument(
+        "--batch", type=int, default=None, help="candidates per sampling call (default explore.batch = 96; quick 8)"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="interleaved sampling repeats (default 5; quick 2)")
-    ap.add_argument("--limit-repeats", type=int, default=None, help="instrumented passes for the 'what limits' breakdown (default 3; quick 1)")
-    ap.add_argument("--layer-bench-repeats", type=int, default=None, help="rounds of solrl.quant.bench per layer shape (default 21; quick 2; 0 = skip)")
-    ap.add_argument("--iteration-repeats", type=int, default=None, help="interleaved repeats of the float32 vs bf16 iteration (default 3; quick 1; 0 = skip)")
-    ap.add_argument("--no-iteration-warmup", dest="iteration_warmup", action="store_false", default=None, help="skip the untimed first iteration per dtype")
-    ap.add_argument("--rows", type=int, nargs="+", default=None, help="synthetic explore rows for the selection timing (default 1000000 10000000; quick 10000)")
+    ap.add_argument(
+        "--limit-repeats",
+        type=int,
+        default=None,
+        help="instrumented passes for the 'what limits' breakdown (default 3; quick 1)",
+    )
+    ap.add_argument(
+        "--layer-bench-repeats",
+        type=int,
+        default=None,
+        help="rounds of solrl.quant.bench per layer shape (default 21; quick 2; 0 = skip)",
+    )
+    ap.add_argument(
+        "--iteration-repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats of the float32 vs bf16 iteration (default 3; quick 1; 0 = skip)",
+    )
+    ap.add_argument(
+        "--no-iteration-warmup",
+        dest="iteration_warmup",
+        action="store_false",
+        default=None,
+        help="skip the untimed first iteration per dtype",
+    )
+    ap.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=None,
+        help="synthetic explore rows for the selection timing (default 1000000 10000000; quick 10000)",
+    )
     ap.add_argument("--select-repeats", type=int, default=None, help="selection repeats per size (default 3; quick 2)")
-    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts to time part 1 at, interleaved (default: torch's default); parts 2-4 use the first")
-    ap.add_argument("--int8-kernels", action="store_true", help="with --cpu-explore: only time one Linear per shapes-model shape, float32 / bf16 / the int8 kernels")
-    ap.add_argument("--cpu-explore", action="store_true", help="part 5 only: int8 and NVFP4 explore vs the rollout, and Sol-RL vs naive-scaling iterations, on this host kind")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch thread counts to time part 1 at, interleaved (default: torch's default); parts 2-4 use the first",
+    )
+    ap.add_argument(
+        "--int8-kernels",
+        action="store_true",
+        help="with --cpu-explore: only time one Linear per shapes-model shape, float32 / bf16 / the int8 kernels",
+    )
+    ap.add_argument(
+        "--cpu-explore",
+        action="store_true",
+        help="part 5 only: int8 and NVFP4 explore vs the rollout, and Sol-RL vs naive-scaling iterations, on this host kind",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     import torch
@@ -608,13 +957,31 @@ def main(argv=None) -> dict:
     cfg = C.base_config(args)
     args.explore_dtype = args.explore_dtype or {v: k for k, v in C.DTYPES.items()}[resolve(cfg).dtype]
     policies = {d: C.load_policy(cfg, C.DTYPES[d]) for d in ("fp32", "bf16")}
-    copies = {d: explore_copies(policies[d], cfg, args.lowranks) if d == args.explore_dtype else {"high": policies[d].sampler_copy(None)} for d in policies}
+    copies = {
+        d: explore_copies(policies[d], cfg, args.lowranks)
+        if d == args.explore_dtype
+        else {"high": policies[d].sampler_copy(None)}
+        for d in policies
+    }
     prompt = policies["bf16"].train_prompts()[0]
     total_params = sum(x.numel() for x in copies[args.explore_dtype]["high"][0].parameters())
     res = {
-        "config": {"config_file": str(args.config), "model": C.model_label(cfg), "steps": args.steps, "lowranks": args.lowranks, "batch": args.batch, "repeats": args.repeats,
-                   "threads": args.threads, "explore_dtype": C.DTYPES[args.explore_dtype], "rollout_steps": cfg.rollout.steps, "solver": cfg.rollout.solver,
-                   "explore_n": cfg.explore.n, "k": cfg.select.k, "explore_steps_default": cfg.explore.steps, "prompt": prompt},
+        "config": {
+            "config_file": str(args.config),
+            "model": C.model_label(cfg),
+            "steps": args.steps,
+            "lowranks": args.lowranks,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "explore_dtype": C.DTYPES[args.explore_dtype],
+            "rollout_steps": cfg.rollout.steps,
+            "solver": cfg.rollout.solver,
+            "explore_n": cfg.explore.n,
+            "k": cfg.select.k,
+            "explore_steps_default": cfg.explore.steps,
+            "prompt": prompt,
+        },
         "machine": machine,
         "quant": {name: rep.summary() for name, (_, rep) in copies[args.explore_dtype].items()},
         "memory": memory(copies[args.explore_dtype], total_params),
@@ -658,14 +1025,21 @@ def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
     from solrl.stages import explore_quant
 
     spec = primary_explore(cfg)
-    copies = {p: policy.sampler_copy(explore_quant(policy, cfg, replace(spec, precision=p, lowrank=0))) for p in CPU_EXPLORES}
+    copies = {
+        p: policy.sampler_copy(explore_quant(policy, cfg, replace(spec, precision=p, lowrank=0))) for p in CPU_EXPLORES
+    }
     copies["high"] = policy.sampler_copy(None)
     B, e, R = args.batch, cfg.explore.steps, cfg.rollout.steps
     seeds = list(range(B))
     cond = policy.encode_rows([prompt] * B)
-    fns = {f"{p}/{e}": (lambda m=copies[p][0]: policy.sample(m, [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond)) for p in CPU_EXPLORES}
+    fns = {
+        f"{p}/{e}": (lambda m=copies[p][0]: policy.sample(m, [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond))
+        for p in CPU_EXPLORES
+    }
     fns[f"high/{e}"] = lambda: policy.sample(copies["high"][0], [prompt] * B, seeds, e, cfg.rollout.solver, cond=cond)
-    fns[f"rollout/{R}"] = lambda: policy.sample(copies["high"][0], [prompt] * B, seeds, R, cfg.rollout.solver, cond=cond)
+    fns[f"rollout/{R}"] = lambda: policy.sample(
+        copies["high"][0], [prompt] * B, seeds, R, cfg.rollout.solver, cond=cond
+    )
     for fn in fns.values():  # warm-up (a compiled quantiser compiles here)
         fn()
     secs = {k: [] for k in fns}
@@ -678,10 +1052,25 @@ def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
             secs[k].append(time.perf_counter() - t)
         print(f"[cost] cpu-explore sampling repeat {r + 1}/{args.repeats}", flush=True)
     ref = secs[f"rollout/{R}"]
-    rows = {k: {"ms_per_candidate": 1000 * C.median(v) / B, "over_rollout": C.median([x / y for x, y in zip(v, ref)]),
-                "over_rollout_min": min(x / y for x, y in zip(v, ref)), "over_rollout_max": max(x / y for x, y in zip(v, ref))} for k, v in secs.items()}
-    return {"batch": B, "explore_steps": e, "rollout_steps": R, "repeats": args.repeats, "dtype": str(policy.dtype).replace("torch.", ""),
-            "quant": {p: copies[p][1].summary() for p in CPU_EXPLORES}, "rows": rows, "torch_threads": torch.get_num_threads()}
+    rows = {
+        k: {
+            "ms_per_candidate": 1000 * C.median(v) / B,
+            "over_rollout": C.median([x / y for x, y in zip(v, ref)]),
+            "over_rollout_min": min(x / y for x, y in zip(v, ref)),
+            "over_rollout_max": max(x / y for x, y in zip(v, ref)),
+        }
+        for k, v in secs.items()
+    }
+    return {
+        "batch": B,
+        "explore_steps": e,
+        "rollout_steps": R,
+        "repeats": args.repeats,
+        "dtype": str(policy.dtype).replace("torch.", ""),
+        "quant": {p: copies[p][1].summary() for p in CPU_EXPLORES},
+        "rows": rows,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def cpu_explore_iterations(args, cfg) -> dict:
@@ -690,9 +1079,11 @@ def cpu_explore_iterations(args, cfg) -> dict:
     from storage.selection import select_seeds
 
     base = cfg.with_overrides(**{"fidelity.audit_prompts": 0, "eval.every": 2})
-    modes = {"sol_rl-int8": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "int8"}),
-             "sol_rl-nvfp4": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "nvfp4"}),
-             "naive_scaling": base.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"})}
+    modes = {
+        "sol_rl-int8": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "int8"}),
+        "sol_rl-nvfp4": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "nvfp4"}),
+        "naive_scaling": base.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"}),
+    }
     policy = C.load_policy(base)
     init = policy.adapter_state("default")
 
@@ -711,41 +1102,98 @@ def cpu_explore_iterations(args, cfg) -> dict:
     for r in range(args.iteration_repeats):
         rep = {name: once(name) for name in C.rotated(list(modes), r)}
         reps.append(rep)
-        print(f"[cost] cpu-explore iteration repeat {r + 1}/{args.iteration_repeats}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in rep.items()), flush=True)
-    med = {k: {"seconds": C.median([x[k]["seconds"] for x in reps]), "stages": {s: C.median([x[k]["stages"][s] for x in reps]) for s in reps[0][k]["stages"]}} for k in modes}
-    ratios = {k: C.median([x[k]["seconds"] / x["naive_scaling"]["seconds"] for x in reps]) for k in modes if k != "naive_scaling"}
-    return {"iteration": {"prompts": base.prompts.per_iteration, "explore_n": base.explore.n, "explore_steps": base.explore.steps, "k": base.select.k,
-                          "rollout_steps": base.rollout.steps, "dtype": str(policy.dtype).replace("torch.", "")},
-            "repeats": reps, "median": med, "over_naive_scaling": ratios, "goal": GOAL_SOL_OVER_NAIVE_ITERATION,
-            "goal_met": {k: bool(v <= GOAL_SOL_OVER_NAIVE_ITERATION) for k, v in ratios.items()}}
+        print(
+            f"[cost] cpu-explore iteration repeat {r + 1}/{args.iteration_repeats}: "
+            + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in rep.items()),
+            flush=True,
+        )
+    med = {
+        k: {
+            "seconds": C.median([x[k]["seconds"] for x in reps]),
+            "stages": {s: C.median([x[k]["stages"][s] for x in reps]) for s in reps[0][k]["stages"]},
+        }
+        for k in modes
+    }
+    ratios = {
+        k: C.median([x[k]["seconds"] / x["naive_scaling"]["seconds"] for x in reps])
+        for k in modes
+        if k != "naive_scaling"
+    }
+    return {
+        "iteration": {
+            "prompts": base.prompts.per_iteration,
+            "explore_n": base.explore.n,
+            "explore_steps": base.explore.steps,
+            "k": base.select.k,
+            "rollout_steps": base.rollout.steps,
+            "dtype": str(policy.dtype).replace("torch.", ""),
+        },
+        "repeats": reps,
+        "median": med,
+        "over_naive_scaling": ratios,
+        "goal": GOAL_SOL_OVER_NAIVE_ITERATION,
+        "goal_met": {k: bool(v <= GOAL_SOL_OVER_NAIVE_ITERATION) for k, v in ratios.items()},
+    }
 
 
 def cpu_explore_summary(res: dict) -> str:
     m, s, k = res["machine"], res["sampling"], res["kernels"]
-    lines = [f"# CPU explore on the {res['kind']} kind ({m['cpu_model']}; torch capability {m['aten_cpu_capability']}, "
-             f"ATEN_CPU_CAPABILITY={m['env_ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; {m['torch_threads']} torch thread(s))\n",
-             f"Kernels: a 1024² matmul takes {k['ms']['fp32']:.1f} ms in float32, {k['ms']['bf16']:.1f} ms in bf16 (× {k['bf16_over_fp32']:.2f}); int8 engine: {res['int8_engine']}; "
-             f"model.dtype auto → {s['dtype']}.\n",
-             f"## Per candidate: explore ({s['explore_steps']} steps) ÷ the high-precision rollout ({s['rollout_steps']} steps), batch {s['batch']}, {s['repeats']} interleaved repeats, medians\n"]
-    rows = [[name, f"{r['ms_per_candidate']:.2f}", f"{r['over_rollout']:.3f}", f"{r['over_rollout_min']:.3f}..{r['over_rollout_max']:.3f}"] for name, r in s["rows"].items()]
+    lines = [
+        f"# CPU explore on the {res['kind']} kind ({m['cpu_model']}; torch capability {m['aten_cpu_capability']}, "
+        f"ATEN_CPU_CAPABILITY={m['env_ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; {m['torch_threads']} torch thread(s))\n",
+        f"Kernels: a 1024² matmul takes {k['ms']['fp32']:.1f} ms in float32, {k['ms']['bf16']:.1f} "
+        f"ms in bf16 (× {k['bf16_over_fp32']:.2f}); int8 engine: {res['int8_engine']}; "
+        f"model.dtype auto → {s['dtype']}.\n",
+        f"## Per candidate: explore ({s['explore_steps']} steps) ÷ the high-precision rollout "
+        f"({s['rollout_steps']} steps), batch {s['batch']}, {s['repeats']} interleaved repeats, medians\n",
+    ]
+    rows = [
+        [
+            name,
+            f"{r['ms_per_candidate']:.2f}",
+            f"{r['over_rollout']:.3f}",
+            f"{r['over_rollout_min']:.3f}..{r['over_rollout_max']:.3f}",
+        ]
+        for name, r in s["rows"].items()
+    ]
     lines += [C.md_table(["variant", "ms / candidate", "÷ rollout (median)", "min..max"], rows), ""]
     if res["kind"] == "avx2":
         x = s["rows"][f"int8/{s['explore_steps']}"]["over_rollout"]
-        lines.append(f"Goal on the AVX2 kind: int8 explore ≤ {GOAL_INT8_OVER_ROLLOUT_AVX2} of the rollout: {x:.3f} ({'met' if x <= GOAL_INT8_OVER_ROLLOUT_AVX2 else 'not met'}).\n")
+        lines.append(
+            f"Goal on the AVX2 kind: int8 explore ≤ {GOAL_INT8_OVER_ROLLOUT_AVX2} of the "
+            f"rollout: {x:.3f} ({'met' if x <= GOAL_INT8_OVER_ROLLOUT_AVX2 else 'not met'}).\n"
+        )
     it = res.get("iterations")
     if it:
         n = len(it["repeats"])
-        lines.append(f"## One iteration ({it['iteration']['prompts']} prompts × {it['iteration']['explore_n']} candidates, K {it['iteration']['k']}; {n} interleaved repeats, medians)\n")
+        lines.append(
+            f"## One iteration ({it['iteration']['prompts']} prompts × {it['iteration']['explore_n']} "
+            f"candidates, K {it['iteration']['k']}; {n} interleaved repeats, medians)\n"
+        )
         stages = sorted({st for v in it["median"].values() for st in v["stages"]})
-        rows = [[k, f"{v['seconds']:.1f}", f"{it['over_naive_scaling'][k]:.3f}" if k in it["over_naive_scaling"] else "1"] + [f"{v['stages'].get(st, 0):.1f}" for st in stages]
-                for k, v in it["median"].items()]
+        rows = [
+            [k, f"{v['seconds']:.1f}", f"{it['over_naive_scaling'][k]:.3f}" if k in it["over_naive_scaling"] else "1"]
+            + [f"{v['stages'].get(st, 0):.1f}" for st in stages]
+            for k, v in it["median"].items()
+        ]
         lines += [C.md_table(["mode", "seconds", "÷ naive_scaling"] + [f"{st} s" for st in stages], rows), ""]
-        lines.append(f"Goal: a Sol-RL iteration ≤ {GOAL_SOL_OVER_NAIVE_ITERATION}× a naive-scaling iteration: " + ", ".join(f"{k} {'met' if v else 'not met'}" for k, v in it["goal_met"].items()) + ".")
+        lines.append(
+            f"Goal: a Sol-RL iteration ≤ {GOAL_SOL_OVER_NAIVE_ITERATION}× a naive-scaling iteration: "
+            + ", ".join(f"{k} {'met' if v else 'not met'}" for k, v in it["goal_met"].items())
+            + "."
+        )
     return "\n".join(lines)
 
 
 # the shapes model's quantised Linear shapes at explore.batch 96: (tokens M, in K, out N)
-SHAPES_LINEARS = ((6144, 192, 192), (6144, 192, 768), (6144, 768, 192), (7296, 192, 768), (1152, 192, 192), (96, 192, 1152))
+SHAPES_LINEARS = (
+    (6144, 192, 192),
+    (6144, 192, 768),
+    (6144, 768, 192),
+    (7296, 192, 768),
+    (1152, 192, 192),
+    (96, 192, 1152),
+)
 
 
 def int8_kernels(args) -> dict:
@@ -763,7 +1211,7 @@ def int8_kernels(args) -> dict:
 
     engines = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
     out = {"shapes": [], "repeats": args.repeats}
-    for (M, K, N) in (SHAPES_LINEARS[:2] if args.quick else SHAPES_LINEARS):
+    for M, K, N in SHAPES_LINEARS[:2] if args.quick else SHAPES_LINEARS:
         g = torch.Generator().manual_seed(0)
         x, b = torch.randn(M, K, generator=g), torch.randn(N, generator=g)
         lin = torch.nn.Linear(K, N)
@@ -772,9 +1220,12 @@ def int8_kernels(args) -> dict:
             lin.bias.copy_(b)
         w = lin.weight.detach()
         codes, scale = quantize_weight_int8(w)
-        fns = {"float32": lambda: F.linear(x, w, b), "bf16": (lambda x16=x.bfloat16(), w16=w.bfloat16(), b16=b.bfloat16(): F.linear(x16, w16, b16))}
+        fns = {
+            "float32": lambda: F.linear(x, w, b),
+            "bf16": (lambda x16=x.bfloat16(), w16=w.bfloat16(), b16=b.bfloat16(): F.linear(x16, w16, b16)),
+        }
         for e in engines:
-            fns[f"linear_dynamic[{e}]"] = (lambda m=Int8Linear(lin, e): m(x))
+            fns[f"linear_dynamic[{e}]"] = lambda m=Int8Linear(lin, e): m(x)
         if hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_prepack"):
             packed = torch.ops.onednn.qlinear_prepack(codes, None)
 
@@ -783,7 +1234,9 @@ def int8_kernels(args) -> dict:
                 s = (hi - lo) / 255
                 zp = int(round(-lo / s))
                 xq = torch.clamp(torch.round(x / s) + zp, 0, 255).to(torch.uint8)
-                return torch.ops.onednn.qlinear_pointwise(xq, s, zp, packed, scale, torch.zeros(N, dtype=torch.long), b, 1.0, 0, torch.float32, "none", [], "")
+                return torch.ops.onednn.qlinear_pointwise(
+                    xq, s, zp, packed, scale, torch.zeros(N, dtype=torch.long), b, 1.0, 0, torch.float32, "none", [], ""
+                )
 
             fns["onednn.qlinear_pointwise"] = qpw
 
@@ -807,7 +1260,9 @@ def int8_kernels(args) -> dict:
         with torch.no_grad():
             secs = C.interleaved(fns, args.repeats)
         ms = {k: 1000 * C.median(v) for k, v in secs.items()}
-        out["shapes"].append({"M": M, "K": K, "N": N, "ms": ms, "over_float32": {k: v / ms["float32"] for k, v in ms.items()}})
+        out["shapes"].append(
+            {"M": M, "K": K, "N": N, "ms": ms, "over_float32": {k: v / ms["float32"] for k, v in ms.items()}}
+        )
         print(f"[cost] int8 kernels {(M, K, N)}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()), flush=True)
     return out
 
@@ -815,8 +1270,11 @@ def int8_kernels(args) -> dict:
 def int8_kernels_summary(res: dict) -> str:
     m = res["machine"]
     names = list(res["kernels"]["shapes"][0]["ms"])
-    lines = [f"# One Linear of the shapes model, ms per call ({res['kind']} kind: torch capability {m['aten_cpu_capability']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; "
-             f"{m['torch_threads']} thread; {res['kernels']['repeats']} interleaved repeats, medians)\n"]
+    lines = [
+        f"# One Linear of the shapes model, ms per call ({res['kind']} kind: torch capability "
+        f"{m['aten_cpu_capability']}, ONEDNN_MAX_CPU_ISA={m['env_ONEDNN_MAX_CPU_ISA']}; "
+        f"{m['torch_threads']} thread; {res['kernels']['repeats']} interleaved repeats, medians)\n"
+    ]
     rows = [[f"{r['M']}×{r['K']}→{r['N']}"] + [f"{r['ms'][k]:.2f}" for k in names] for r in res["kernels"]["shapes"]]
     lines.append(C.md_table(["M×K→N"] + names, rows))
     return "\n".join(lines)
@@ -831,16 +1289,32 @@ def cpu_explore_main(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     C.set_threads(args.threads[0])
     t0 = time.perf_counter()
-    kind = "avx512" if torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512") else torch.backends.cpu.get_cpu_capability().lower()
+    kind = (
+        "avx512"
+        if torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+        else torch.backends.cpu.get_cpu_capability().lower()
+    )
     cfg = C.base_config(args)
     policy = C.load_policy(cfg)
     prompt = policy.train_prompts()[0]
     if args.int8_kernels:
-        res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": int8_kernels(args)}
+        res = {
+            "quick": args.quick,
+            "machine": C.machine(),
+            "kind": kind,
+            "int8_engine": int8_engine(),
+            "kernels": int8_kernels(args),
+        }
         res["wall_seconds"] = time.perf_counter() - t0
         return C.finish(out, f"int8_kernels-{kind}", res, int8_kernels_summary(res), [])
-    res = {"quick": args.quick, "machine": C.machine(), "kind": kind, "int8_engine": int8_engine(), "kernels": matmul_kernels(),
-           "config": {"config_file": str(args.config), "model": C.model_label(cfg), "prompt": prompt}}
+    res = {
+        "quick": args.quick,
+        "machine": C.machine(),
+        "kind": kind,
+        "int8_engine": int8_engine(),
+        "kernels": matmul_kernels(),
+        "config": {"config_file": str(args.config), "model": C.model_label(cfg), "prompt": prompt},
+    }
     res["sampling"] = cpu_explore_sampling(args, cfg, policy, prompt)
     del policy
     if args.iteration_repeats:

@@ -55,12 +55,23 @@ import bench_common as C
 
 TRUTHS = ("fp32", "bf16")
 METRICS = ("spearman", "kendall", "top_hit", "bottom_hit", "mean_true_rank_top", "mean_true_rank_bottom", "regret")
-ANCHORS = {"spearman": 0.93, "kendall": 0.80, "mean_true_rank_top": 8.4, "mean_true_rank_bottom": 87.4, "top_hit": 0.93, "best_steps": 6}
+ANCHORS = {
+    "spearman": 0.93,
+    "kendall": 0.80,
+    "mean_true_rank_top": 8.4,
+    "mean_true_rank_bottom": 87.4,
+    "top_hit": 0.93,
+    "best_steps": 6,
+}
 
 
 def variant_list(lowranks: list[int]) -> list[dict]:
     out = [{"name": f"nvfp4-r{r}", "precision": "nvfp4", "lowrank": r} for r in lowranks]
-    return out + [{"name": "fp8", "precision": "fp8", "lowrank": 0}, {"name": "int8", "precision": "int8", "lowrank": 0}, {"name": "high", "precision": "high", "lowrank": 0}]
+    return out + [
+        {"name": "fp8", "precision": "fp8", "lowrank": 0},
+        {"name": "int8", "precision": "int8", "lowrank": 0},
+        {"name": "high", "precision": "high", "lowrank": 0},
+    ]
 
 
 def explore_models(policy, cfg, variants) -> dict:
@@ -77,14 +88,21 @@ def explore_models(policy, cfg, variants) -> dict:
 
 
 def quant_info(report) -> dict:
-    return {"summary": report.summary(), "layers": len(report.modules), "weights": report.weights, "packed_bytes": report.packed_bytes,
-            "bits_per_weight": report.bits_per_weight if report.weights else None}
+    return {
+        "summary": report.summary(),
+        "layers": len(report.modules),
+        "weights": report.weights,
+        "packed_bytes": report.packed_bytes,
+        "bits_per_weight": report.bits_per_weight if report.weights else None,
+    }
 
 
 def sample(policy, model, text, seeds, steps, cfg, cond):
     from solrl.stages import sample_batched
 
-    return sample_batched(policy, model, [text] * len(seeds), seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond)[0]
+    return sample_batched(
+        policy, model, [text] * len(seeds), seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond
+    )[0]
 
 
 def rewards(policy, cfg, x0, text):
@@ -101,9 +119,16 @@ def time_variants(args, cfg, policies, explore_dtype, models, truth_models, text
     pe = policies[explore_dtype]
     cond = {d: p.encode_rows([text] * b) for d, p in policies.items()}
     steps = args.cost_steps
-    fns = {f"{name}/{steps}": (lambda m=m: pe.sample(m, [text] * b, seeds, steps, cfg.rollout.solver, cond=cond[explore_dtype])) for name, (m, _) in models.items()}
+    fns = {
+        f"{name}/{steps}": (
+            lambda m=m: pe.sample(m, [text] * b, seeds, steps, cfg.rollout.solver, cond=cond[explore_dtype])
+        )
+        for name, (m, _) in models.items()
+    }
     for d in TRUTHS:
-        fns[f"rollout-{d}/{args.truth_steps}"] = lambda d=d: policies[d].sample(truth_models[d], [text] * b, seeds, args.truth_steps, cfg.rollout.solver, cond=cond[d])
+        fns[f"rollout-{d}/{args.truth_steps}"] = lambda d=d: policies[d].sample(
+            truth_models[d], [text] * b, seeds, args.truth_steps, cfg.rollout.solver, cond=cond[d]
+        )
     secs = C.interleaved(fns, args.repeats, log="fidelity")
     rows = {}
     for name, xs in secs.items():
@@ -147,13 +172,17 @@ def run(args) -> dict:
                 if v["precision"] == "high" and s == args.truth_steps:  # the explore-dtype truth itself (deterministic)
                     proxy[f"{v['name']}/{s}"] = truth[explore_dtype]
                     continue
-                t, x = C.timed(sample, policies[explore_dtype], models[v["name"]][0], text, seeds, s, cfg, cond[explore_dtype])
+                t, x = C.timed(
+                    sample, policies[explore_dtype], models[v["name"]][0], text, seeds, s, cfg, cond[explore_dtype]
+                )
                 seconds[f"{v['name']}/{s}"] += t
                 proxy[f"{v['name']}/{s}"] = rewards(policies[explore_dtype], cfg, x, text)
         row = {k: pr[k] for k in ("prompt", "objects", "iteration", "prompt_id")}
         row["truth_mean"] = {d: float(truth[d].mean()) for d in TRUTHS}
         row["truth_std"] = {d: float(truth[d].std()) for d in TRUTHS}
-        row["truth_agreement"] = C.proxy_metrics(truth["bf16"], truth["fp32"], args.k, seeds)  # bf16 rollout ranked against fp32
+        row["truth_agreement"] = C.proxy_metrics(
+            truth["bf16"], truth["fp32"], args.k, seeds
+        )  # bf16 rollout ranked against fp32
         row["metrics"] = {d: {n: C.proxy_metrics(proxy[n], truth[d], args.k, seeds) for n in names} for d in TRUTHS}
         for n in names:
             for d in TRUTHS:
@@ -163,24 +192,53 @@ def run(args) -> dict:
         row["proxy"] = {n: np.asarray(proxy[n]).tolist() for n in names}
         per_prompt.append(row)
         head = f"nvfp4-r0/{args.cost_steps}" if f"nvfp4-r0/{args.cost_steps}" in names else names[0]
-        print(f"[fidelity] prompt {i + 1}/{len(prompts)} {text!r}: {time.perf_counter() - t_start:.0f} s "
-              f"({head}: rho {row['metrics']['bf16'][head]['spearman']:.3f} vs bf16, {row['metrics']['fp32'][head]['spearman']:.3f} vs fp32)", flush=True)
+        print(
+            f"[fidelity] prompt {i + 1}/{len(prompts)} {text!r}: {time.perf_counter() - t_start:.0f} s "
+            f"({head}: rho {row['metrics']['bf16'][head]['spearman']:.3f} vs bf16, {row['metrics']['fp32'][head]['spearman']:.3f} vs fp32)",
+            flush=True,
+        )
     sampling_wall = time.perf_counter() - t_start
     timing = time_variants(args, cfg, policies, explore_dtype, models, truth_models, prompts[0]["prompt"])
 
     def overall(rows):
-        return {d: {v["name"]: {str(s): C.summarise_metrics([r["metrics"][d][f"{v['name']}/{s}"] for r in rows]) for s in args.steps} for v in variants} for d in TRUTHS}
+        return {
+            d: {
+                v["name"]: {
+                    str(s): C.summarise_metrics([r["metrics"][d][f"{v['name']}/{s}"] for r in rows]) for s in args.steps
+                }
+                for v in variants
+            }
+            for d in TRUTHS
+        }
 
     res = {
-        "config": {"prompts": len(prompts), "seeds_per_prompt": cfg.explore.n, "k": cfg.select.k, "explore_steps": list(args.steps), "cost_steps": args.cost_steps,
-                   "truth_steps": args.truth_steps, "truths": {d: f"{C.DTYPES[d]} transformer, high precision, {args.truth_steps} {cfg.rollout.solver} steps" for d in TRUTHS},
-                   "explore_dtype": C.DTYPES[explore_dtype], "variants": variants, "solver": cfg.rollout.solver, "reward": dict(cfg.reward.weights),
-                   "config_file": str(args.config), "model": C.model_label(cfg), "adapter": "fresh LoRA (B = 0): the base weights",
-                   "prompt_choice": "the default run's prompt draws (run seed %d, iterations 0..), first distinct %d one-object and %d two-object prompts, "
-                                    "with their candidate seeds" % (cfg.run.seed, args.prompts // 2, args.prompts - args.prompts // 2)},
+        "config": {
+            "prompts": len(prompts),
+            "seeds_per_prompt": cfg.explore.n,
+            "k": cfg.select.k,
+            "explore_steps": list(args.steps),
+            "cost_steps": args.cost_steps,
+            "truth_steps": args.truth_steps,
+            "truths": {
+                d: f"{C.DTYPES[d]} transformer, high precision, {args.truth_steps} {cfg.rollout.solver} steps"
+                for d in TRUTHS
+            },
+            "explore_dtype": C.DTYPES[explore_dtype],
+            "variants": variants,
+            "solver": cfg.rollout.solver,
+            "reward": dict(cfg.reward.weights),
+            "config_file": str(args.config),
+            "model": C.model_label(cfg),
+            "adapter": "fresh LoRA (B = 0): the base weights",
+            "prompt_choice": f"the default run's prompt draws (run seed {cfg.run.seed}, iterations 0..), first distinct "
+            f"{args.prompts // 2} one-object and {args.prompts - args.prompts // 2} two-object prompts, with their candidate seeds",
+        },
         "quant": {n: quant_info(rep) for n, (_, rep) in models.items()},
         "overall": overall(per_prompt),
-        "by_objects": {str(n): overall([r for r in per_prompt if r["objects"] == n]) for n in sorted({r["objects"] for r in per_prompt})},
+        "by_objects": {
+            str(n): overall([r for r in per_prompt if r["objects"] == n])
+            for n in sorted({r["objects"] for r in per_prompt})
+        },
         "truth_agreement": C.summarise_metrics([r["truth_agreement"] for r in per_prompt]),
         "cost": timing,
         "per_prompt": per_prompt,
@@ -188,14 +246,31 @@ def run(args) -> dict:
         "sampling_wall_seconds": sampling_wall,
         "paper_anchors": ANCHORS,
     }
-    res["best_steps"] = {d: {v["name"]: int(max(args.steps, key=lambda s: (res["overall"][d][v["name"]][str(s)]["spearman"], -s))) for v in variants} for d in TRUTHS}
+    res["best_steps"] = {
+        d: {
+            v["name"]: int(max(args.steps, key=lambda s: (res["overall"][d][v["name"]][str(s)]["spearman"], -s)))
+            for v in variants
+        }
+        for d in TRUTHS
+    }
     lower_is_better = {"mean_true_rank_top"}
     o = res["overall"]["bf16"]
-    res["anchors_met_vs_bf16"] = {
-        f"{v['name']}/{s}": {k: bool(o[v["name"]][str(s)][k] <= ANCHORS[k] if k in lower_is_better else o[v["name"]][str(s)][k] >= ANCHORS[k])
-                             for k in ("spearman", "kendall", "top_hit", "mean_true_rank_top", "mean_true_rank_bottom")}
-        for v in variants for s in args.steps
-    } if cfg.explore.n == 96 and cfg.select.k == 24 else {}
+    res["anchors_met_vs_bf16"] = (
+        {
+            f"{v['name']}/{s}": {
+                k: bool(
+                    o[v["name"]][str(s)][k] <= ANCHORS[k]
+                    if k in lower_is_better
+                    else o[v["name"]][str(s)][k] >= ANCHORS[k]
+                )
+                for k in ("spearman", "kendall", "top_hit", "mean_true_rank_top", "mean_true_rank_bottom")
+            }
+            for v in variants
+            for s in args.steps
+        }
+        if cfg.explore.n == 96 and cfg.select.k == 24
+        else {}
+    )
     return res
 
 
@@ -206,16 +281,51 @@ def _pair(res, v, s, key, fmt="{:.3f}") -> str:
 def summary(res: dict) -> str:
     cfg = res["config"]
     steps, k2, n = cfg["explore_steps"], cfg["k"] // 2, cfg["seeds_per_prompt"]
-    head = ["variant", "steps", "Spearman ρ", "ρ min..max (bf16)", "Kendall τ", f"top-{k2} hit", f"bottom-{k2} hit", f"mean true rank top-{k2}", f"bottom-{k2}", "regret"]
+    head = [
+        "variant",
+        "steps",
+        "Spearman ρ",
+        "ρ min..max (bf16)",
+        "Kendall τ",
+        f"top-{k2} hit",
+        f"bottom-{k2} hit",
+        f"mean true rank top-{k2}",
+        f"bottom-{k2}",
+        "regret",
+    ]
     rows = []
     for v in cfg["variants"]:
         for s in steps:
             m = res["overall"]["bf16"][v["name"]][str(s)]
-            rows.append([v["name"], s, _pair(res, v["name"], s, "spearman"), f"{m['spearman_min']:.2f}..{m['spearman_max']:.2f}", _pair(res, v["name"], s, "kendall"),
-                         _pair(res, v["name"], s, "top_hit", "{:.2f}"), _pair(res, v["name"], s, "bottom_hit", "{:.2f}"),
-                         _pair(res, v["name"], s, "mean_true_rank_top", "{:.1f}"), _pair(res, v["name"], s, "mean_true_rank_bottom", "{:.1f}"), _pair(res, v["name"], s, "regret", "{:.4f}")])
+            rows.append(
+                [
+                    v["name"],
+                    s,
+                    _pair(res, v["name"], s, "spearman"),
+                    f"{m['spearman_min']:.2f}..{m['spearman_max']:.2f}",
+                    _pair(res, v["name"], s, "kendall"),
+                    _pair(res, v["name"], s, "top_hit", "{:.2f}"),
+                    _pair(res, v["name"], s, "bottom_hit", "{:.2f}"),
+                    _pair(res, v["name"], s, "mean_true_rank_top", "{:.1f}"),
+                    _pair(res, v["name"], s, "mean_true_rank_bottom", "{:.1f}"),
+                    _pair(res, v["name"], s, "regret", "{:.4f}"),
+                ]
+            )
     a = ANCHORS
-    rows.append(["paper (FLUX.1, HPSv2)", a["best_steps"], a["spearman"], "", a["kendall"], a["top_hit"], "", a["mean_true_rank_top"], a["mean_true_rank_bottom"], ""])
+    rows.append(
+        [
+            "paper (FLUX.1, HPSv2)",
+            a["best_steps"],
+            a["spearman"],
+            "",
+            a["kendall"],
+            a["top_hit"],
+            "",
+            a["mean_true_rank_top"],
+            a["mean_true_rank_bottom"],
+            "",
+        ]
+    )
     t = res["truth_agreement"]
     lines = [
         f"## Proxy fidelity: {cfg['prompts']} prompts × {n} seeds, explore in {cfg['explore_dtype']}; every cell: vs the fp32 truth / vs the bf16 truth "
@@ -223,27 +333,65 @@ def summary(res: dict) -> str:
         "",
         C.md_table(head, rows),
         "",
-        f"mean true rank: perfect {(k2 + 1) / 2:.1f} / {n - (k2 - 1) / 2:.1f}, random {(n + 1) / 2:.1f}. Regret: true reward of the best seed − best true reward among the proxy's top-{k2} (0 = kept the best).",
-        f"The bf16 rollout ranked against the fp32 one: ρ {t['spearman']:.3f}, τ {t['kendall']:.3f}, top-{k2} hit {t['top_hit']:.2f}, regret {t['regret']:.4f}.",
-        "Steps with the highest mean ρ (not cost-aware), vs fp32 / bf16: " + ", ".join(
-            f"{v['name']} {res['best_steps']['fp32'][v['name']]}/{res['best_steps']['bf16'][v['name']]}" for v in cfg["variants"]) + ".",
+        f"mean true rank: perfect {(k2 + 1) / 2:.1f} / {n - (k2 - 1) / 2:.1f}, random {(n + 1) / 2:.1f}. Regret: "
+        f"true reward of the best seed − best true reward among the proxy's top-{k2} (0 = kept the best).",
+        f"The bf16 rollout ranked against the fp32 one: ρ {t['spearman']:.3f}, τ "
+        f"{t['kendall']:.3f}, top-{k2} hit {t['top_hit']:.2f}, regret {t['regret']:.4f}.",
+        "Steps with the highest mean ρ (not cost-aware), vs fp32 / bf16: "
+        + ", ".join(
+            f"{v['name']} {res['best_steps']['fp32'][v['name']]}/{res['best_steps']['bf16'][v['name']]}"
+            for v in cfg["variants"]
+        )
+        + ".",
         "",
     ]
     for n_obj, by in res["by_objects"].items():
         count = sum(1 for r in res["per_prompt"] if str(r["objects"]) == n_obj)
-        lines.append(f"{n_obj}-object prompts ({count}), ρ vs bf16 by steps {steps}: " + "; ".join(
-            f"{v['name']} " + " ".join(f"{by['bf16'][v['name']][str(s)]['spearman']:.2f}" for s in steps) for v in cfg["variants"]))
+        lines.append(
+            f"{n_obj}-object prompts ({count}), ρ vs bf16 by steps {steps}: "
+            + "; ".join(
+                f"{v['name']} " + " ".join(f"{by['bf16'][v['name']][str(s)]['spearman']:.2f}" for s in steps)
+                for v in cfg["variants"]
+            )
+        )
     c = res["cost"]
-    lines += ["", f"### Per-candidate sampling cost ({c['explore_steps']} explore steps vs {c['truth_steps']}-step rollouts; batch {c['batch']}, {c['repeats']} interleaved repeats, medians)", ""]
+    lines += [
+        "",
+        f"### Per-candidate sampling cost ({c['explore_steps']} explore steps vs {c['truth_steps']}-step "
+        f"rollouts; batch {c['batch']}, {c['repeats']} interleaved repeats, medians)",
+        "",
+    ]
     crow = []
     for name, r in c["rows"].items():
         q = res["quant"].get(name.split("/")[0], {})
-        crow.append([name, r["ms_per_candidate"], r["over_rollout_bf16"], r["over_rollout_fp32"], f"{q['bits_per_weight']:.2f}" if q.get("bits_per_weight") else "-"])
-    lines.append(C.md_table(["variant", "ms / candidate", "× bf16 rollout", "× fp32 rollout", "bits / quantised weight"], crow))
-    lines += ["", "### Per prompt: Spearman ρ vs the bf16 truth (" + " / ".join(v["name"] for v in cfg["variants"]) + ") by explore steps", ""]
+        crow.append(
+            [
+                name,
+                r["ms_per_candidate"],
+                r["over_rollout_bf16"],
+                r["over_rollout_fp32"],
+                f"{q['bits_per_weight']:.2f}" if q.get("bits_per_weight") else "-",
+            ]
+        )
+    lines.append(
+        C.md_table(["variant", "ms / candidate", "× bf16 rollout", "× fp32 rollout", "bits / quantised weight"], crow)
+    )
+    lines += [
+        "",
+        "### Per prompt: Spearman ρ vs the bf16 truth ("
+        + " / ".join(v["name"] for v in cfg["variants"])
+        + ") by explore steps",
+        "",
+    ]
     head2 = ["prompt", "truth std fp32 / bf16"] + [f"{s} steps" for s in steps]
-    rows2 = [[r["prompt"], f"{r['truth_std']['fp32']:.3f} / {r['truth_std']['bf16']:.3f}"] + ["/".join(f"{r['metrics']['bf16'][v['name'] + '/' + str(s)]['spearman']:.2f}" for v in cfg["variants"]) for s in steps]
-             for r in res["per_prompt"]]
+    rows2 = [
+        [r["prompt"], f"{r['truth_std']['fp32']:.3f} / {r['truth_std']['bf16']:.3f}"]
+        + [
+            "/".join(f"{r['metrics']['bf16'][v['name'] + '/' + str(s)]['spearman']:.2f}" for v in cfg["variants"])
+            for s in steps
+        ]
+        for r in res["per_prompt"]
+    ]
     lines.append(C.md_table(head2, rows2))
     return "\n".join(lines)
 
@@ -279,17 +427,25 @@ def plot(res: dict, out: Path) -> list[Path]:
         ax[1].set(title=f"{d} truth: mean true rank of\nproxy top-{k2} (lower is better)", xlabel="explore steps")
         ax[2].axhline(n - (k2 - 1) / 2, color="grey", ls="--", lw=1, label=f"perfect {n - (k2 - 1) / 2:.1f}")
         ax[2].set(title=f"{d} truth: mean true rank of\nproxy bottom-{k2} (higher is better)", xlabel="explore steps")
-        ax[3].set(title=f"{d} truth: regret\n(best true − best kept; lower is better)", xlabel="explore steps", ylabel="reward")
+        ax[3].set(
+            title=f"{d} truth: regret\n(best true − best kept; lower is better)",
+            xlabel="explore steps",
+            ylabel="reward",
+        )
         for a in ax:
             a.set_xticks(steps)
             a.grid(alpha=0.3)
             a.legend(fontsize=6)
-    fig.suptitle(f"explore-proxy fidelity: {cfg['prompts']} prompts × {n} seeds, explore in {cfg['explore_dtype']}", fontsize=11)
+    fig.suptitle(
+        f"explore-proxy fidelity: {cfg['prompts']} prompts × {n} seeds, explore in {cfg['explore_dtype']}", fontsize=11
+    )
     pngs = C.save_figure(fig, out, "fidelity")
 
     cols = [f"{name}/{s}" for name in names for s in steps]
-    mat = np.array([[r["metrics"]["bf16"][c]["spearman"] for c in cols] for r in res["per_prompt"]]
-                   + [[res["overall"]["bf16"][c.split("/")[0]][c.split("/")[1]]["spearman"] for c in cols]])
+    mat = np.array(
+        [[r["metrics"]["bf16"][c]["spearman"] for c in cols] for r in res["per_prompt"]]
+        + [[res["overall"]["bf16"][c.split("/")[0]][c.split("/")[1]]["spearman"] for c in cols]]
+    )
     labels = [f"{r['prompt']} (std {r['truth_std']['bf16']:.2f})" for r in res["per_prompt"]] + ["mean over prompts"]
     fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(cols) + 5), 0.42 * len(labels) + 2))
     im = ax.imshow(mat, cmap="viridis", vmin=min(0.0, float(np.nanmin(mat))), vmax=1.0, aspect="auto")
@@ -312,26 +468,66 @@ def plot(res: dict, out: Path) -> list[Path]:
                 ax.scatter([x], [y], color=colour[name], marker=mk, label=f"{name} vs {d}")
         ax.axvline(1.0, color="k", lw=1, ls=":")
         ax.axvline(0.9, color="tab:red", lw=1, ls="--", label="cost goal 0.9×")
-        ax.set(xlabel=f"cost per candidate, {s} explore steps ÷ bf16 {c['truth_steps']}-step rollout", ylabel=key,
-               title=f"{key} vs cost ({s} explore steps)\n(circles: fp32 truth, squares: bf16 truth)")
+        ax.set(
+            xlabel=f"cost per candidate, {s} explore steps ÷ bf16 {c['truth_steps']}-step rollout",
+            ylabel=key,
+            title=f"{key} vs cost ({s} explore steps)\n(circles: fp32 truth, squares: bf16 truth)",
+        )
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, ncol=2)
     return pngs + C.save_figure(fig, out, "fidelity_cost")
 
 
 def main(argv=None) -> dict:
-    ap = C.parser(__doc__, "fidelity", quick="2 prompts (one- and two-object) x 8 seeds, K 4, steps 2 3, ranks 0 8, 4-step truths, batch 8")
+    ap = C.parser(
+        __doc__,
+        "fidelity",
+        quick="2 prompts (one- and two-object) x 8 seeds, K 4, steps 2 3, ranks 0 8, 4-step truths, batch 8",
+    )
     C.add_model_args(ap)
     ap.add_argument("--prompts", type=int, default=None, help="prompts P, half one-object (default 8; quick 2)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds N per prompt (default 96; quick 8)")
     ap.add_argument("--k", type=int, default=None, help="K kept per prompt: top/bottom K/2 (default 24; quick 4)")
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 4 6 8 10; quick 2 3)")
-    ap.add_argument("--lowranks", type=int, nargs="+", default=None, help="ranks of the NVFP4 low-rank branch (default 0 8 16 32; quick 0 8)")
-    ap.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table: nvfp4-r0 ... fp8 int8 high; default all)")
-    ap.add_argument("--truth-steps", type=int, default=None, help="rollout steps of the truths (default rollout.steps = 10; quick 4)")
-    ap.add_argument("--explore-dtype", choices=["float32", "bfloat16"], default=None, help="model.dtype of the explore variants (default: the config's, auto resolved)")
-    ap.add_argument("--cost-steps", type=int, default=None, help="explore steps of the cost timing (default explore.steps = 6; quick the largest --steps)")
-    ap.add_argument("--timing-batch", type=int, default=None, help="candidates per timed sampling call (default explore.batch = 96; quick 8)")
+    ap.add_argument(
+        "--steps", type=int, nargs="+", default=None, help="explore step counts (default 2 4 6 8 10; quick 2 3)"
+    )
+    ap.add_argument(
+        "--lowranks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="ranks of the NVFP4 low-rank branch (default 0 8 16 32; quick 0 8)",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="only these variants (names as in the table: nvfp4-r0 ... fp8 int8 high; default all)",
+    )
+    ap.add_argument(
+        "--truth-steps",
+        type=int,
+        default=None,
+        help="rollout steps of the truths (default rollout.steps = 10; quick 4)",
+    )
+    ap.add_argument(
+        "--explore-dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="model.dtype of the explore variants (default: the config's, auto resolved)",
+    )
+    ap.add_argument(
+        "--cost-steps",
+        type=int,
+        default=None,
+        help="explore steps of the cost timing (default explore.steps = 6; quick the largest --steps)",
+    )
+    ap.add_argument(
+        "--timing-batch",
+        type=int,
+        default=None,
+        help="candidates per timed sampling call (default explore.batch = 96; quick 8)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timing repeats (default 3; quick 2)")
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)

@@ -59,7 +59,9 @@ def denoiser_cost(cfg, plan) -> float:
 
 def audit_cost(cfg, plan) -> float:
     """Denoiser evaluations of the fidelity audit (measurement, not part of any mode's algorithm)."""
-    return cfg.fidelity.audit_prompts * (plan.explore.n - cfg.select.k) * cfg.rollout.steps if plan.runs("audit") else 0.0
+    return (
+        cfg.fidelity.audit_prompts * (plan.explore.n - cfg.select.k) * cfg.rollout.steps if plan.runs("audit") else 0.0
+    )
 
 
 FP4_COST = [0.5]
@@ -73,8 +75,14 @@ def run_point(run, i: int) -> dict:
     s = iteration_summary(run, i)
     plan = plan_of(run, i)
     # the cost clocks leave out what only measures (eval, the fidelity audit), kept apart
-    point = {"iteration": i, "train_reward": s["train_reward"], "seconds": sum(v for k, v in s["seconds"].items() if k not in ("eval", "audit")),
-             "denoiser": denoiser_cost(run.cfg, plan), "audit_seconds": s["seconds"].get("audit", 0.0), "audit_denoiser": audit_cost(run.cfg, plan)}
+    point = {
+        "iteration": i,
+        "train_reward": s["train_reward"],
+        "seconds": sum(v for k, v in s["seconds"].items() if k not in ("eval", "audit")),
+        "denoiser": denoiser_cost(run.cfg, plan),
+        "audit_seconds": s["seconds"].get("audit", 0.0),
+        "audit_denoiser": audit_cost(run.cfg, plan),
+    }
     for name, g in s.get("eval", {}).items():
         point[name] = {k: g.get(k) for k in ("gain", "se", "n", "strict", "strict_base", "base", "reward")}
     if "audit" in s:
@@ -93,8 +101,15 @@ def open_runs(args, base_cfg, names):
             continue
         for seed in args.seeds:
             data = base_cfg.model_dump(mode="json")
-            cfg = RunConfig.model_validate(data).with_overrides(**{"run.seed": seed, "run.iterations": args.iterations, **over})
-            runs[f"{vname}-seed{seed}"] = {"variant": vname, "seed": seed, "run": open_run(join(args.runs_root, f"{vname}-seed{seed}"), cfg), "points": []}
+            cfg = RunConfig.model_validate(data).with_overrides(
+                **{"run.seed": seed, "run.iterations": args.iterations, **over}
+            )
+            runs[f"{vname}-seed{seed}"] = {
+                "variant": vname,
+                "seed": seed,
+                "run": open_run(join(args.runs_root, f"{vname}-seed{seed}"), cfg),
+                "points": [],
+            }
     return runs
 
 
@@ -103,7 +118,7 @@ def advance(runs: dict, iterations: int, on_round=None) -> None:
     from tasks.steps import run_steps
 
     for i in range(iterations):
-        for name, r in runs.items():
+        for r in runs.values():
             run = r["run"]
             run.acquire(take_over=True)
             try:
@@ -138,7 +153,15 @@ def curves(runs: dict, eval_set: str, key: str = "gain") -> dict[str, dict]:
 
 
 def final_table(runs: dict) -> tuple[list[str], list[list]]:
-    header = ["run", "iterations", "CPU min", "train gain ± SE (n)", "held-out gain ± SE (n)", "strict train base → end", "strict held-out base → end"]
+    header = [
+        "run",
+        "iterations",
+        "CPU min",
+        "train gain ± SE (n)",
+        "held-out gain ± SE (n)",
+        "strict train base → end",
+        "strict held-out base → end",
+    ]
     rows = []
     for name, r in runs.items():
         if not r["points"]:
@@ -146,15 +169,34 @@ def final_table(runs: dict) -> tuple[list[str], list[list]]:
         last = [p for p in r["points"] if "train" in p or "held_out" in p]
         p = last[-1] if last else r["points"][-1]
         cell = lambda s: f"{p[s]['gain']:+.4f} ± {p[s]['se']:.4f} ({p[s]['n']})" if s in p else "–"  # noqa: E731
-        strict = lambda s: f"{p[s]['strict_base']:.3f} → {p[s]['strict']:.3f}" if s in p and p[s].get("strict") is not None else "–"  # noqa: E731
-        rows.append([name, len(r["points"]), sum(q["seconds"] for q in r["points"]) / 60, cell("train"), cell("held_out"), strict("train"), strict("held_out")])
+        strict = lambda s: (
+            f"{p[s]['strict_base']:.3f} → {p[s]['strict']:.3f}" if s in p and p[s].get("strict") is not None else "–"
+        )  # noqa: E731
+        rows.append(
+            [
+                name,
+                len(r["points"]),
+                sum(q["seconds"] for q in r["points"]) / 60,
+                cell("train"),
+                cell("held_out"),
+                strict("train"),
+                strict("held_out"),
+            ]
+        )
     return header, rows
 
 
 def plot(runs: dict, out: Path, name: str) -> list[Path]:
     plt = C.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for ax, (eval_set, clock, xlabel) in zip(axes, (("train", "iteration", "iteration"), ("held_out", "iteration", "iteration"), ("train", "cpu_seconds", "CPU minutes (stages, eval excluded)"))):
+    for ax, (eval_set, clock, xlabel) in zip(
+        axes,
+        (
+            ("train", "iteration", "iteration"),
+            ("held_out", "iteration", "iteration"),
+            ("train", "cpu_seconds", "CPU minutes (stages, eval excluded)"),
+        ),
+    ):
         for vname, v in curves(runs, eval_set).items():
             if not v["iteration"]:
                 continue
@@ -166,7 +208,15 @@ def plot(runs: dict, out: Path, name: str) -> list[Path]:
         for r in runs.values():  # each run's own paired SE, thin
             pts = [p for p in r["points"] if eval_set in p]
             if clock == "iteration" and len(runs) <= 6:
-                ax.errorbar([p["iteration"] for p in pts], [p[eval_set]["gain"] for p in pts], yerr=[p[eval_set]["se"] for p in pts], fmt="none", ecolor="0.6", lw=0.6, capsize=1)
+                ax.errorbar(
+                    [p["iteration"] for p in pts],
+                    [p[eval_set]["gain"] for p in pts],
+                    yerr=[p[eval_set]["se"] for p in pts],
+                    fmt="none",
+                    ecolor="0.6",
+                    lw=0.6,
+                    capsize=1,
+                )
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{eval_set}: reward − base model (paired)")
@@ -184,11 +234,21 @@ def main(argv=None):
     ap.add_argument("--config", default="shapes-long", help="a preset name or a YAML path")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=None, help="default: run.iterations of the config")
-    ap.add_argument("--variant", action="append", help="name:key=value,key=value (dotted config keys); repeat for several")
+    ap.add_argument(
+        "--variant", action="append", help="name:key=value,key=value (dotted config keys); repeat for several"
+    )
     ap.add_argument("--only", nargs="*", help="run only these variants")
-    ap.add_argument("--runs-root", default=None, help="where the runs live (default: <out>/runs); existing runs are resumed")
-    ap.add_argument("--replot", action="store_true", help="plot the committed iterations under --runs-root, compute nothing (no lease taken)")
-    ap.add_argument("--fp4-cost", type=float, default=0.5, help="cost of a low-precision forward in denoiser evaluations")
+    ap.add_argument(
+        "--runs-root", default=None, help="where the runs live (default: <out>/runs); existing runs are resumed"
+    )
+    ap.add_argument(
+        "--replot",
+        action="store_true",
+        help="plot the committed iterations under --runs-root, compute nothing (no lease taken)",
+    )
+    ap.add_argument(
+        "--fp4-cost", type=float, default=0.5, help="cost of a low-precision forward in denoiser evaluations"
+    )
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)
     C.set_threads(args.threads)
@@ -200,25 +260,55 @@ def main(argv=None):
     args.runs_root = args.runs_root or str(out / "runs")
     base = load_config(args.config)
     if args.quick:
-        base = base.with_overrides(**{"prompts.pool": 2, "prompts.per_iteration": 2, "explore.n": 8, "select.k": 4, "rollout.steps": 4, "explore.steps": 2, "eval.every": 1,
-                                      "eval.steps": 2, "eval.seeds_per_prompt": 1, "eval.held_out_prompts": 2, "nft.micro_batch": 8})
+        base = base.with_overrides(
+            **{
+                "prompts.pool": 2,
+                "prompts.per_iteration": 2,
+                "explore.n": 8,
+                "select.k": 4,
+                "rollout.steps": 4,
+                "explore.steps": 2,
+                "eval.every": 1,
+                "eval.steps": 2,
+                "eval.seeds_per_prompt": 1,
+                "eval.held_out_prompts": 2,
+                "nft.micro_batch": 8,
+            }
+        )
         args.iterations, args.seeds = 2, args.seeds[:1]
     args.iterations = args.iterations or base.run.iterations
     t0 = time.time()
     runs = open_runs(args, base, args.only)
-    res = {"quick": args.quick, "machine": C.machine(), "config": args.config, "variants": variants(args), "seeds": args.seeds, "iterations": args.iterations}
+    res = {
+        "quick": args.quick,
+        "machine": C.machine(),
+        "config": args.config,
+        "variants": variants(args),
+        "seeds": args.seeds,
+        "iterations": args.iterations,
+    }
 
     def dump(i):
         res["runs"] = {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}
         res["wall_seconds"] = time.time() - t0
         C.write_json(out, "learning", res)
-        print(f"round {i}: " + "; ".join(f"{k} {r['points'][-1].get('train', {}).get('gain', float('nan')):+.4f}" for k, r in runs.items()), flush=True)
+        print(
+            f"round {i}: "
+            + "; ".join(
+                f"{k} {r['points'][-1].get('train', {}).get('gain', float('nan')):+.4f}" for k, r in runs.items()
+            ),
+            flush=True,
+        )
 
     if args.replot:  # what is committed, nothing computed
         from tasks.steps import is_done
 
         for r in runs.values():
-            r["points"] = [run_point(r["run"], i) for i in r["run"].store.iterations() if is_done(r["run"], r["run"].stage(i, "update"))]
+            r["points"] = [
+                run_point(r["run"], i)
+                for i in r["run"].store.iterations()
+                if is_done(r["run"], r["run"].stage(i, "update"))
+            ]
     else:
         advance(runs, args.iterations, dump)
     res["runs"] = {k: {"variant": r["variant"], "seed": r["seed"], "points": r["points"]} for k, r in runs.items()}

@@ -43,8 +43,16 @@ STAGES = ("baseline", "plan", "explore", "select", "regenerate", "update", "eval
 VARIANTS = ("flow", "steps", "direct")
 # --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY), eval on
 QUICK = {
-    "prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5,
-    "nft.micro_batch": 8, "eval.train_prompts": 2, "eval.held_out_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 4,
+    "prompts.per_iteration": 2,
+    "explore.n": 8,
+    "explore.steps": 3,
+    "select.k": 4,
+    "rollout.steps": 5,
+    "nft.micro_batch": 8,
+    "eval.train_prompts": 2,
+    "eval.held_out_prompts": 2,
+    "eval.seeds_per_prompt": 1,
+    "eval.steps": 4,
 }
 
 
@@ -126,7 +134,9 @@ def run(args) -> dict:
             one_time["second_noop_flow_s"] = C.timed(noop)[0]
 
         def via_flow(name):
-            t, summaries = C.timed(sol_rl, config=config_path, run_id=name, iterations=1, run_root=str(root), overrides=overrides or None)
+            t, summaries = C.timed(
+                sol_rl, config=config_path, run_id=name, iterations=1, run_root=str(root), overrides=overrides or None
+            )
             uri = join(str(root), name)
             return t, {"train_reward": summaries[0]["train_reward"], **stored_rewards(uri)}, stage_seconds(uri)
 
@@ -159,7 +169,11 @@ def run(args) -> dict:
             _, res = C.timed(run_iteration, policy, state, cfg, 0, select_seeds)
             if res.eval:
                 rewards["eval"] = set_means(res.eval)
-            return time.perf_counter() - t0, {"train_reward": res.metrics[-1]["reward_mean"], **rewards}, {**stages, **res.seconds}
+            return (
+                time.perf_counter() - t0,
+                {"train_reward": res.metrics[-1]["reward_mean"], **rewards},
+                {**stages, **res.seconds},
+            )
 
         if not args.quick:  # (after the flow's warm-up: every code path ran once)
             t, _ = C.timed(via_direct, "warmup-direct")
@@ -180,22 +194,50 @@ def run(args) -> dict:
             rep["overhead_share"] = (f - d) / f
             rep["flow_outside_stages_s"] = f - rep["flow"]["stage_sum"]
             reps.append(rep)
-            print(f"[overhead] repeat {r + 1}/{args.repeats}: flow {f:.1f} s, steps {s:.1f} s, direct {d:.1f} s", flush=True)
+            print(
+                f"[overhead] repeat {r + 1}/{args.repeats}: flow {f:.1f} s, steps {s:.1f} s, direct {d:.1f} s",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
 
     med, shares = aggregate(reps)
-    same = {"train_reward": max(abs(r[a]["train_reward"] - r["direct"]["train_reward"]) for r in reps for a in ("flow", "steps"))}
+    same = {
+        "train_reward": max(
+            abs(r[a]["train_reward"] - r["direct"]["train_reward"]) for r in reps for a in ("flow", "steps")
+        )
+    }
     for key in ("eval", "baseline"):  # mean reward per evaluation set
-        same[f"{key}_reward"] = (max(abs(r[a][key][s] - r["direct"][key][s]) for r in reps for a in ("flow", "steps") for s in r["direct"][key])
-                                 if key in reps[0]["direct"] else None)
+        same[f"{key}_reward"] = (
+            max(
+                abs(r[a][key][s] - r["direct"][key][s])
+                for r in reps
+                for a in ("flow", "steps")
+                for s in r["direct"][key]
+            )
+            if key in reps[0]["direct"]
+            else None
+        )
     return {
-        "config": {"quick": args.quick, "overrides": overrides, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                   "prompts": cfg.prompts.per_iteration, "explore_n": cfg.explore.n, "explore_steps": cfg.explore.steps, "k": cfg.select.k,
-                   "rollout_steps": cfg.rollout.steps, "eval_every": cfg.eval.every, "eval_sets": list(cfg.eval.sets),
-                   "eval_train_prompts": cfg.eval.train_prompts, "eval_held_out_prompts": cfg.eval.held_out_prompts,
-                   "eval_seeds_per_prompt": cfg.eval.seeds_per_prompt, "config_file": config_path, "model": C.model_label(cfg)},
+        "config": {
+            "quick": args.quick,
+            "overrides": overrides,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            "prompts": cfg.prompts.per_iteration,
+            "explore_n": cfg.explore.n,
+            "explore_steps": cfg.explore.steps,
+            "k": cfg.select.k,
+            "rollout_steps": cfg.rollout.steps,
+            "eval_every": cfg.eval.every,
+            "eval_sets": list(cfg.eval.sets),
+            "eval_train_prompts": cfg.eval.train_prompts,
+            "eval_held_out_prompts": cfg.eval.held_out_prompts,
+            "eval_seeds_per_prompt": cfg.eval.seeds_per_prompt,
+            "config_file": config_path,
+            "model": C.model_label(cfg),
+        },
         "one_time": one_time,
         "repeats": reps,
         "median": med,
@@ -211,9 +253,13 @@ SHARES = ("orchestration_share", "storage_share", "overhead_share", "outside_sta
 def aggregate(reps: list[dict]) -> tuple[dict, dict]:
     """Medians over repeats of every way's wall and stage times, and of the per-repeat shares
     (with their min and max: the shares are differences of noisy walls, so show the spread)."""
-    med = {v: {"seconds": C.median([r[v]["seconds"] for r in reps]),
-               "stages": {s: C.median([r[v]["stages"][s] for r in reps]) for s in STAGES if s in reps[0][v]["stages"]}}
-           for v in VARIANTS}
+    med = {
+        v: {
+            "seconds": C.median([r[v]["seconds"] for r in reps]),
+            "stages": {s: C.median([r[v]["stages"][s] for r in reps]) for s in STAGES if s in reps[0][v]["stages"]},
+        }
+        for v in VARIANTS
+    }
     for v in ("flow", "steps"):
         med[v]["bytes_written"] = int(C.median([r[v]["bytes_written"] for r in reps]))
     for r in reps:  # the Prefect-only part measured without compute noise: flow wall outside its stage spans
@@ -231,34 +277,59 @@ def aggregate(reps: list[dict]) -> tuple[dict, dict]:
 
 def summary(res: dict) -> str:
     cfg, med, sh = res["config"], res["median"], res["shares"]
-    it = f"{cfg['prompts']} prompts × N {cfg['explore_n']} ({cfg['explore_steps']} steps), K {cfg['k']}, rollout {cfg['rollout_steps']} steps, eval sets {'+'.join(cfg['eval_sets'])} × {cfg['eval_seeds_per_prompt']} seed(s), model {cfg['model']}"
-    lines = [f"## One shapes iteration ({it}): Prefect flow vs stage functions ({cfg['repeats']} interleaved repeat(s), medians, {cfg['threads']} torch thread(s))", ""]
+    it = (
+        f"{cfg['prompts']} prompts × N {cfg['explore_n']} ({cfg['explore_steps']} steps), K {cfg['k']}, "
+        f"rollout {cfg['rollout_steps']} steps, eval sets {'+'.join(cfg['eval_sets'])} × {cfg['eval_seeds_per_prompt']} seed(s), "
+        f"model {cfg['model']}"
+    )
+    lines = [
+        f"## One shapes iteration ({it}): Prefect flow vs stage functions ({cfg['repeats']} interleaved repeat(s), medians, {cfg['threads']} torch thread(s))",
+        "",
+    ]
     head = ["way", "wall s"] + [f"{s} s" for s in STAGES] + ["sum of stages s", "bytes written"]
     rows = []
     for v in ("flow", "steps", "direct"):
         st = med[v]["stages"]
-        rows.append([v, med[v]["seconds"]] + [st.get(s, "") for s in STAGES] + [sum(st.values()), f"{med[v].get('bytes_written', 0):,}" if v != "direct" else "0"])
+        rows.append(
+            [v, med[v]["seconds"]]
+            + [st.get(s, "") for s in STAGES]
+            + [sum(st.values()), f"{med[v].get('bytes_written', 0):,}" if v != "direct" else "0"]
+        )
     lines.append(C.md_table(head, rows))
     lines += [
         "",
-        C.md_table(["share of the flow's wall time", "median", "min .. max over repeats", "seconds (median)"], [
-            [label, f"{100 * sh[k]:.1f} %", f"{100 * sh[k + '_min']:.1f} .. {100 * sh[k + '_max']:.1f} %", sh[sec]]
-            for label, k, sec in (
-                ("orchestration (Prefect): (flow − steps) / flow", "orchestration_share", "orchestration_s"),
-                ("storage (Parquet, PNG, commits): (steps − direct) / flow", "storage_share", "storage_s"),
-                ("orchestration + storage: (flow − direct) / flow", "overhead_share", "overhead_s"),
-                ("Prefect outside the committed stage spans / flow", "outside_stages_share", "flow_outside_stages_s"),
-            )
-        ]),
+        C.md_table(
+            ["share of the flow's wall time", "median", "min .. max over repeats", "seconds (median)"],
+            [
+                [label, f"{100 * sh[k]:.1f} %", f"{100 * sh[k + '_min']:.1f} .. {100 * sh[k + '_max']:.1f} %", sh[sec]]
+                for label, k, sec in (
+                    ("orchestration (Prefect): (flow − steps) / flow", "orchestration_share", "orchestration_s"),
+                    ("storage (Parquet, PNG, commits): (steps − direct) / flow", "storage_share", "storage_s"),
+                    ("orchestration + storage: (flow − direct) / flow", "overhead_share", "overhead_s"),
+                    (
+                        "Prefect outside the committed stage spans / flow",
+                        "outside_stages_share",
+                        "flow_outside_stages_s",
+                    ),
+                )
+            ],
+        ),
         "",
-        "Per repeat (wall s): " + "; ".join(
-            f"#{i + 1} flow {r['flow']['seconds']:.1f}, steps {r['steps']['seconds']:.1f}, direct {r['direct']['seconds']:.1f}" for i, r in enumerate(res["repeats"])),
+        "Per repeat (wall s): "
+        + "; ".join(
+            f"#{i + 1} flow {r['flow']['seconds']:.1f}, steps {r['steps']['seconds']:.1f}, direct {r['direct']['seconds']:.1f}"
+            for i, r in enumerate(res["repeats"])
+        ),
         "",
         "One-time costs, seconds (not in the above; first_noop_flow = ephemeral Prefect server start, first_flow_iteration = "
-        "policy load + quantiser compile + first tasks): " + "; ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in res["one_time"].items()),
+        "policy load + quantiser compile + first tasks): "
+        + "; ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in res["one_time"].items()),
         "",
-        "Same compute check, max |reward difference| vs direct over repeats: " + ", ".join(
-            f"{k} {v:.2e}" if v is not None else f"{k} n/a" for k, v in res["max_abs_reward_difference_vs_direct"].items()),
+        "Same compute check, max |reward difference| vs direct over repeats: "
+        + ", ".join(
+            f"{k} {v:.2e}" if v is not None else f"{k} n/a"
+            for k, v in res["max_abs_reward_difference_vs_direct"].items()
+        ),
     ]
     return "\n".join(lines)
 
@@ -267,8 +338,16 @@ def plot(res: dict, out: Path) -> list[Path]:
     plt = C.pyplot()
     med = res["median"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [3, 2]})
-    colours = {"baseline": "tab:brown", "plan": "tab:cyan", "explore": "tab:red", "select": "tab:purple", "regenerate": "tab:blue", "update": "tab:green", "eval": "tab:olive",
-               "other": "lightgrey"}
+    colours = {
+        "baseline": "tab:brown",
+        "plan": "tab:cyan",
+        "explore": "tab:red",
+        "select": "tab:purple",
+        "regenerate": "tab:blue",
+        "update": "tab:green",
+        "eval": "tab:olive",
+        "other": "lightgrey",
+    }
     ways = ["direct", "steps", "flow"]
     for i, v in enumerate(ways):
         left = 0.0
@@ -279,7 +358,9 @@ def plot(res: dict, out: Path) -> list[Path]:
         other = max(0.0, med[v]["seconds"] - left)
         axes[0].barh(i, other, left=left, color=colours["other"], label="outside stages" if i == 0 else None)
         axes[0].text(max(med[v]["seconds"], left), i, f" {med[v]['seconds']:.1f} s", va="center", fontsize=8)
-    axes[0].set_yticks(range(len(ways)), ["direct\n(run_iteration)", "steps\n(storage, no Prefect)", "flow\n(Prefect + storage)"])
+    axes[0].set_yticks(
+        range(len(ways)), ["direct\n(run_iteration)", "steps\n(storage, no Prefect)", "flow\n(Prefect + storage)"]
+    )
     axes[0].set(xlabel="seconds (median)", title="one iteration, per stage")
     axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=6)
     axes[0].set_xlim(0, 1.12 * max(max(med[v]["seconds"], sum(med[v]["stages"].values())) for v in ways))
@@ -287,7 +368,13 @@ def plot(res: dict, out: Path) -> list[Path]:
     keys = ("orchestration_share", "storage_share", "overhead_share", "outside_stages_share")
     vals = [100 * sh[k] for k in keys]
     err = [[100 * (sh[k] - sh[k + "_min"]) for k in keys], [100 * (sh[k + "_max"] - sh[k]) for k in keys]]
-    axes[1].bar(["orchestration", "storage", "both", "Prefect outside\nstage spans"], vals, yerr=err, capsize=4, color=["tab:orange", "tab:cyan", "tab:grey", "tab:brown"])
+    axes[1].bar(
+        ["orchestration", "storage", "both", "Prefect outside\nstage spans"],
+        vals,
+        yerr=err,
+        capsize=4,
+        color=["tab:orange", "tab:cyan", "tab:grey", "tab:brown"],
+    )
     for i, v in enumerate(vals):
         axes[1].text(i, v, f" {v:.1f} %", ha="left", va="bottom", fontsize=8)
     axes[1].axhline(0, color="k", lw=0.8)

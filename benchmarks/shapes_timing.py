@@ -19,7 +19,14 @@ from pathlib import Path
 
 import bench_common as C
 
-QUICK_ITERATION = {"prompts.per_iteration": 2, "explore.n": 8, "explore.steps": 3, "select.k": 4, "rollout.steps": 5, "nft.micro_batch": 8}
+QUICK_ITERATION = {
+    "prompts.per_iteration": 2,
+    "explore.n": 8,
+    "explore.steps": 3,
+    "select.k": 4,
+    "rollout.steps": 5,
+    "nft.micro_batch": 8,
+}
 
 
 def run(args) -> dict:
@@ -36,10 +43,18 @@ def run(args) -> dict:
     combos = {}
     for m in args.models:
         for d in dtypes:
-            cfg = base.with_overrides(**{"model.weights": str(Path(m).resolve()) if m != "shipped" else None, "model.dtype": d})
+            cfg = base.with_overrides(
+                **{"model.weights": str(Path(m).resolve()) if m != "shipped" else None, "model.dtype": d}
+            )
             pol = C.load_policy(cfg)
-            combos[f"{m} [{d}]"] = {"model": m, "dtype": d, "cfg": cfg, "policy": pol,
-                                   "explore": pol.sampler_copy(explore_quant(pol, cfg, primary_explore(cfg)))[0], "rollout": pol.sampler_copy(None)[0]}
+            combos[f"{m} [{d}]"] = {
+                "model": m,
+                "dtype": d,
+                "cfg": cfg,
+                "policy": pol,
+                "explore": pol.sampler_copy(explore_quant(pol, cfg, primary_explore(cfg)))[0],
+                "rollout": pol.sampler_copy(None)[0],
+            }
     b = args.batch
     prompt = "a blue square above a yellow triangle"
     seeds = list(range(b))
@@ -47,13 +62,17 @@ def run(args) -> dict:
     for name, c in combos.items():
         p, cfg = c["policy"], c["cfg"]
         cond = p.encode_rows([prompt] * b)
-        fns[f"{name}|explore"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(c["explore"], [prompt] * b, seeds, cfg.explore.steps, cfg.rollout.solver, cond=cond)
-        fns[f"{name}|rollout"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(c["rollout"], [prompt] * b, seeds, cfg.rollout.steps, cfg.rollout.solver, cond=cond)
+        fns[f"{name}|explore"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(
+            c["explore"], [prompt] * b, seeds, cfg.explore.steps, cfg.rollout.solver, cond=cond
+        )
+        fns[f"{name}|rollout"] = lambda p=p, c=c, cfg=cfg, cond=cond: p.sample(
+            c["rollout"], [prompt] * b, seeds, cfg.rollout.steps, cfg.rollout.solver, cond=cond
+        )
         per[f"{name}|explore"] = per[f"{name}|rollout"] = b / 1000.0  # -> ms per candidate
     ms = C.interleaved(fns, args.repeats, per=per, warmup=True, log="shapes_timing")
 
     iters = {name: [] for name in combos}
-    for name, c in combos.items():
+    for c in combos.values():
         c["state"] = TrainState.fresh(c["policy"], c["cfg"])
     for i in range(args.repeats + 1):  # iteration 0 is the warm-up
         for name in C.rotated(list(combos), i):
@@ -66,7 +85,8 @@ def run(args) -> dict:
     for name, c in combos.items():
         e, r = C.median(ms[f"{name}|explore"]), C.median(ms[f"{name}|rollout"])
         out[name] = {
-            "model": c["model"], "dtype": c["dtype"],
+            "model": c["model"],
+            "dtype": c["dtype"],
             "params": sum(x.numel() for x in c["rollout"].parameters()),
             "ms_per_candidate_explore": e,
             "ms_per_candidate_rollout": r,
@@ -85,23 +105,62 @@ def run(args) -> dict:
             t = time.perf_counter()
             meta = pretrain(cfgm, 1 + args.pretrain_steps, Path("/tmp/solrl-timing-pretrain"), log=lambda s: None)
             first, last = meta["history"][0], meta["history"][-1]  # step 0 includes the compile
-            out[name]["pretrain_s_per_step"] = (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["step"] - first["step"])
+            out[name]["pretrain_s_per_step"] = (last["elapsed_s"] - first["elapsed_s"]) / max(
+                1, last["step"] - first["step"]
+            )
             out[name]["pretrain_wall_s"] = time.perf_counter() - t
     cfg = base
-    return {"config": {"config_file": str(args.config), "models": args.models, "dtypes": dtypes, "batch": b, "repeats": args.repeats, "explore_steps": cfg.explore.steps,
-                       "explore_precision": cfg.explore.precision, "rollout_steps": cfg.rollout.steps, "prompts_per_iteration": cfg.prompts.per_iteration,
-                       "explore_n": cfg.explore.n, "k": cfg.select.k, "eval": "off"},
-            "models": out}
+    return {
+        "config": {
+            "config_file": str(args.config),
+            "models": args.models,
+            "dtypes": dtypes,
+            "batch": b,
+            "repeats": args.repeats,
+            "explore_steps": cfg.explore.steps,
+            "explore_precision": cfg.explore.precision,
+            "rollout_steps": cfg.rollout.steps,
+            "prompts_per_iteration": cfg.prompts.per_iteration,
+            "explore_n": cfg.explore.n,
+            "k": cfg.select.k,
+            "eval": "off",
+        },
+        "models": out,
+    }
 
 
 def summary(res) -> str:
     c = res["config"]
-    head = ["model [dtype]", "params", f"explore ms / cand ({c['explore_precision']}, {c['explore_steps']} steps)", f"rollout ms / cand ({c['rollout_steps']} steps)",
-            "explore ÷ rollout", "iteration s (median)", "pretrain s / step"]
-    rows = [[name, f"{d['params']:,}", d["ms_per_candidate_explore"], d["ms_per_candidate_rollout"], d["explore_over_rollout"], d["iteration_seconds_median"],
-             d.get("pretrain_s_per_step", "")] for name, d in res["models"].items()]
-    return "\n".join([f"## shapes models side by side (batch {c['batch']}, {c['repeats']} interleaved repeats, medians; iteration: {c['prompts_per_iteration']} prompts × N {c['explore_n']}, "
-                      f"K {c['k']}, eval off)", "", C.md_table(head, rows)])
+    head = [
+        "model [dtype]",
+        "params",
+        f"explore ms / cand ({c['explore_precision']}, {c['explore_steps']} steps)",
+        f"rollout ms / cand ({c['rollout_steps']} steps)",
+        "explore ÷ rollout",
+        "iteration s (median)",
+        "pretrain s / step",
+    ]
+    rows = [
+        [
+            name,
+            f"{d['params']:,}",
+            d["ms_per_candidate_explore"],
+            d["ms_per_candidate_rollout"],
+            d["explore_over_rollout"],
+            d["iteration_seconds_median"],
+            d.get("pretrain_s_per_step", ""),
+        ]
+        for name, d in res["models"].items()
+    ]
+    return "\n".join(
+        [
+            f"## shapes models side by side (batch {c['batch']}, {c['repeats']} interleaved repeats, "
+            f"medians; iteration: {c['prompts_per_iteration']} prompts × N {c['explore_n']}, "
+            f"K {c['k']}, eval off)",
+            "",
+            C.md_table(head, rows),
+        ]
+    )
 
 
 def plot(res, out: Path) -> list[Path]:
@@ -128,11 +187,31 @@ def plot(res, out: Path) -> list[Path]:
 def main(argv=None):
     ap = C.parser(__doc__, "shapes_timing", quick="the shipped model, batch 8, the tests' tiny iteration, 1 repeat")
     C.add_model_args(ap)
-    ap.add_argument("models", nargs="*", help="model directories (shapes.safetensors + config.json); default: --weights, else the shipped model")
-    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=None, help="model.dtype values to time (default: the config's, auto resolved)")
-    ap.add_argument("--batch", type=int, default=None, help="candidates per timed sampling call (default explore.batch = 96; quick 8)")
+    ap.add_argument(
+        "models",
+        nargs="*",
+        help="model directories (shapes.safetensors + config.json); default: --weights, else the shipped model",
+    )
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="model.dtype values to time (default: the config's, auto resolved)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="candidates per timed sampling call (default explore.batch = 96; quick 8)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
-    ap.add_argument("--pretrain-steps", type=int, default=0, help="also time this many compiled pretraining steps per model (after the compiling first step)")
+    ap.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="also time this many compiled pretraining steps per model (after the compiling first step)",
+    )
     C.add_threads_arg(ap)
     args = ap.parse_args(argv)
     C.set_threads(args.threads)

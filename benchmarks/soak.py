@@ -28,13 +28,19 @@ EFFECTS = ("enospc", "eio", "connection", "kill")
 def micro_config(iterations: int):
     from solrl.config import RunConfig
 
-    return RunConfig.model_validate({
-        "run": {"seed": 11, "iterations": iterations}, "model": {"dtype": "float32"}, "prompts": {"per_iteration": 2},
-        "explore": {"n": 4, "steps": 1, "batch": 4}, "select": {"k": 2}, "rollout": {"steps": 2, "batch": 4},
-        "nft": {"micro_batch": 4, "timestep_fraction": 0.5, "lr": 0.01},
-        "eval": {"every": 2, "steps": 1, "held_out_prompts": 1, "train_prompts": 1, "seeds_per_prompt": 1},
-        "fidelity": {"audit_prompts": 1},
-    })
+    return RunConfig.model_validate(
+        {
+            "run": {"seed": 11, "iterations": iterations},
+            "model": {"dtype": "float32"},
+            "prompts": {"per_iteration": 2},
+            "explore": {"n": 4, "steps": 1, "batch": 4},
+            "select": {"k": 2},
+            "rollout": {"steps": 2, "batch": 4},
+            "nft": {"micro_batch": 4, "timestep_fraction": 0.5, "lr": 0.01},
+            "eval": {"every": 2, "steps": 1, "held_out_prompts": 1, "train_prompts": 1, "seeds_per_prompt": 1},
+            "fidelity": {"audit_prompts": 1},
+        }
+    )
 
 
 def attempt(uri: str, cfg, iterations: int) -> None:
@@ -95,7 +101,11 @@ def one_faulty_attempt(uri: str, cfg, iterations: int, effect: str, n: int) -> s
         from tasks.errors import explain
 
         known = explain(e)
-        return "failed with one sentence" if known and known[0] == 1 and "\n" not in known[1] else f"unexplained {type(e).__name__}"
+        return (
+            "failed with one sentence"
+            if known and known[0] == 1 and "\n" not in known[1]
+            else f"unexplained {type(e).__name__}"
+        )
     finally:
         faults.uninstall()
 
@@ -105,7 +115,12 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="of the fault draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads: must stay 1 (forked children must not wait on an OpenMP pool)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads: must stay 1 (forked children must not wait on an OpenMP pool)",
+    )
     args = ap.parse_args(argv)
     if args.threads != 1:
         ap.error("--threads must be 1: the SIGKILL faults fork the process")
@@ -131,7 +146,9 @@ def main(argv=None):
         attempts = 0
         while True:
             effect = rng.choice(EFFECTS)
-            n = rng.randint(1, 40)  # a write point soon (an update writes ~20 times: a stage restarts whole, so some attempts must pass it)
+            n = rng.randint(
+                1, 40
+            )  # a write point soon (an update writes ~20 times: a stage restarts whole, so some attempts must pass it)
             what = one_faulty_attempt(uri, cfg, args.iterations, effect, n)
             attempts += 1
             outcomes[what] += 1
@@ -141,15 +158,42 @@ def main(argv=None):
         same = fingerprint(uri) == reference
         problems = verify(open_run(uri))[1]
         stray = [str(p) for p in Path(uri).rglob(".tmp-*")]
-        runs.append({"run": r, "faults": attempts - 1, "byte_identical": same, "verify_problems": problems, "leftover_temporaries": stray})
-        print(f"run {r}: {attempts - 1} faults, byte-identical {same}, verify {'OK' if not problems else problems}", flush=True)
-    res = {"quick": args.quick, "machine": C.machine(), "iterations": args.iterations, "write_points_per_run": total, "faults_injected": dict(faults_by_kind),
-           "attempt_outcomes": dict(outcomes), "runs": runs, "runs_completed": len(runs), "runs_byte_identical": sum(r["byte_identical"] for r in runs),
-           "runs_with_verify_problems": sum(bool(r["verify_problems"]) for r in runs), "wall_seconds": time.time() - t0}
-    rows = [[k, v] for k, v in sorted(faults_by_kind.items())] + [["total faults", sum(faults_by_kind.values())], ["runs completed", len(runs)],
-                                                                  ["runs byte-identical to the uninterrupted run", res["runs_byte_identical"]],
-                                                                  ["runs with verify problems", res["runs_with_verify_problems"]]]
-    text = f"# Soak: random faults over {args.runs} runs of {args.iterations} iterations ({total} write points each)\n\n" + C.md_table(["", "count"], rows)
+        runs.append(
+            {
+                "run": r,
+                "faults": attempts - 1,
+                "byte_identical": same,
+                "verify_problems": problems,
+                "leftover_temporaries": stray,
+            }
+        )
+        print(
+            f"run {r}: {attempts - 1} faults, byte-identical {same}, verify {'OK' if not problems else problems}",
+            flush=True,
+        )
+    res = {
+        "quick": args.quick,
+        "machine": C.machine(),
+        "iterations": args.iterations,
+        "write_points_per_run": total,
+        "faults_injected": dict(faults_by_kind),
+        "attempt_outcomes": dict(outcomes),
+        "runs": runs,
+        "runs_completed": len(runs),
+        "runs_byte_identical": sum(r["byte_identical"] for r in runs),
+        "runs_with_verify_problems": sum(bool(r["verify_problems"]) for r in runs),
+        "wall_seconds": time.time() - t0,
+    }
+    rows = [[k, v] for k, v in sorted(faults_by_kind.items())] + [
+        ["total faults", sum(faults_by_kind.values())],
+        ["runs completed", len(runs)],
+        ["runs byte-identical to the uninterrupted run", res["runs_byte_identical"]],
+        ["runs with verify problems", res["runs_with_verify_problems"]],
+    ]
+    text = (
+        f"# Soak: random faults over {args.runs} runs of {args.iterations} iterations ({total} write points each)\n\n"
+        + C.md_table(["", "count"], rows)
+    )
     return C.finish(out, "soak", res, text, [])
 
 

@@ -16,14 +16,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sol-RL: FP4 explore, BF16 train. Runs, inspects and verifies RL post-training runs of flow models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Sol-RL: FP4 explore, BF16 train. Runs, inspects and verifies RL post-training runs of flow models.",
+)
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 STATE = {"debug": False}
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="show full tracebacks instead of one-sentence errors (also SOLRL_DEBUG=1)")):
+def main(
+    debug: bool = typer.Option(
+        False, "--debug", help="show full tracebacks instead of one-sentence errors (also SOLRL_DEBUG=1)"
+    ),
+):
     """Sol-RL: FP4 explore, BF16 train."""
     from solrl.settings import settings
 
@@ -67,30 +75,64 @@ def _open(run_id: str, run_root: str | None):
 @app.command()
 def run(
     config: str = typer.Argument(..., help="YAML config path, or a preset name: shapes, shapes-long, flux, sd35, sana"),
-    run_id: str = typer.Option(None, "--run-id", help="run id; an existing one is resumed (same config required). Default: <config>-<timestamp>"),
-    iterations: int = typer.Option(None, "--iterations", "-n", min=1, help="iterations to run (default: run.iterations of the config)"),
-    run_root: str = typer.Option(None, "--run-root", help="where runs live: a local folder or s3://bucket/prefix (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
-    no_prefect: bool = typer.Option(False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"),
-    take_over: bool = typer.Option(False, "--take-over", help="take over the run's lease when its holder looks gone (stale heartbeat)"),
-    cluster: str = typer.Option(None, "--cluster", help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address"),
-    gpu_memory: str = typer.Option(None, "--gpu-memory", help="check the memory plan against this much GPU memory (e.g. 80GB) instead of the visible GPU's"),
-    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="start even when the memory plan exceeds the GPU (also model.memory_check: false)"),
+    run_id: str = typer.Option(
+        None,
+        "--run-id",
+        help="run id; an existing one is resumed (same config required). Default: <config>-<timestamp>",
+    ),
+    iterations: int = typer.Option(
+        None, "--iterations", "-n", min=1, help="iterations to run (default: run.iterations of the config)"
+    ),
+    run_root: str = typer.Option(
+        None,
+        "--run-root",
+        help="where runs live: a local folder or s3://bucket/prefix (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)",
+    ),
+    no_prefect: bool = typer.Option(
+        False, "--no-prefect", help="run the same steps without Prefect (no orchestration, no artifacts)"
+    ),
+    take_over: bool = typer.Option(
+        False, "--take-over", help="take over the run's lease when its holder looks gone (stale heartbeat)"
+    ),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        help="run explore/regenerate shards on an existing Dask scheduler (tcp://host:8786); sets cluster.address",
+    ),
+    gpu_memory: str = typer.Option(
+        None,
+        "--gpu-memory",
+        help="check the memory plan against this much GPU memory (e.g. 80GB) instead of the visible GPU's",
+    ),
+    no_memory_check: bool = typer.Option(
+        False,
+        "--no-memory-check",
+        help="start even when the memory plan exceeds the GPU (also model.memory_check: false)",
+    ),
 ):
     """Run (or resume) a Sol-RL run as the Prefect flow `sol-rl` in ephemeral mode."""
     from tasks.run import default_run_id, start_run
 
     rid = run_id or default_run_id(config)
-    resume = f"sol-rl run {config} --run-id {rid}" + (f" --run-root {run_root}" if run_root else "") + (f" --cluster {cluster}" if cluster else "")
+    resume = (
+        f"sol-rl run {config} --run-id {rid}"
+        + (f" --run-root {run_root}" if run_root else "")
+        + (f" --cluster {cluster}" if cluster else "")
+    )
     with _errors(resume):
         # the accelerator and the memory plan checked before any weight loads; a resumed run's config validated
-        run_ = start_run(config, rid, run_root, cluster=cluster, gpu_memory=gpu_memory, memory_check=not no_memory_check)
+        run_ = start_run(
+            config, rid, run_root, cluster=cluster, gpu_memory=gpu_memory, memory_check=not no_memory_check
+        )
     cfg = run_.cfg
     root = run_.uri.rsplit("/", 1)[0]
     resume = f"sol-rl run {config} --run-id {rid} --run-root {root}" + (f" --cluster {cluster}" if cluster else "")
     from solrl import interrupt
 
     n = iterations or cfg.run.iterations
-    console.print(f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}")
+    console.print(
+        f"[bold]sol-rl[/] run [cyan]{rid}[/] ({cfg.run.mode}, {n} iteration(s)) -> {run_.store.url(run_.store.root)}"
+    )
     if cfg.mode.explores:
         from solrl.quant.int8 import describe_explore
 
@@ -124,13 +166,17 @@ def run(
     if stopped is not None:
         err.print(stops.where_stopped(run_, n, stopped, resume), highlight=False)
         stops.fast_exit(stops.exit_code())
-    console.print(f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})")
+    console.print(
+        f"artifacts: {run_.store.url(run_.store.root)}   (inspect with: sol-rl status {rid} --run-root {root})"
+    )
 
 
 @app.command()
 def plan(
     config: str = typer.Argument(..., help="YAML config path, or a preset name: flux, sd35, sana"),
-    gpu_memory: str = typer.Option(None, "--gpu-memory", help="also check against this much GPU memory, e.g. 80GB, 141GB, 81559MiB"),
+    gpu_memory: str = typer.Option(
+        None, "--gpu-memory", help="also check against this much GPU memory, e.g. 80GB, 141GB, 81559MiB"
+    ),
 ):
     """The memory plan of a GPU config, before any weight exists here: the family built at real
     size on the meta device, one update micro-batch measured; per stage, the GB of each component
@@ -143,15 +189,23 @@ def plan(
 
         memory = memplan.parse_size(gpu_memory) if gpu_memory else None
         p = memplan.plan(cfg, memory)
-    console.print(f"memory plan of {config}: {p.family} {p.resolution} px, {p.dtype}, micro_batch {cfg.nft.micro_batch}, "
-                  f"gradient_checkpointing {cfg.nft.gradient_checkpointing}, lora_bf16 {cfg.nft.lora_bf16}, low_memory {cfg.model.low_memory} (GB = 10^9 bytes)",
-                  highlight=False, markup=False)
+    console.print(
+        f"memory plan of {config}: {p.family} {p.resolution} px, {p.dtype}, micro_batch {cfg.nft.micro_batch}, "
+        f"gradient_checkpointing {cfg.nft.gradient_checkpointing}, lora_bf16 {cfg.nft.lora_bf16}, low_memory {cfg.model.low_memory} (GB = 10^9 bytes)",
+        highlight=False,
+        markup=False,
+    )
     console.print(memplan.format_plan(p), highlight=False, markup=False)
 
 
 @app.command()
-def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)"),
-           gpus: int = typer.Option(None, "--gpus", help="show the GPU assignment for a node with this many GPUs (default: the GPUs visible here)")):
+def status(
+    run_id: str,
+    run_root: str = typer.Option(None, "--run-root", help="where runs live (default ./runs)"),
+    gpus: int = typer.Option(
+        None, "--gpus", help="show the GPU assignment for a node with this many GPUs (default: the GPUs visible here)"
+    ),
+):
     """Iterations x stages: commit state, stage times and the worker that committed each; the
     GPU assignment of the run's cluster settings (which process owns which GPU)."""
     from storage.stages import ITERATION_STAGES
@@ -181,7 +235,9 @@ def status(run_id: str, run_root: str = typer.Option(None, "--run-root", help="w
     from solrl.gpus import for_config, format_gpu_assignment, visible_gpus
 
     try:
-        console.print(format_gpu_assignment(for_config(r.cfg, visible_gpus() if gpus is None else gpus)), highlight=False)
+        console.print(
+            format_gpu_assignment(for_config(r.cfg, visible_gpus() if gpus is None else gpus)), highlight=False
+        )
     except ConfigError as e:
         console.print(f"GPU assignment: {e}", highlight=False)
 
@@ -193,7 +249,11 @@ def inspect(
     prompt: int = typer.Option(None, "--prompt", "-p", help="only this prompt_id"),
     run_root: str = typer.Option(None, "--run-root"),
     limit: int = typer.Option(200, help="rows to print at most"),
-    images: Path = typer.Option(None, "--images", help="also write, per prompt, a PNG of every explored preview in proxy-rank order (selected marked) beside the regenerations, into this folder"),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        help="also write, per prompt, a PNG of every explored preview in proxy-rank order (selected marked) beside the regenerations, into this folder",
+    ),
 ):
     """The seed ranking of an iteration (DuckDB over the committed Parquet): seed, proxy rank,
     proxy reward, regenerated reward, side."""
@@ -203,12 +263,21 @@ def inspect(
     with _errors():
         table = seed_ranking(r.store, iteration, prompt).to_pylist()
     if not table:
-        _fail(f"iteration {iteration} of {run_id} has no rows for prompt {prompt}: prompt ids of this iteration are listed by `sol-rl inspect {run_id} -i {iteration}`")
+        _fail(
+            f"iteration {iteration} of {run_id} has no rows for prompt {prompt}: prompt "
+            f"ids of this iteration are listed by `sol-rl inspect {run_id} -i {iteration}`"
+        )
     shown = table[:limit]
     for pid in dict.fromkeys(row["prompt_id"] for row in shown):
         rows = [row for row in shown if row["prompt_id"] == pid]
         t = Table(title=f"iteration {iteration}, prompt {pid}: {rows[0]['prompt']!r}", title_justify="left")
-        for c, justify in (("proxy rank", "right"), ("seed", "right"), ("proxy reward", "right"), ("regenerated", "right"), ("side", "left")):
+        for c, justify in (
+            ("proxy rank", "right"),
+            ("seed", "right"),
+            ("proxy reward", "right"),
+            ("regenerated", "right"),
+            ("side", "left"),
+        ):
             t.add_column(c, justify=justify, no_wrap=True)
         for row in rows:
             regen = "" if row["regenerated_reward"] is None else f"{row['regenerated_reward']:.4f}"
@@ -263,7 +332,9 @@ def report(
 def export_lora(
     run_id: str,
     out: Path = typer.Option(..., "--out", "-o", help="folder for pytorch_lora_weights.safetensors"),
-    ema: bool = typer.Option(False, "--ema", help="export the EMA adapter (what evaluation uses) instead of the trained one"),
+    ema: bool = typer.Option(
+        False, "--ema", help="export the EMA adapter (what evaluation uses) instead of the trained one"
+    ),
     iteration: int = typer.Option(None, "--iteration", "-i", help="the committed update to export (default: the last)"),
     run_root: str = typer.Option(None, "--run-root"),
 ):
@@ -274,15 +345,23 @@ def export_lora(
     r = _open(run_id, run_root)
     with _errors():
         path, pipeline, i = export(r, out, ema, iteration)
-    console.print(f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)")
+    console.print(
+        f"wrote the {'EMA' if ema else 'trained'} adapter of iteration {i} to {path} (load with {pipeline}.load_lora_weights)"
+    )
 
 
 @app.command()
 def smoke(
     config: str = typer.Argument(..., help="YAML config path, or a preset name: flux, sd35, sana, shapes"),
-    run_root: str = typer.Option(None, "--run-root", help="where the smoke run goes (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)"),
+    run_root: str = typer.Option(
+        None,
+        "--run-root",
+        help="where the smoke run goes (default: $SOLRL_RUN_ROOT, then storage.run_root, then ./runs)",
+    ),
     run_id: str = typer.Option(None, "--run-id", help="default: smoke-<config>-<timestamp>"),
-    json_out: Path = typer.Option(None, "--json", help="also write the result (per stage: seconds, peak and predicted bytes) to this JSON file"),
+    json_out: Path = typer.Option(
+        None, "--json", help="also write the result (per stage: seconds, peak and predicted bytes) to this JSON file"
+    ),
 ):
     """What to run first on a new GPU: the config's model, backend and rewards on one prompt x 24
     seeds and one update, a SIGKILL in the middle of regenerate and the resume, `verify`, and per
@@ -295,30 +374,48 @@ def smoke(
         from solrl.accelerator import check_accelerator
 
         check_accelerator(cfg)  # before anything loads, as `run` does
-    from solrl.settings import settings
+    from tasks.run import default_run_id
+    from tasks.run import run_root as root_of_runs
 
-    root = run_root or settings().run_root or cfg.storage.run_root
-    rid = run_id or f"smoke-{Path(config).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    root = root_of_runs(run_root, cfg)
+    rid = run_id or f"smoke-{default_run_id(config)}"
     from solrl.progress import log_to_stderr
-    from tasks.smoke import format_rows, smoke as run_smoke
+    from tasks.smoke import format_rows
+    from tasks.smoke import smoke as run_smoke
 
     log_to_stderr()
     with _errors(f"sol-rl smoke {config} --run-root {root}"):
         result = run_smoke(config, root, rid, log=lambda s: err.print(s, highlight=False))
-    console.print(f"[bold]sol-rl smoke[/] {config}: 1 prompt x 24 seeds, one update -> {result.run_uri}", highlight=False)
+    console.print(
+        f"[bold]sol-rl smoke[/] {config}: 1 prompt x 24 seeds, one update -> {result.run_uri}", highlight=False
+    )
     console.print(f"device: {result.device}" + (f"; {result.backend}" if result.backend else ""), highlight=False)
-    t = Table(title="per stage: peak accelerator memory (torch.cuda.max_memory_allocated, reset per stage) and the memory plan")
-    for c, justify in (("stage", "left"), ("process", "left"), ("seconds", "right"), ("max allocated GB", "right"), ("plan GB", "right"), ("measured / plan", "right")):
+    t = Table(
+        title="per stage: peak accelerator memory (torch.cuda.max_memory_allocated, reset per stage) and the memory plan"
+    )
+    for c, justify in (
+        ("stage", "left"),
+        ("process", "left"),
+        ("seconds", "right"),
+        ("max allocated GB", "right"),
+        ("plan GB", "right"),
+        ("measured / plan", "right"),
+    ):
         t.add_column(c, justify=justify)
     for row in format_rows(result):
         t.add_row(*row)
     console.print(t)
     if result.plan_note:
         console.print(f"plan: {result.plan_note}", highlight=False)
-    console.print(f"SIGKILL mid-regenerate: {'yes' if result.killed else 'NO'}; resume recomputed regenerate: {'yes' if result.resumed_regenerate else 'NO'}", highlight=False)
+    console.print(
+        f"SIGKILL mid-regenerate: {'yes' if result.killed else 'NO'}; resume recomputed regenerate: {'yes' if result.resumed_regenerate else 'NO'}",
+        highlight=False,
+    )
     for p in result.problems:
         console.print(f"[red]PROBLEM[/] {p}", highlight=False)
-    console.print(("[green]OK[/]" if result.ok else "[red]FAILED[/]") + f" verify checked {result.verified} committed stage(s)")
+    console.print(
+        ("[green]OK[/]" if result.ok else "[red]FAILED[/]") + f" verify checked {result.verified} committed stage(s)"
+    )
     if json_out is not None:
         import dataclasses
         import json
@@ -334,8 +431,13 @@ def pretrain_shapes(
     steps: int = typer.Option(3000, help="optimizer steps (batch 64)"),
     seed: int = typer.Option(0, help="seed of initialisation and data"),
     out: Path = typer.Option(None, help="output folder (default: the package's shipped weights folder)"),
-    compile: bool = typer.Option(True, help="torch.compile the training step (~1.4x faster on CPU after a ~1 min compile)"),
-    stats: bool = typer.Option(True, help="afterwards, measure every training prompt's base reward (prompt_stats.json: what a training pool's headroom rule reads)"),
+    compile: bool = typer.Option(
+        True, help="torch.compile the training step (~1.4x faster on CPU after a ~1 min compile)"
+    ),
+    stats: bool = typer.Option(
+        True,
+        help="afterwards, measure every training prompt's base reward (prompt_stats.json: what a training pool's headroom rule reads)",
+    ),
 ):
     """Rebuild the embedded shapes model from a seed (the shipped weights are its output)."""
     from solrl.shapes import model as M
@@ -343,7 +445,9 @@ def pretrain_shapes(
 
     target = out or M.WEIGHTS_DIR
     console.print(f"pretraining hidden={hidden} for {steps} steps -> {target}")
-    meta = pretrain(M.ShapesModelConfig(hidden=hidden), steps, target, seed=seed, compile=compile, log=lambda s: console.print(s))
+    meta = pretrain(
+        M.ShapesModelConfig(hidden=hidden), steps, target, seed=seed, compile=compile, log=lambda s: console.print(s)
+    )
     console.print(f"done in {meta['train_seconds']:.0f}s: {target / 'shapes.safetensors'}")
     if stats:
         path = write_prompt_stats(target, log=lambda s: console.print(s))

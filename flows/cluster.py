@@ -51,7 +51,10 @@ def gpu_sets(workers: int, per_worker: int, update_ranks: int = 1) -> list[list[
     """The devices of each worker (solrl/gpus.py): the first visible GPU stays with the flow's
     process while it holds a model (the update on one rank); never is a GPU given to two
     processes (too few GPUs: a ConfigError saying how many workers fit)."""
-    return [list(s) for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, flow_stages(update_ranks)).workers]
+    return [
+        list(s)
+        for s in gpu_assignment(visible_gpus(), workers, per_worker, update_ranks, flow_stages(update_ranks)).workers
+    ]
 
 
 @contextlib.contextmanager
@@ -75,8 +78,10 @@ def _dask_cluster(cluster, storage=None):
         from prefect.settings import get_current_settings
 
         if not get_current_settings().api.url:
-            log.warning("cluster.address with ephemeral Prefect: start a Prefect server and set PREFECT_API_URL, "
-                        "so workers on other hosts can reach it and keep recording task runs across runs")
+            log.warning(
+                "cluster.address with ephemeral Prefect: start a Prefect server and set PREFECT_API_URL, "
+                "so workers on other hosts can reach it and keep recording task runs across runs"
+            )
         yield cluster.address
         return
     import dask
@@ -89,23 +94,47 @@ def _dask_cluster(cluster, storage=None):
     # Unset here, for the clusters we start; workers of an external scheduler: flows/dask_worker.py.
     # (the nannies read it when they are built, and reuse it when they restart a worker)
     spawn_env = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-    for var, value in (("SOLRL_S3_ENDPOINT", getattr(storage, "s3_endpoint", None)), ("SOLRL_S3_REGION", getattr(storage, "s3_region", None))):
+    for var, value in (
+        ("SOLRL_S3_ENDPOINT", getattr(storage, "s3_endpoint", None)),
+        ("SOLRL_S3_REGION", getattr(storage, "s3_region", None)),
+    ):
         if value:  # the workers open the run by its URI: they need the endpoint the config names
             spawn_env[f"distributed.nanny.pre-spawn-environ.{var}"] = value
     with dask.config.set(spawn_env):
         if cluster.gpus_per_worker:
             workers = {
-                f"gpu{i}": {"cls": Nanny, "options": {
-                    "name": f"gpu{i}", "nthreads": threads, "host": "127.0.0.1", "dashboard": False, "silence_logs": logging.ERROR,
-                    "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)}, "resources": {"GPU": len(devices)}, "preload": ["flows.dask_worker"]}}
+                f"gpu{i}": {
+                    "cls": Nanny,
+                    "options": {
+                        "name": f"gpu{i}",
+                        "nthreads": threads,
+                        "host": "127.0.0.1",
+                        "dashboard": False,
+                        "silence_logs": logging.ERROR,
+                        "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)},
+                        "resources": {"GPU": len(devices)},
+                        "preload": ["flows.dask_worker"],
+                    },
+                }
                 for i, devices in enumerate(gpu_sets(cluster.workers, cluster.gpus_per_worker, cluster.update_ranks))
             }
-            scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+            scheduler = {
+                "cls": Scheduler,
+                "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            }
             c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
         else:
-            c = LocalCluster(n_workers=cluster.workers, threads_per_worker=threads, processes=True, host="127.0.0.1", scheduler_port=0,
-                             dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
-                             preload=["flows.dask_worker"])
+            c = LocalCluster(
+                n_workers=cluster.workers,
+                threads_per_worker=threads,
+                processes=True,
+                host="127.0.0.1",
+                scheduler_port=0,
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+                preload=["flows.dask_worker"],
+            )
     try:
         yield c.scheduler_address
     finally:

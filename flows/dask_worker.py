@@ -34,8 +34,10 @@ def restore_malloc_thresholds() -> bool:
         return False  # not glibc: the variable means nothing here
     ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1
     if ok:
-        log.info("worker started with MALLOC_TRIM_THRESHOLD_=%s: glibc thresholds set back to mmap 32 MiB, trim 64 MiB",
-                 os.environ["MALLOC_TRIM_THRESHOLD_"])
+        log.info(
+            "worker started with MALLOC_TRIM_THRESHOLD_=%s: glibc thresholds set back to mmap 32 MiB, trim 64 MiB",
+            os.environ["MALLOC_TRIM_THRESHOLD_"],
+        )
     return ok
 
 

@@ -102,20 +102,42 @@ def start_server(startup_timeout_s: float = 120.0):
     interrupt.check()
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_child_setup)
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+        "--analytics-off",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_child_setup,
+    )
     _state["server"] = proc
     deadline = time.monotonic() + startup_timeout_s
     try:
         while not _healthy(url):
             interrupt.check()  # Ctrl-C while the server starts: no compute to finish, stop now
             if proc.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode} before it was up: "
-                                   "run `prefect server start` yourself to see why, or set PREFECT_API_URL to a running server")
+                raise RuntimeError(
+                    f"the temporary Prefect server exited with code {proc.returncode} before it was up: "
+                    "run `prefect server start` yourself to see why, or set PREFECT_API_URL to a running server"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the temporary Prefect server was not up after {startup_timeout_s:.0f} s: "
-                                   "set PREFECT_API_URL to a running server")
+                raise RuntimeError(
+                    f"the temporary Prefect server was not up after {startup_timeout_s:.0f} s: "
+                    "set PREFECT_API_URL to a running server"
+                )
             time.sleep(0.2)  # poll the health endpoint
     except BaseException:
         proc.kill()
@@ -132,7 +154,10 @@ def _watch(proc: subprocess.Popen) -> None:
         time.sleep(0.5)  # a supervisor thread's poll of the server process
         if proc.poll() is not None and interrupt.requested():
             time.sleep(5)  # let the compute reach its safe point
-            os.write(2, f"stopped by {signal.Signals(exit_code() - 128).name} (the Prefect server stopped too): resume with the same --run-id\n".encode())
+            os.write(
+                2,
+                f"stopped by {signal.Signals(exit_code() - 128).name} (the Prefect server stopped too): resume with the same --run-id\n".encode(),
+            )
             os._exit(exit_code())
 
 
@@ -167,7 +192,10 @@ class _DropExpectedStop(logging.Filter):
         if isinstance(exc, interrupt.StopRequested):
             return False
         msg = record.getMessage()
-        return not any(m in msg for m in ("StopRequested", "Crash detected", "Still processing items", "cancelled by the task runner"))
+        return not any(
+            m in msg
+            for m in ("StopRequested", "Crash detected", "Still processing items", "cancelled by the task runner")
+        )
 
 
 def quiet_expected_stop() -> None:
@@ -184,14 +212,13 @@ def ephemeral_prefect():
     """A temporary Prefect server for this run, stoppable: quiet logs, the server in its own
     session (Prefect's own `prefect server start`, pointed at with `temporary_settings`), Prefect's
     console lines about a requested stop dropped; the server stopped after draining, on every way out."""
+    from prefect.logging.configuration import setup_logging
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_LOGGING_LEVEL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         temporary_settings,
     )
-
-    from prefect.logging.configuration import setup_logging
 
     with temporary_settings({PREFECT_LOGGING_LEVEL: "WARNING", PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         setup_logging(incremental=True)  # the console at WARNING for this run (Prefect's own config, re-read)

@@ -16,7 +16,6 @@ _warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*is deprec
 _warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 
 
-
 class _DropMessage(_logging.Filter):
     def __init__(self, fragment: str):
         super().__init__()

@@ -105,8 +105,15 @@ def build_te_recipe(fmt: str, recipe_module):
 def _check_recipe(fmt: str, recipe) -> None:
     if fmt == "nvfp4":
         inp, weight = recipe.fp4_quant_fwd_inp, recipe.fp4_quant_fwd_weight
-        bad = [name for name, on in (("random Hadamard transform of the inputs", inp.random_hadamard_transform), ("2-D weight blocks", weight.fp4_2d_quantization),
-                                     ("stochastic rounding", inp.stochastic_rounding or weight.stochastic_rounding)) if on]
+        bad = [
+            name
+            for name, on in (
+                ("random Hadamard transform of the inputs", inp.random_hadamard_transform),
+                ("2-D weight blocks", weight.fp4_2d_quantization),
+                ("stochastic rounding", inp.stochastic_rounding or weight.stochastic_rounding),
+            )
+            if on
+        ]
     else:
         bad = ["power-of-two scales"] if recipe.use_power_2_scales else []
     if bad:
@@ -157,28 +164,40 @@ def check_accelerator(cfg: RunConfig) -> str | None:
     need = "fp8" if set(formats) == {"fp8"} else "nvfp4"  # NVFP4 is the stricter
     key = "explore.backend: transformer_engine"
     if cfg.explore.lowrank:
-        raise ConfigError(f"explore.lowrank ({cfg.explore.lowrank}) runs in the emulation only (Transformer Engine has no low-rank branch): set explore.backend: emulated or explore.lowrank: 0")
+        raise ConfigError(
+            f"explore.lowrank ({cfg.explore.lowrank}) runs in the emulation only (Transformer "
+            "Engine has no low-rank branch): set explore.backend: emulated or explore.lowrank: 0"
+        )
     minimum = ".".join(map(str, TE_MIN_VERSION))
     version = installed_te_version()
     if version is None:
         raise TransformerEngineUnavailable(
             f"{key} needs NVIDIA Transformer Engine >= {minimum}, which is not installed here: "
-            f"install it (pip install -e '.[gpu]') on {GPU_NAMES[need]}, or set explore.backend: emulated (the same numerics, without the low-precision speed-up)"
+            f"install it (pip install -e '.[gpu]') on {GPU_NAMES[need]}, or set "
+            "explore.backend: emulated (the same numerics, without the low-precision speed-up)"
         )
     if _release(version)[:2] < TE_MIN_VERSION:
         raise TransformerEngineUnavailable(
-            f"{key} needs Transformer Engine >= {minimum} and {version} is installed: upgrade it (pip install -U 'transformer-engine[pytorch]>={minimum}') or set explore.backend: emulated"
+            f"{key} needs Transformer Engine >= {minimum} and {version} is installed: upgrade it (pip "
+            f"install -U 'transformer-engine[pytorch]>={minimum}') or set explore.backend: emulated"
         )
     import torch
 
     if not torch.cuda.is_available():
-        raise TransformerEngineUnavailable(f"{key} needs a CUDA GPU and none is visible: run on {GPU_NAMES[need]}, or set explore.backend: emulated")
+        raise TransformerEngineUnavailable(
+            f"{key} needs a CUDA GPU and none is visible: run on {GPU_NAMES[need]}, or set explore.backend: emulated"
+        )
     major, minor = torch.cuda.get_device_capability()
     name = torch.cuda.get_device_name()
     for fmt, asked_by in formats.items():
         if (major, minor) < TE_MIN_CAPABILITY[fmt]:
             fix = "explore.backend: emulated"
-            if fmt == "nvfp4" and (major, minor) >= TE_MIN_CAPABILITY["fp8"] and asked_by == "explore.precision" and not cfg.explore.lowrank:
+            if (
+                fmt == "nvfp4"
+                and (major, minor) >= TE_MIN_CAPABILITY["fp8"]
+                and asked_by == "explore.precision"
+                and not cfg.explore.lowrank
+            ):
                 fix = "explore.precision: fp8 (FP8 tensor cores on this GPU) or explore.backend: emulated"
             elif fmt == "nvfp4" and asked_by != "explore.precision":
                 fix = f"{asked_by}: fp8 or explore.backend: emulated"
@@ -190,7 +209,8 @@ def check_accelerator(cfg: RunConfig) -> str | None:
         from transformer_engine.common import recipe as te_recipe
     except (ImportError, OSError, RuntimeError) as e:
         raise TransformerEngineUnavailable(
-            f"{key}: Transformer Engine {version} is installed but does not load ({' '.join(str(e).split())[:200]}): reinstall it for this torch and CUDA, or set explore.backend: emulated"
+            f"{key}: Transformer Engine {version} is installed but does not load ({' '.join(str(e).split())[:200]}): "
+            "reinstall it for this torch and CUDA, or set explore.backend: emulated"
         ) from None
     built = [f"{fmt} {type(build_te_recipe(fmt, te_recipe)).__name__}" for fmt in formats]
     return f"Transformer Engine {version} on {name} (sm_{major}{minor}): {', '.join(built)}"

@@ -31,7 +31,9 @@ def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for folder, adapter in ADAPTER_FILES.items():
         tensors = state.ema if adapter is None else policy.adapter_state(adapter)
-        out[f"{folder}/adapter_model.safetensors"] = save({k: v.contiguous() for k, v in tensors.items()})  # peft's names minus the adapter name
+        out[f"{folder}/adapter_model.safetensors"] = save(
+            {k: v.contiguous() for k, v in tensors.items()}
+        )  # peft's names minus the adapter name
         out[f"{folder}/adapter_config.json"] = adapter_config
     opt = state.optimizer.state_dict()
     flat = {}
@@ -39,7 +41,9 @@ def state_files(policy: Policy, state: TrainState) -> dict[str, bytes]:
         for k, v in s.items():
             flat[f"{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     out["optimizer.safetensors"] = save(flat, metadata={"param_groups": json.dumps(opt["param_groups"])})
-    out["rng.json"] = json.dumps({"optimizer_step": state.step, "streams": "keyed by (run seed, iteration); nothing else to restore"}).encode()
+    out["rng.json"] = json.dumps(
+        {"optimizer_step": state.step, "streams": "keyed by (run seed, iteration); nothing else to restore"}
+    ).encode()
     return out
 
 

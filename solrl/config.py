@@ -276,27 +276,44 @@ class RunConfig(_Strict):
         return MODES[self.run.mode]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         m = self.mode
         if m.explores and self.explore.n < self.select.k:
-            raise ValueError(f"explore.n ({self.explore.n}) must be >= select.k ({self.select.k}): explore at least as many seeds as you keep")
+            raise ValueError(
+                f"explore.n ({self.explore.n}) must be >= select.k ({self.select.k}): explore at least as many seeds as you keep"
+            )
         if m.explore_precision == "low" and self.explore.precision == "high":
-            raise ValueError(f"mode {m.name} explores in low precision: set explore.precision to nvfp4, fp8 or int8 (or use mode naive_scaling)")
+            raise ValueError(
+                f"mode {m.name} explores in low precision: set explore.precision to nvfp4, fp8 or int8 (or use mode naive_scaling)"
+            )
         if m.explore_precision == "high" and self.explore.precision != "high":
-            raise ValueError(f"mode {m.name} explores in high precision: set explore.precision: high (or use mode naive_quant)")
+            raise ValueError(
+                f"mode {m.name} explores in high precision: set explore.precision: high (or use mode naive_quant)"
+            )
         if self.explore.lowrank and self.explore.precision != "nvfp4":
-            raise ValueError(f"explore.lowrank ({self.explore.lowrank}) is a branch beside NVFP4 weights: set explore.precision: nvfp4 or explore.lowrank: 0")
+            raise ValueError(
+                f"explore.lowrank ({self.explore.lowrank}) is a branch beside NVFP4 weights: set explore.precision: nvfp4 or explore.lowrank: 0"
+            )
         if self.fidelity.audit_prompts and self.fidelity.audit_prompts > self.prompts.per_iteration:
-            raise ValueError(f"fidelity.audit_prompts ({self.fidelity.audit_prompts}) exceeds prompts.per_iteration ({self.prompts.per_iteration}): audit at most every prompt")
+            raise ValueError(
+                f"fidelity.audit_prompts ({self.fidelity.audit_prompts}) exceeds "
+                f"prompts.per_iteration ({self.prompts.per_iteration}): audit at most every prompt"
+            )
         if self.fidelity.guard.enabled and not self.fidelity.audit_prompts:
             raise ValueError("fidelity.guard needs audits to watch: set fidelity.audit_prompts >= 1")
         if self.prompts.pool is not None and self.prompts.pool < self.prompts.per_iteration:
-            raise ValueError(f"prompts.pool ({self.prompts.pool}) must be >= prompts.per_iteration ({self.prompts.per_iteration}): an iteration draws from the pool")
+            raise ValueError(
+                f"prompts.pool ({self.prompts.pool}) must be >= prompts.per_iteration ({self.prompts.per_iteration}): an iteration draws from the pool"
+            )
         if self.cluster.update_ranks > 1 and self.cluster.workers and self.cluster.workers < self.cluster.update_ranks:
-            raise ValueError(f"cluster.update_ranks ({self.cluster.update_ranks}) runs one rank per Dask worker, but cluster.workers is {self.cluster.workers}: "
-                             "raise cluster.workers or lower cluster.update_ranks")
+            raise ValueError(
+                f"cluster.update_ranks ({self.cluster.update_ranks}) runs one rank per Dask worker, but cluster.workers is {self.cluster.workers}: "
+                "raise cluster.workers or lower cluster.update_ranks"
+            )
         if self.cluster.address and self.cluster.workers:
-            raise ValueError("set either cluster.address (an existing Dask scheduler) or cluster.workers (a local cluster), not both")
+            raise ValueError(
+                "set either cluster.address (an existing Dask scheduler) or cluster.workers (a local cluster), not both"
+            )
         return self
 
     def hashed(self) -> dict:
@@ -316,7 +333,7 @@ class RunConfig(_Strict):
         data = {"config": self.hashed(), "resolved": resolved.model_dump(mode="json") if resolved else None}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
-    def with_overrides(self, **dotted) -> "RunConfig":
+    def with_overrides(self, **dotted) -> RunConfig:
         """A copy with dotted keys replaced, e.g. with_overrides(**{"explore.n": 16})."""
         data = self.model_dump(mode="json")
         for key, value in dotted.items():
@@ -338,11 +355,16 @@ def _sentence(e: ValidationError, where: str) -> str:
 def load_config(path: str | Path) -> RunConfig:
     """Load and validate a YAML config; errors are one sentence naming the file and key."""
     p = Path(path)
-    for candidate in (CONFIG_DIR / f"{path}.yaml", CONFIG_DIR.parent / path):  # a preset name, or a path relative to the checkout
+    for candidate in (
+        CONFIG_DIR / f"{path}.yaml",
+        CONFIG_DIR.parent / path,
+    ):  # a preset name, or a path relative to the checkout
         if not p.exists() and candidate.exists():
             p = candidate
     if not p.exists():
-        raise ConfigError(f"config file {path} does not exist: pass a YAML path or a preset name ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})")
+        raise ConfigError(
+            f"config file {path} does not exist: pass a YAML path or a preset name ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})"
+        )
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

@@ -102,14 +102,21 @@ def field_docs(source: str) -> dict[str, dict[str, FieldDoc]]:
             elif not adjacent:
                 head = None
             shares = head if (not above and head is not None) else None
-            fields[name] = FieldDoc(name, ast.get_source_segment(source, stmt.annotation) or "", " ".join(parts), shares)
+            fields[name] = FieldDoc(
+                name, ast.get_source_segment(source, stmt.annotation) or "", " ".join(parts), shares
+            )
             prev_line = stmt.end_lineno
         out[node.name] = fields
     return out
 
 
 def _bounds(info) -> str:
-    marks = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"), (annotated_types.Le, "le", "≤"), (annotated_types.Lt, "lt", "<"))
+    marks = (
+        (annotated_types.Ge, "ge", "≥"),
+        (annotated_types.Gt, "gt", ">"),
+        (annotated_types.Le, "le", "≤"),
+        (annotated_types.Lt, "lt", "<"),
+    )
     out = []
     for m in info.metadata:
         for cls, attr, sym in marks:
@@ -130,7 +137,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _section(lines: list[str], prefix: str, model: type[BaseModel], docs: dict[str, dict[str, FieldDoc]], nested: list) -> None:
+def _section(
+    lines: list[str], prefix: str, model: type[BaseModel], docs: dict[str, dict[str, FieldDoc]], nested: list
+) -> None:
     own = docs.get(model.__name__, {})
     if model.__doc__ and model.__doc__ is not BaseModel.__doc__ and not model.__doc__.startswith("!!!"):
         lines += [inspect.cleandoc(model.__doc__), ""]
@@ -171,7 +180,14 @@ def config_reference() -> list[str]:
 def environment_reference() -> list[str]:
     """The table of solrl/settings.py's docstring: every environment variable sol-rl reads."""
     table = [ln for ln in (settings_module.__doc__ or "").splitlines() if ln.startswith("|")]
-    return ["## Environment variables", "", "Read in one place, `solrl/settings.py`, when a run starts.", "", *table, ""]
+    return [
+        "## Environment variables",
+        "",
+        "Read in one place, `solrl/settings.py`, when a run starts.",
+        "",
+        *table,
+        "",
+    ]
 
 
 def render() -> str:

@@ -60,27 +60,49 @@ def flow_stages(update_ranks: int) -> tuple[str, ...]:
     return ("update",) if update_ranks <= 1 else ()
 
 
-def gpu_assignment(devices, workers: int, gpus_per_worker: int, update_ranks: int = 1, stages_in_flow: tuple[str, ...] = ("update",),
-                   external: bool = False) -> GpuAssignment:
+def gpu_assignment(
+    devices,
+    workers: int,
+    gpus_per_worker: int,
+    update_ranks: int = 1,
+    stages_in_flow: tuple[str, ...] = ("update",),
+    external: bool = False,
+) -> GpuAssignment:
     """The GPU of each process on a node with `devices` (a count or the list of visible ids)."""
     devices = tuple(str(d) for d in (range(devices) if isinstance(devices, int) else devices))
-    if devices and update_ranks > 1 and not external and workers < update_ranks:  # (on a CPU the update may start its own workers)
-        raise ConfigError(f"cluster.update_ranks ({update_ranks}) runs one rank per Dask worker, but cluster.workers is {workers}: "
-                          "set cluster.workers to at least update_ranks")
+    if (
+        devices and update_ranks > 1 and not external and workers < update_ranks
+    ):  # (on a CPU the update may start its own workers)
+        raise ConfigError(
+            f"cluster.update_ranks ({update_ranks}) runs one rank per Dask worker, but cluster.workers is {workers}: "
+            "set cluster.workers to at least update_ranks"
+        )
     ranks = tuple(range(update_ranks)) if update_ranks > 1 else ()
     if not devices or external:
-        return GpuAssignment(devices, devices[:1] if devices and stages_in_flow else (), tuple(() for _ in range(0 if external else workers)), ranks, stages_in_flow, external,
-                             devices[1:] if devices and stages_in_flow else devices)
+        return GpuAssignment(
+            devices,
+            devices[:1] if devices and stages_in_flow else (),
+            tuple(() for _ in range(0 if external else workers)),
+            ranks,
+            stages_in_flow,
+            external,
+            devices[1:] if devices and stages_in_flow else devices,
+        )
     if workers and not gpus_per_worker:
-        raise ConfigError(f"{len(devices)} GPU(s) are visible but cluster.gpus_per_worker is 0: the {workers} workers would all use GPU {devices[0]}; "
-                          "set cluster.gpus_per_worker (1 = one worker per GPU)")
+        raise ConfigError(
+            f"{len(devices)} GPU(s) are visible but cluster.gpus_per_worker is 0: the {workers} workers would all use GPU {devices[0]}; "
+            "set cluster.gpus_per_worker (1 = one worker per GPU)"
+        )
     flow = devices[:1] if stages_in_flow or not workers else ()
-    pool = devices[len(flow):]
+    pool = devices[len(flow) :]
     need = workers * gpus_per_worker
     if need > len(pool):
         why = f"the flow's process keeps GPU {flow[0]} for {', '.join(stages_in_flow)}, " if flow else ""
-        raise ConfigError(f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {why}{len(pool)} of the {len(devices)} visible GPUs are left for workers: "
-                          f"lower cluster.workers to {len(pool) // max(1, gpus_per_worker)}" + (" (or train the update on the workers: cluster.update_ranks > 1)" if flow else ""))
+        raise ConfigError(
+            f"cluster.workers x cluster.gpus_per_worker = {need} GPUs, but {why}{len(pool)} of the {len(devices)} visible GPUs are left for workers: "
+            f"lower cluster.workers to {len(pool) // max(1, gpus_per_worker)}"
+            + (" (or train the update on the workers: cluster.update_ranks > 1)" if flow else "")
+        )
     sets = tuple(pool[i * gpus_per_worker : (i + 1) * gpus_per_worker] for i in range(workers))
     return GpuAssignment(devices, flow, sets, ranks, stages_in_flow if flow else (), False, pool[need:])
 
@@ -96,7 +118,11 @@ def format_gpu_assignment(a: GpuAssignment) -> str:
         ranks = f"; update on {len(a.ranks)} ranks (workers {', '.join(map(str, a.ranks))})" if a.ranks else ""
         return f"no GPU visible: {where} on the CPU{ranks}"
     rank_of = {w: r for r, w in enumerate(a.ranks)}
-    lines = [f"GPU assignment ({len(a.devices)} GPU(s), {len(a.workers)} worker(s)" + (f", update on {len(a.ranks)} ranks" if a.ranks else ", update in the flow's process") + "):"]
+    lines = [
+        f"GPU assignment ({len(a.devices)} GPU(s), {len(a.workers)} worker(s)"
+        + (f", update on {len(a.ranks)} ranks" if a.ranks else ", update in the flow's process")
+        + "):"
+    ]
     for d in a.devices:
         if d in a.flow:
             lines.append(f"  GPU {d}: flow process ({', '.join(a.flow_stages) or 'no model'})")

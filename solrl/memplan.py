@@ -57,8 +57,21 @@ DECODE_CHUNK = 4  # latents the VAE decodes at once (DiffusersPolicy.decode); 1 
 def decode_chunk(cfg: RunConfig) -> int:
     """How many latents the VAE decodes at once: the runtime's and the plan's figure."""
     return 1 if cfg.model.low_memory else DECODE_CHUNK
+
+
 STAGES = ("baseline", "explore", "select", "regenerate", "audit", "update", "eval")
-COMPONENTS = ("transformer", "adapters", "explore_copy", "regenerate_copy", "eval_copy", "text_encoders", "vae", "rewards", "activations", "cuda_context")
+COMPONENTS = (
+    "transformer",
+    "adapters",
+    "explore_copy",
+    "regenerate_copy",
+    "eval_copy",
+    "text_encoders",
+    "vae",
+    "rewards",
+    "activations",
+    "cuda_context",
+)
 SAMPLING_PHASES = ("encode", "sample", "decode", "score")
 STAGE_PHASES = {
     "baseline": SAMPLING_PHASES,
@@ -70,7 +83,14 @@ STAGE_PHASES = {
     "eval": SAMPLING_PHASES,
 }
 # The sampler copy a stage uses (select: the explore copy is still cached from explore).
-SAMPLER = {"baseline": "eval_copy", "eval": "eval_copy", "explore": "explore_copy", "select": "explore_copy", "regenerate": "regenerate_copy", "audit": "regenerate_copy"}
+SAMPLER = {
+    "baseline": "eval_copy",
+    "eval": "eval_copy",
+    "explore": "explore_copy",
+    "select": "explore_copy",
+    "regenerate": "regenerate_copy",
+    "audit": "regenerate_copy",
+}
 
 
 # --- the residency schedule ---------------------------------------------------------------------
@@ -140,7 +160,9 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     """The memory plan of `cfg` on a GPU (`device_type="cpu"`: the same arithmetic for a CPU run,
     where nothing is offloaded and the emulated NVFP4 factors are float32)."""
     if cfg.model.family == "shapes":
-        raise ConfigError("the memory plan covers the GPU families (flux, sd3, sana); the shapes model runs on a CPU in megabytes")
+        raise ConfigError(
+            "the memory plan covers the GPU families (flux, sd3, sana); the shapes model runs on a CPU in megabytes"
+        )
     from .plan import primary_explore
 
     dtype = _plan_dtype(cfg, device_type)
@@ -150,14 +172,20 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     with fused_attention_on_meta():
         saved, acts["train"] = measure_update(policy, cfg)
         acts["sample_explore"] = measure_sampling(policy, cfg.explore.batch)
-        acts["sample"] = acts["sample_explore"] if cfg.rollout.batch == cfg.explore.batch else measure_sampling(policy, cfg.rollout.batch)
+        acts["sample"] = (
+            acts["sample_explore"]
+            if cfg.rollout.batch == cfg.explore.batch
+            else measure_sampling(policy, cfg.rollout.batch)
+        )
         acts["encode"] = measure_encoders(policy)
         acts["decode"] = measure_decode(policy)
         acts["score"], more = measure_rewards(cfg, device_type)
     notes += more
     spec = primary_explore(cfg)
     if spec is not None and spec.low_precision and (cfg.explore.backend == "emulated" or spec.precision == "fp8"):
-        notes.append("explore activations are counted as the bf16 model's; an emulated layer's float32 temporaries (one layer at a time) are not")
+        notes.append(
+            "explore activations are counted as the bf16 model's; an emulated layer's float32 temporaries (one layer at a time) are not"
+        )
     table, peak_phase, peak_by_stage, phases = {}, {}, {}, {}
     for stage in STAGES:
         if not _stage_runs(cfg, stage):
@@ -183,7 +211,23 @@ def plan(cfg: RunConfig, gpu_memory: int | None = None, device_type: str = "cuda
     fits = {label: peak <= mem for label, mem in GPUS.items()}
     if gpu_memory is not None:
         fits[f"{gpu_memory / GB:g} GB (given)"] = peak <= gpu_memory
-    return MemoryPlan(cfg.model.family, policy.resolution, dtype, sizes, acts, saved, table, phases, peak_phase, peak_by_stage, peak, peak_stage, fits, gpu_memory, notes)
+    return MemoryPlan(
+        cfg.model.family,
+        policy.resolution,
+        dtype,
+        sizes,
+        acts,
+        saved,
+        table,
+        phases,
+        peak_phase,
+        peak_by_stage,
+        peak,
+        peak_stage,
+        fits,
+        gpu_memory,
+        notes,
+    )
 
 
 def _plan_dtype(cfg: RunConfig, device_type: str) -> str:
@@ -227,7 +271,10 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
                 comps[name] = (library, cls, json.loads((path / "config.json").read_text()))
         return {"pipeline": index["_class_name"], "components": comps, "scheduler": sched}
     spec = json.loads((ARCH_DIR / ARCH_FILES[cfg.model.family]).read_text())
-    comps = {"transformer": ("diffusers", spec["transformer"]["class"], spec["transformer"]["config"]), "vae": ("diffusers", spec["vae"]["class"], spec["vae"]["config"])}
+    comps = {
+        "transformer": ("diffusers", spec["transformer"]["class"], spec["transformer"]["config"]),
+        "vae": ("diffusers", spec["vae"]["class"], spec["vae"]["config"]),
+    }
     for name, enc in spec["text_encoders"].items():
         comps[name] = ("transformers", enc["class"], {"_config_class": enc["config_class"], **enc["config"]})
     return {"pipeline": spec["pipeline"], "components": comps, "scheduler": spec["scheduler"]}
@@ -383,7 +430,9 @@ def _reward_models(cfg: RunConfig, device_type: str) -> tuple[list[tuple[str, nn
             notes.append(f"reward {name} is not modelled by the plan (its memory is not counted)")
             continue
         r = spec[name]
-        conf = transformers.CLIPConfig(text_config=r["text_config"], vision_config=r["vision_config"], projection_dim=r["projection_dim"])
+        conf = transformers.CLIPConfig(
+            text_config=r["text_config"], vision_config=r["vision_config"], projection_dim=r["projection_dim"]
+        )
         with torch.device("meta"):
             out.append((name, transformers.CLIPModel(conf).to(dtype).eval(), r))
     return out, notes
@@ -487,7 +536,16 @@ def fused_attention_on_meta():
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta":
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+            return original(
+                query,
+                key,
+                value,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
+            )
         return _FusedAttention.apply(query, key, value, attn_mask)
 
     F.scaled_dot_product_attention = sdpa
@@ -504,9 +562,13 @@ def meta_condition(policy, batch: int):
     d = policy.dtype
     with torch.device("meta"):
         if policy.family == "flux":
-            return torch.empty(batch, L, tc.joint_attention_dim, dtype=d), torch.empty(batch, tc.pooled_projection_dim, dtype=d)
+            return torch.empty(batch, L, tc.joint_attention_dim, dtype=d), torch.empty(
+                batch, tc.pooled_projection_dim, dtype=d
+            )
         if policy.family == "sd3":  # CLIP hidden states (77 tokens) then T5's
-            return torch.empty(batch, 77 + L, tc.joint_attention_dim, dtype=d), torch.empty(batch, tc.pooled_projection_dim, dtype=d)
+            return torch.empty(batch, 77 + L, tc.joint_attention_dim, dtype=d), torch.empty(
+                batch, tc.pooled_projection_dim, dtype=d
+            )
         if policy.family == "sana":
             return torch.empty(batch, L, tc.caption_channels, dtype=d), torch.empty(batch, L, dtype=torch.long)
     raise ConfigError(f"the memory plan has no conditioning for family {policy.family}")
@@ -527,7 +589,9 @@ def measure_update(policy, cfg: RunConfig) -> tuple[int, int]:
         p.grad = torch.zeros_like(p)
     cond = meta_condition(policy, n)
     saved: dict[int, int] = {}
-    existing = {k for k in (_storage_key(x) for x in _tensors([policy.peft, x0, eps, t, r, list(cond)])) if k is not None}
+    existing = {
+        k for k in (_storage_key(x) for x in _tensors([policy.peft, x0, eps, t, r, list(cond)])) if k is not None
+    }
 
     def pack(x):
         key = _storage_key(x)
@@ -633,14 +697,33 @@ def format_plan(p: MemoryPlan) -> str:
     cols = [c for c in COMPONENTS if any(c in row for row in p.table.values())]
     head = ["stage (peak phase)", *cols, "peak"]
     shown = [(s, p.peak_phase[s]) for s in p.table]
-    if ("update", "train") in p.phases and p.peak_phase.get("update") != "train":  # the training phase is what the update settings change
+    if ("update", "train") in p.phases and p.peak_phase.get(
+        "update"
+    ) != "train":  # the training phase is what the update settings change
         shown.insert(shown.index(("update", p.peak_phase["update"])) + 1, ("update", "train"))
-    rows = [[f"{s} ({ph})", *[gb(p.phases[(s, ph)][c]) if c in p.phases[(s, ph)] else "-" for c in cols], gb(sum(p.phases[(s, ph)].values()))] for s, ph in shown]
+    rows = [
+        [
+            f"{s} ({ph})",
+            *[gb(p.phases[(s, ph)][c]) if c in p.phases[(s, ph)] else "-" for c in cols],
+            gb(sum(p.phases[(s, ph)].values())),
+        ]
+        for s, ph in shown
+    ]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "| " + " | ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))) + " |"
+
+    def line(r):
+        return (
+            "| "
+            + " | ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+            + " |"
+        )
+
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     out.append("")
-    out.append(f"peak {gb(p.peak)} GB in {p.peak_stage} ({p.peak_phase[p.peak_stage]}); update micro-batch: {gb(p.saved_for_backward)} GB saved for backward outside checkpointed blocks, {gb(p.activations['train'])} GB transient peak")
+    out.append(
+        f"peak {gb(p.peak)} GB in {p.peak_stage} ({p.peak_phase[p.peak_stage]}); update micro-batch: {gb(p.saved_for_backward)} "
+        f"GB saved for backward outside checkpointed blocks, {gb(p.activations['train'])} GB transient peak"
+    )
     out.append("fits: " + ", ".join(f"{label} {'yes' if ok else 'no'}" for label, ok in p.fits.items()))
     out += [f"note: {n}" for n in p.notes]
     return "\n".join(out)

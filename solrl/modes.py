@@ -2,7 +2,7 @@
 
 | mode | explore (stage 1) | selection | training samples |
 |---|---|---|---|
-| sol_rl | N seeds, low precision (nvfp4/fp8), explore.steps | K/2 top + K/2 bottom by proxy reward | the selected seeds regenerated in high precision, rollout.steps |
+| sol_rl | N seeds, low precision, explore.steps | K/2 top + K/2 bottom by proxy reward | the selected seeds in high precision, rollout.steps |
 | diffusionnft | none | the first K seeds | those K seeds sampled in high precision |
 | naive_scaling | N seeds, high precision, rollout.steps | K/2 top + K/2 bottom | the explored samples themselves |
 | naive_quant | N seeds, low precision, rollout.steps | K/2 top + K/2 bottom | the explored (quantised) samples themselves |
@@ -40,9 +40,37 @@ class Mode:
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("sol_rl", explores=True, explore_precision="low", explore_steps="explore", selection="extremes", trains_on="regenerated"),
-        Mode("diffusionnft", explores=False, explore_precision=None, explore_steps="explore", selection="first_k", trains_on="regenerated"),
-        Mode("naive_scaling", explores=True, explore_precision="high", explore_steps="rollout", selection="extremes", trains_on="explored"),
-        Mode("naive_quant", explores=True, explore_precision="low", explore_steps="rollout", selection="extremes", trains_on="explored"),
+        Mode(
+            "sol_rl",
+            explores=True,
+            explore_precision="low",
+            explore_steps="explore",
+            selection="extremes",
+            trains_on="regenerated",
+        ),
+        Mode(
+            "diffusionnft",
+            explores=False,
+            explore_precision=None,
+            explore_steps="explore",
+            selection="first_k",
+            trains_on="regenerated",
+        ),
+        Mode(
+            "naive_scaling",
+            explores=True,
+            explore_precision="high",
+            explore_steps="rollout",
+            selection="extremes",
+            trains_on="explored",
+        ),
+        Mode(
+            "naive_quant",
+            explores=True,
+            explore_precision="low",
+            explore_steps="rollout",
+            selection="extremes",
+            trains_on="explored",
+        ),
     )
 }

@@ -1,11 +1,11 @@
 """The DiffusionNFT update (docs/algorithm.md, "The DiffusionNFT loss"), readable top to bottom.
 
-    rewards --advantages--> r in [0, 1]
-    x_t = (1 - t) x0 + t eps;  v_theta (trainable), v_old (old adapter), v_ref (no adapter)
-    v+ = beta v_theta + (1 - beta) v_old          v- = (1 + beta) v_old - beta v_theta
-    x0+- = x_t - t v+-;   w+- = max(mean|x0+- - x0|, 1e-5)   (per sample, detached, float64)
-    L+- = mean((x0+- - x0)^2 / w+-);   l = (r L+ + (1 - r) L-) / beta
-    loss = 5 mean(l) + kl_beta mean((v_theta - v_ref)^2)
+rewards --advantages--> r in [0, 1]
+x_t = (1 - t) x0 + t eps;  v_theta (trainable), v_old (old adapter), v_ref (no adapter)
+v+ = beta v_theta + (1 - beta) v_old          v- = (1 + beta) v_old - beta v_theta
+x0+- = x_t - t v+-;   w+- = max(mean|x0+- - x0|, 1e-5)   (per sample, detached, float64)
+L+- = mean((x0+- - x0)^2 / w+-);   l = (r L+ + (1 - r) L-) / beta
+loss = 5 mean(l) + kl_beta mean((v_theta - v_ref)^2)
 """
 
 from __future__ import annotations

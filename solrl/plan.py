@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from .config import RunConfig
 from .seeds import draw_prompts
 
+
 @dataclass(frozen=True)
 class ExploreSpec:
     """How stage 1 samples: N candidates per prompt at this precision and step count."""
@@ -64,15 +65,27 @@ class IterationPlan:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "IterationPlan":
+    def from_json(cls, data: bytes | str) -> IterationPlan:
         d = json.loads(data)
+
         def spec(x):
             return ExploreSpec(**x) if x else None
+
         guard = GuardState(**{**d["guard"], "window": tuple(d["guard"]["window"])}) if d.get("guard") else None
-        return cls(d["iteration"], d["mode"], tuple(tuple(p) for p in d["prompts"]), spec(d["explore"]), spec(d["primary"]), tuple(d["stages"]), guard)
+        return cls(
+            d["iteration"],
+            d["mode"],
+            tuple(tuple(p) for p in d["prompts"]),
+            spec(d["explore"]),
+            spec(d["primary"]),
+            tuple(d["stages"]),
+            guard,
+        )
 
 
-def iteration_prompts(cfg: RunConfig, iteration: int, train: tuple[str, ...], pool: tuple[str, ...] | None) -> tuple[tuple[int, str], ...]:
+def iteration_prompts(
+    cfg: RunConfig, iteration: int, train: tuple[str, ...], pool: tuple[str, ...] | None
+) -> tuple[tuple[int, str], ...]:
     """The prompts of iteration i ("Prompts and the training pool"): `per_iteration` of the pool (or of all training
     prompts), keyed by (run seed, iteration). Ids are indices in the training set."""
     candidates = pool or train
@@ -86,7 +99,14 @@ def primary_explore(cfg: RunConfig) -> ExploreSpec | None:
     if not m.explores:
         return None
     steps = cfg.rollout.steps if m.explore_steps == "rollout" else cfg.explore.steps
-    return ExploreSpec(cfg.explore.precision, steps, cfg.explore.n, cfg.explore.lowrank, m.keeps_explore_samples, cfg.explore.thumbnails)
+    return ExploreSpec(
+        cfg.explore.precision,
+        steps,
+        cfg.explore.n,
+        cfg.explore.lowrank,
+        m.keeps_explore_samples,
+        cfg.explore.thumbnails,
+    )
 
 
 def audits(cfg: RunConfig, iteration: int) -> bool:
@@ -106,13 +126,21 @@ def next_guard(cfg: RunConfig, previous: GuardState | None, audited: float | Non
     mean = sum(window) / len(window) if len(window) == g.window else None
     recover = g.threshold if g.recover is None else g.recover
     if mean is not None and not state.fallback and mean < g.threshold:
-        return GuardState(window, True, f"fallback: mean {g.metric} of the last {g.window} audits {mean:.3f} < {g.threshold}")
+        return GuardState(
+            window, True, f"fallback: mean {g.metric} of the last {g.window} audits {mean:.3f} < {g.threshold}"
+        )
     if mean is not None and state.fallback and mean >= recover:
         return GuardState(window, False, f"back to the configured explore: mean {g.metric} {mean:.3f} >= {recover}")
     return GuardState(window, state.fallback, "")
 
 
-def plan_iteration(cfg: RunConfig, iteration: int, train: tuple[str, ...], pool: tuple[str, ...] | None = None, guard: GuardState | None = None) -> IterationPlan:
+def plan_iteration(
+    cfg: RunConfig,
+    iteration: int,
+    train: tuple[str, ...],
+    pool: tuple[str, ...] | None = None,
+    guard: GuardState | None = None,
+) -> IterationPlan:
     """The stages of iteration i and what they work on. `guard` is this iteration's guard state
     (from `next_guard`); None when the guard is off."""
     m = cfg.mode
@@ -120,7 +148,12 @@ def plan_iteration(cfg: RunConfig, iteration: int, train: tuple[str, ...], pool:
     explore = primary
     if guard is not None and guard.fallback and primary is not None:
         g = cfg.fidelity.guard
-        explore = replace(primary, precision=g.fallback_precision or primary.precision, steps=g.fallback_steps or primary.steps, lowrank=0 if g.fallback_precision not in (None, "nvfp4") else primary.lowrank)
+        explore = replace(
+            primary,
+            precision=g.fallback_precision or primary.precision,
+            steps=g.fallback_steps or primary.steps,
+            lowrank=0 if g.fallback_precision not in (None, "nvfp4") else primary.lowrank,
+        )
     stages = ["plan"]
     if m.explores:
         stages.append("explore")
@@ -130,4 +163,6 @@ def plan_iteration(cfg: RunConfig, iteration: int, train: tuple[str, ...], pool:
     stages.append("update")
     if evaluates(cfg, iteration):
         stages.append("eval")
-    return IterationPlan(iteration, m.name, iteration_prompts(cfg, iteration, train, pool), explore, primary, tuple(stages), guard)
+    return IterationPlan(
+        iteration, m.name, iteration_prompts(cfg, iteration, train, pool), explore, primary, tuple(stages), guard
+    )

@@ -7,7 +7,7 @@ Convention: x_t = (1 - σ) x0 + σ ε, the network predicts v = ε - x0, σ runs
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,9 @@ from .interrupt import check as check_stop
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def flux_mu(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def flux_mu(
+    seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
     """FLUX's dynamic shift μ: linear in the image sequence length (diffusers calculate_shift)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return seq_len * m + (base_shift - m * base_seq_len)
@@ -36,8 +38,10 @@ def sigma_grid(kind: str, steps: int, **kw) -> np.ndarray:
         return np.linspace(1.0, 0.0, steps + 1)
     if kind == "sd3":
         shift = float(kw.get("shift", 3.0))
+
         def f(u):
             return shift * u / (1 + (shift - 1) * u)
+
         # diffusers: timesteps = linspace(f-applied? no) -> sigma_min = f(1/1000) is shifted again.
         s = f(np.linspace(1.0, f(1.0 / 1000.0), steps))
         return np.append(s, 0.0)

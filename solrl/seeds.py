@@ -39,10 +39,17 @@ def stream_seed(run_seed: int, *keys: int, name: str = "") -> int:
 def eval_seed(prompt: str, j: int) -> int:
     """Seed j of an evaluation prompt: keyed on the prompt's text only (never on the run seed or
     the mode), so every run renders the same (prompt, seed) pairs and gains are paired."""
-    return _hash63(int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little") >> 1, j, person=b"eval")
+    return _hash63(
+        int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little") >> 1, j, person=b"eval"
+    )
 
 
-def noise(seed_value: int, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def noise(
+    seed_value: int,
+    shape: tuple[int, ...] | torch.Size,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """N(0, I) drawn on the CPU in float32 from `seed_value`, then moved/cast."""
     g = torch.Generator("cpu").manual_seed(int(seed_value))
     x = torch.randn(tuple(shape), generator=g, dtype=torch.float32)

@@ -13,7 +13,8 @@ are read by those tools themselves; the few we consult are named here with their
 | SOLRL_REWARD_DEVICE | device of the learned reward models (default: cuda if available, else cpu) |
 | SOLRL_REWARD_BATCH | images per forward pass of a learned reward model (default 16) |
 | HPS_ROOT | folder of the HPS v2.1 checkpoint (default ~/.cache/hpsv2) |
-| SOLRL_CLIPSCORE_PATH, SOLRL_PICKSCORE_PATH, SOLRL_PICKSCORE_PROCESSOR_PATH, SOLRL_HPSV2_PATH, SOLRL_IMAGEREWARD_PATH, SOLRL_IMAGEREWARD_TOKENIZER | local copies of the learned rewards' weights (see solrl/rewards/) |
+| SOLRL_CLIPSCORE_PATH, SOLRL_PICKSCORE_PATH, SOLRL_PICKSCORE_PROCESSOR_PATH | local copies of the learned rewards' weights (see solrl/rewards/) |
+| SOLRL_HPSV2_PATH, SOLRL_IMAGEREWARD_PATH, SOLRL_IMAGEREWARD_TOKENIZER | the same, for HPS v2.1 and ImageReward |
 | HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME | where model and reward weights are looked up in the Hugging Face cache (read at call time) |
 | HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | weights only from disk (sol-rl never downloads at run time anyway) |
 | SOLRL_LEASE_TIMEOUT_S | a run lease whose heartbeat is older than this is stale (default 120) |
@@ -34,8 +35,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOLRL_", extra="ignore", frozen=True)
 
     run_root: str | None = None
-    s3_endpoint: str | None = Field(None, validation_alias=AliasChoices("SOLRL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
-    s3_region: str | None = Field(None, validation_alias=AliasChoices("SOLRL_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    s3_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("SOLRL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
+    s3_region: str | None = Field(
+        None, validation_alias=AliasChoices("SOLRL_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
     no_compile: bool = False
     reward_device: str | None = None
     reward_batch: int = Field(16, ge=1)

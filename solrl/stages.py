@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from .models.base import Policy
 from .plan import ExploreSpec, IterationPlan, plan_iteration
 from .quant import FP8Config, Int8Config, NVFP4Config, QuantConfig
 from .rewards import score_all, weighted_sum
-from .seeds import eval_seed, seed as candidate_seed, stream_seed
+from .seeds import eval_seed, stream_seed
+from .seeds import seed as candidate_seed
 
 Progress = Callable[[int], None]  # called with the number of candidates (or samples) just finished
 # (explore table with prompt_id, prompt, seed, reward; K; on_short_prompt) -> (selected table, stats)
@@ -53,14 +54,18 @@ def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> QuantCon
     return NVFP4Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend, **kw)
 
 
-def score_images(cfg: RunConfig, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def score_images(
+    cfg: RunConfig, images: torch.Tensor, prompts: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted training reward, every reward scored: the weighted ones and the report-only ones)."""
     names = list(dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]))
     scores = score_all(names, images, prompts)
     return weighted_sum(scores, cfg.reward.weights), scores
 
 
-def score(policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def score(
+    policy: Policy, cfg: RunConfig, x0: torch.Tensor, prompts: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return score_images(cfg, policy.decode(x0), prompts)
 
 
@@ -95,7 +100,9 @@ def sample_batched(policy, model, prompts, seeds, steps, solver, batch, cond, pr
     for lo in range(0, len(seeds), batch):
         idx = torch.arange(lo, min(lo + batch, len(seeds)))
         t0 = time.perf_counter()
-        x0 = policy.sample(model, [prompts[i] for i in idx], [seeds[i] for i in idx], steps, solver, cond=policy.select_cond(cond, idx))
+        x0 = policy.sample(
+            model, [prompts[i] for i in idx], [seeds[i] for i in idx], steps, solver, cond=policy.select_cond(cond, idx)
+        )
         durations += [1000.0 * (time.perf_counter() - t0) / len(idx)] * len(idx)
         outs.append(x0)
         if progress:
@@ -110,16 +117,36 @@ class ExploreResult:
     x0: torch.Tensor | None = None  # kept only when the mode trains on explore samples
 
 
-def explore(policy: Policy, cfg: RunConfig, spec: ExploreSpec, iteration: int, prompts, model=None, progress: Progress | None = None) -> ExploreResult:
+def explore(
+    policy: Policy,
+    cfg: RunConfig,
+    spec: ExploreSpec,
+    iteration: int,
+    prompts,
+    model=None,
+    progress: Progress | None = None,
+) -> ExploreResult:
     """N candidates per prompt from the explore copy (base + old adapter, quantised)."""
     if model is None:
         model, _ = policy.sampler_copy(explore_quant(policy, cfg, spec))
-    cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "precision", "steps", "reward", "duration_ms")}
+    cols: dict[str, list] = {
+        k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "precision", "steps", "reward", "duration_ms")
+    }
     x0_all = []
     for pid, text in prompts:
         seeds = [candidate_seed(cfg.run.seed, iteration, pid, c) for c in range(spec.n)]
         texts = [text] * len(seeds)
-        x0, dur = sample_batched(policy, model, texts, seeds, spec.steps, cfg.rollout.solver, cfg.explore.batch, policy.encode_rows(texts), progress)
+        x0, dur = sample_batched(
+            policy,
+            model,
+            texts,
+            seeds,
+            spec.steps,
+            cfg.rollout.solver,
+            cfg.explore.batch,
+            policy.encode_rows(texts),
+            progress,
+        )
         images = policy.decode(x0)
         total, scores = score_images(cfg, images, texts)
         cols["prompt_id"] += [pid] * len(seeds)
@@ -148,7 +175,9 @@ def select(cfg: RunConfig, plan: IterationPlan, explore_columns: dict[str, list]
         cols: dict[str, list] = {k: [] for k in SAMPLE_KEYS}
         for pid, text in plan.prompts:
             for c in range(cfg.select.k):
-                for k, v in zip(SAMPLE_KEYS, (pid, text, candidate_seed(cfg.run.seed, plan.iteration, pid, c), "all", None, None)):
+                for k, v in zip(
+                    SAMPLE_KEYS, (pid, text, candidate_seed(cfg.run.seed, plan.iteration, pid, c), "all", None, None)
+                ):
                     cols[k].append(v)
         return cols, {"non_finite": 0, "skipped_prompts": []}
     import pyarrow as pa
@@ -170,7 +199,14 @@ class Samples:
     columns: dict[str, list] = field(default_factory=dict)
 
 
-def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], model=None, progress: Progress | None = None, with_media: bool = True) -> Samples:
+def regenerate(
+    policy: Policy,
+    cfg: RunConfig,
+    selected: dict[str, list],
+    model=None,
+    progress: Progress | None = None,
+    with_media: bool = True,
+) -> Samples:
     """The selected seeds again, same noise, high precision, rollout steps."""
     if model is None:
         model, _ = policy.sampler_copy(None)
@@ -179,8 +215,17 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], model=
     duration = [0.0] * len(seeds)
     for pid in dict.fromkeys(selected["prompt_id"]):  # one conditioning per prompt
         idx = [i for i, p in enumerate(selected["prompt_id"]) if p == pid]
-        part, d = sample_batched(policy, model, [texts[i] for i in idx], [seeds[i] for i in idx], cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch,
-                                 policy.encode_rows([texts[i] for i in idx]), progress)
+        part, d = sample_batched(
+            policy,
+            model,
+            [texts[i] for i in idx],
+            [seeds[i] for i in idx],
+            cfg.rollout.steps,
+            cfg.rollout.solver,
+            cfg.rollout.batch,
+            policy.encode_rows([texts[i] for i in idx]),
+            progress,
+        )
         x0[idx] = part
         for i, v in zip(idx, d):
             duration[i] = v
@@ -200,7 +245,14 @@ def regenerate(policy: Policy, cfg: RunConfig, selected: dict[str, list], model=
     return Samples(list(selected["prompt_id"]), texts, x0, total, cols)
 
 
-def samples_from_explore(policy: Policy, cfg: RunConfig, explore_columns: dict[str, list], explore_x0: torch.Tensor, selected: dict[str, list], with_media: bool = True) -> Samples:
+def samples_from_explore(
+    policy: Policy,
+    cfg: RunConfig,
+    explore_columns: dict[str, list],
+    explore_x0: torch.Tensor,
+    selected: dict[str, list],
+    with_media: bool = True,
+) -> Samples:
     """Modes that train on explore samples: the explore samples of the selected seeds, with
     their explore rewards (what the update trains on in naive_scaling / naive_quant)."""
     index = {s: i for i, s in enumerate(explore_columns["seed"])}
@@ -218,8 +270,16 @@ def samples_from_explore(policy: Policy, cfg: RunConfig, explore_columns: dict[s
 
 
 # --- audit ----------------------------------------------------------------------------------------
-def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: dict[str, list], kept: dict[int, float], model=None, primary_model=None,
-          progress: Progress | None = None) -> dict[str, list]:
+def audit(
+    policy: Policy,
+    cfg: RunConfig,
+    plan: IterationPlan,
+    explore_columns: dict[str, list],
+    kept: dict[int, float],
+    model=None,
+    primary_model=None,
+    progress: Progress | None = None,
+) -> dict[str, list]:
     """Unbiased fidelity: for the first `fidelity.audit_prompts` prompts, every explored
     seed in high precision (the kept ones reuse their regenerated reward: `kept` maps seed ->
     reward), beside its proxy reward. When the guard made this iteration explore with a
@@ -231,7 +291,23 @@ def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: 
     proxies = [("explore", plan.explore)]
     if plan.primary is not None and plan.primary != plan.explore:
         proxies.append(("primary", plan.primary))
-    cols: dict[str, list] = {k: [] for k in ("prompt_id", "prompt", "candidate", "seed", "proxy", "proxy_precision", "proxy_steps", "proxy_reward", "proxy_rank", "selected", "reward", "duration_ms")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "prompt_id",
+            "prompt",
+            "candidate",
+            "seed",
+            "proxy",
+            "proxy_precision",
+            "proxy_steps",
+            "proxy_reward",
+            "proxy_rank",
+            "selected",
+            "reward",
+            "duration_ms",
+        )
+    }
     for pid, text in audited:
         rows = [i for i, p in enumerate(explore_columns["prompt_id"]) if p == pid]
         seeds = [explore_columns["seed"][i] for i in rows]
@@ -239,19 +315,49 @@ def audit(policy: Policy, cfg: RunConfig, plan: IterationPlan, explore_columns: 
         truth = dict(kept)
         dur = []
         if todo:  # (N = K: every seed was kept and regenerated already)
-            x0, dur = sample_batched(policy, model, [text] * len(todo), todo, cfg.rollout.steps, cfg.rollout.solver, cfg.rollout.batch, policy.encode_rows([text] * len(todo)), progress)
+            x0, dur = sample_batched(
+                policy,
+                model,
+                [text] * len(todo),
+                todo,
+                cfg.rollout.steps,
+                cfg.rollout.solver,
+                cfg.rollout.batch,
+                policy.encode_rows([text] * len(todo)),
+                progress,
+            )
             truth.update(zip(todo, score(policy, cfg, x0, [text] * len(todo))[0].tolist()))
         ms = dict(zip(todo, dur))
         for name, spec in proxies:
             if name == "explore":
                 proxy = [explore_columns["reward"][i] for i in rows]
             else:
-                pmodel = primary_model if primary_model is not None else policy.sampler_copy(explore_quant(policy, cfg, spec))[0]
+                pmodel = (
+                    primary_model
+                    if primary_model is not None
+                    else policy.sampler_copy(explore_quant(policy, cfg, spec))[0]
+                )
                 proxy = explore(policy, cfg, spec, plan.iteration, [(pid, text)], pmodel).columns["reward"]
             order = sorted(range(len(seeds)), key=lambda j: (-proxy[j], seeds[j]))
             rank = {seeds[j]: r + 1 for r, j in enumerate(order)}
             for j, s in enumerate(seeds):
-                for k, v in zip(cols, (pid, text, explore_columns["candidate"][rows[j]], s, name, spec.precision, spec.steps, proxy[j], rank[s], s in kept, truth[s], ms.get(s, 0.0))):
+                for k, v in zip(
+                    cols,
+                    (
+                        pid,
+                        text,
+                        explore_columns["candidate"][rows[j]],
+                        s,
+                        name,
+                        spec.precision,
+                        spec.steps,
+                        proxy[j],
+                        rank[s],
+                        s in kept,
+                        truth[s],
+                        ms.get(s, 0.0),
+                    ),
+                ):
                     cols[k].append(v)
     return cols
 
@@ -266,12 +372,20 @@ class TrainState:
     step: int = 0
 
     @classmethod
-    def fresh(cls, policy: Policy, cfg: RunConfig) -> "TrainState":
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.nft.lr, betas=(0.9, 0.999), weight_decay=cfg.nft.weight_decay, eps=1e-8)
+    def fresh(cls, policy: Policy, cfg: RunConfig) -> TrainState:
+        opt = torch.optim.AdamW(
+            policy.trainable_parameters(),
+            lr=cfg.nft.lr,
+            betas=(0.9, 0.999),
+            weight_decay=cfg.nft.weight_decay,
+            eps=1e-8,
+        )
         return cls(opt, policy.adapter_state("default"), 0)
 
 
-def train_micro_batch(policy: Policy, cfg: RunConfig, x0, x_t, t, c, r, divisor: int, with_terms: bool = True) -> dict[str, float]:
+def train_micro_batch(
+    policy: Policy, cfg: RunConfig, x0, x_t, t, c, r, divisor: int, with_terms: bool = True
+) -> dict[str, float]:
     """Forward and backward of one micro-batch: v_old and v_ref without gradients, v_θ with
     them, the DiffusionNFT loss, gradients accumulated (scaled by 1/divisor). The memory plan
     (solrl/memplan.py) runs this same function on the meta device to measure the update."""
@@ -279,12 +393,22 @@ def train_micro_batch(policy: Policy, cfg: RunConfig, x0, x_t, t, c, r, divisor:
         v_old = policy.velocity(x_t, t, c, "old")
         v_ref = policy.velocity(x_t, t, c, None) if cfg.nft.kl_beta else None
     v_theta = policy.velocity(x_t, t, c, "default")
-    loss, terms = nft.nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r, cfg.nft.beta, cfg.nft.kl_beta, with_terms=with_terms)
+    loss, terms = nft.nft_loss(
+        x0, x_t, t, v_theta, v_old, v_ref, r, cfg.nft.beta, cfg.nft.kl_beta, with_terms=with_terms
+    )
     (loss / divisor).backward()
     return terms
 
 
-def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, samples: Samples, progress: Progress | None = None, ranks=None) -> list[dict[str, float]]:
+def update(
+    policy: Policy,
+    state: TrainState,
+    cfg: RunConfig,
+    iteration: int,
+    samples: Samples,
+    progress: Progress | None = None,
+    ranks=None,
+) -> list[dict[str, float]]:
     """DiffusionNFT over the kept samples: `nft.steps_per_iteration` optimizer steps, each over
     its share of the samples × training times; EMA after every step; the old policy decays once,
     after the last step (docs/algorithm.md, "Old policy and EMA"). One metrics row per optimizer step. Samples with a
@@ -296,9 +420,16 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
     dropped = int((~finite).sum())
     if dropped:
         keep = finite.nonzero().flatten().tolist()
-        samples = Samples([samples.prompt_ids[i] for i in keep], [samples.prompts[i] for i in keep], samples.x0[keep], samples.rewards[keep])
+        samples = Samples(
+            [samples.prompt_ids[i] for i in keep],
+            [samples.prompts[i] for i in keep],
+            samples.x0[keep],
+            samples.rewards[keep],
+        )
     A, r = nft.advantages(samples.rewards, samples.prompt_ids)
-    grid = torch.tensor(np.asarray(policy.sigmas(cfg.rollout.steps))[:-1], dtype=torch.float32)  # without the terminal 0
+    grid = torch.tensor(
+        np.asarray(policy.sigmas(cfg.rollout.steps))[:-1], dtype=torch.float32
+    )  # without the terminal 0
     n_times = nft.timesteps_per_sample(cfg.rollout.steps, cfg.nft.timestep_fraction)
     n = samples.x0.shape[0]
     g = torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, name="train"))
@@ -310,7 +441,9 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
     if steps == 1:
         parts = [torch.arange(n)]
     else:  # the samples in a seeded order, split into `steps` near-equal parts
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, name="split")))
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(stream_seed(cfg.run.seed, iteration, name="split"))
+        )
         parts = list(torch.tensor_split(order, steps))
     params = policy.trainable_parameters()
     dev = policy.device  # samples and noise live on the CPU; each micro-batch moves to the model
@@ -328,7 +461,9 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
                 tt = t.view(-1, *([1] * (samples.x0.dim() - 1)))
                 x0 = samples.x0[idx].to(dev)
                 x_t = (1 - tt) * x0 + tt * eps[j, idx].to(dev)
-                terms = train_micro_batch(policy, cfg, x0, x_t, t, policy.select_cond(cond, idx), r[idx].to(dev), len(chunks) * n_times)
+                terms = train_micro_batch(
+                    policy, cfg, x0, x_t, t, policy.select_cond(cond, idx), r[idx].to(dev), len(chunks) * n_times
+                )
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v / (len(chunks) * n_times)
                 if progress:
@@ -343,7 +478,17 @@ def update(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, sa
             state.step += 1
             nft.lerp_(state.ema, policy.adapter_state("default"), ema_d)
         state.optimizer.zero_grad(set_to_none=True)
-        rows.append({**sums, "grad_norm": grad_norm, "applied": float(applied), "lr": cfg.nft.lr, "optimizer_step": float(state.step), "ema_decay": ema_d, "n_samples": float(len(part))})
+        rows.append(
+            {
+                **sums,
+                "grad_norm": grad_norm,
+                "applied": float(applied),
+                "lr": cfg.nft.lr,
+                "optimizer_step": float(state.step),
+                "ema_decay": ema_d,
+                "n_samples": float(len(part)),
+            }
+        )
     # The old (sampling) policy decays towards θ once per iteration, after its last step.
     decay = nft.old_decay(state.step, cfg.nft.decay_type)
     old = policy.adapter_state("old")
@@ -370,13 +515,17 @@ def eval_prompts(policy: Policy, cfg: RunConfig) -> dict[str, tuple[tuple[int, s
     return eval_prompt_sets(type(policy), cfg, policy.train_prompts(), policy.eval_prompts(), policy.resolved.pool)
 
 
-def eval_prompt_sets(family, cfg: RunConfig, train: tuple[str, ...], held: tuple[str, ...], pool: tuple[str, ...] | None) -> dict[str, tuple[tuple[int, str], ...]]:
+def eval_prompt_sets(
+    family, cfg: RunConfig, train: tuple[str, ...], held: tuple[str, ...], pool: tuple[str, ...] | None
+) -> dict[str, tuple[tuple[int, str], ...]]:
     """`eval_prompts` from the family class and its prompt sets (no model needed)."""
     out = {}
     if "train" in cfg.eval.sets:
         if pool is None:
             g = torch.Generator().manual_seed(stream_seed(0, len(train), name="eval-train"))
-            pool = tuple(train[i] for i in sorted(torch.randperm(len(train), generator=g)[: min(16, len(train))].tolist()))
+            pool = tuple(
+                train[i] for i in sorted(torch.randperm(len(train), generator=g)[: min(16, len(train))].tolist())
+            )
         where = {p: i for i, p in enumerate(train)}
         out["train"] = tuple((where[p], p) for p in pool[: cfg.eval.train_prompts])
     if "held_out" in cfg.eval.sets:
@@ -395,8 +544,15 @@ def eval_model(policy: Policy, ema: dict[str, torch.Tensor]):
         policy.load_adapter("default", current)
 
 
-def evaluate(policy: Policy, ema: dict[str, torch.Tensor] | None, cfg: RunConfig, with_media: bool = True, progress: Progress | None = None,
-             rows: range | None = None, model=None) -> dict[str, list]:
+def evaluate(
+    policy: Policy,
+    ema: dict[str, torch.Tensor] | None,
+    cfg: RunConfig,
+    with_media: bool = True,
+    progress: Progress | None = None,
+    rows: range | None = None,
+    model=None,
+) -> dict[str, list]:
     """Every evaluation set × `eval.seeds_per_prompt` fixed seeds, with the given adapter state
     (the EMA; the LoRA init for the baseline = the base model), eval steps, high precision.
     `rows`: only these rows (an eval shard: whole sampling batches, so it computes what the
@@ -412,7 +568,17 @@ def evaluate(policy: Policy, ema: dict[str, torch.Tensor] | None, cfg: RunConfig
     if rows is not None:
         cols = {k: v[rows.start : rows.stop] for k, v in cols.items()}
     texts = cols["prompt"]
-    x0, _ = sample_batched(policy, model, texts, cols["seed"], cfg.eval.steps, "euler", cfg.rollout.batch, policy.encode_rows(texts), progress)
+    x0, _ = sample_batched(
+        policy,
+        model,
+        texts,
+        cols["seed"],
+        cfg.eval.steps,
+        "euler",
+        cfg.rollout.batch,
+        policy.encode_rows(texts),
+        progress,
+    )
     images = policy.decode(x0)
     total, scores = score_images(cfg, images, texts)
     cols["reward"] = total.tolist()
@@ -440,7 +606,15 @@ class IterationResult:
         return self.plan.iteration
 
 
-def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: int, select_fn: SelectFn, with_media: bool = False, progress: Progress | None = None) -> IterationResult:
+def run_iteration(
+    policy: Policy,
+    state: TrainState,
+    cfg: RunConfig,
+    iteration: int,
+    select_fn: SelectFn,
+    with_media: bool = False,
+    progress: Progress | None = None,
+) -> IterationResult:
     """The iteration's plan executed in memory, any mode: explore -> select -> regenerate
     (-> audit) -> update (-> evaluate). `select_fn` is the DuckDB selection
     (storage.selection.select_seeds). The run's baseline evaluation is the caller's (it is not
@@ -448,7 +622,9 @@ def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: 
     if cfg.fidelity.guard.enabled:
         from .errors import ConfigError
 
-        raise ConfigError("fidelity.guard commits its decisions with the run: run it through the store (tasks.steps.run_steps, `sol-rl run`), not in memory")
+        raise ConfigError(
+            "fidelity.guard commits its decisions with the run: run it through the store (tasks.steps.run_steps, `sol-rl run`), not in memory"
+        )
     plan = plan_iteration(cfg, iteration, policy.train_prompts(), policy.resolved.pool)
     seconds: dict[str, float] = {}
     ex = None
@@ -468,8 +644,18 @@ def run_iteration(policy: Policy, state: TrainState, cfg: RunConfig, iteration: 
     audited = None
     if plan.runs("audit"):
         t = time.perf_counter()
-        primary = policy.sampler_copy(explore_quant(policy, cfg, plan.primary))[0] if plan.primary != plan.explore else None
-        audited = audit(policy, cfg, plan, ex.columns, dict(zip(samples.columns["seed"], samples.columns["reward"])), primary_model=primary, progress=progress)
+        primary = (
+            policy.sampler_copy(explore_quant(policy, cfg, plan.primary))[0] if plan.primary != plan.explore else None
+        )
+        audited = audit(
+            policy,
+            cfg,
+            plan,
+            ex.columns,
+            dict(zip(samples.columns["seed"], samples.columns["reward"])),
+            primary_model=primary,
+            progress=progress,
+        )
         seconds["audit"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics = update(policy, state, cfg, iteration, samples, progress)

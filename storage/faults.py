@@ -38,7 +38,9 @@ class _Plan:
         parts = spec.split(":", 3)
         op, _, self.where = parts[0].partition("@")
         if len(parts) < 3 or op not in ("write", "read", "any") or parts[2] not in EFFECTS or not parts[1].isdigit():
-            raise ValueError(f"fault spec {spec!r} is not <write|read|any>[@<path text>]:<n>:<{'|'.join(EFFECTS)}>[:<log file>]")
+            raise ValueError(
+                f"fault spec {spec!r} is not <write|read|any>[@<path text>]:<n>:<{'|'.join(EFFECTS)}>[:<log file>]"
+            )
         self.spec, self.op, self.n, self.effect = spec, op, int(parts[1]), parts[2]
         self.log = parts[3] if len(parts) > 3 else None
         self.counts = {"write": 0, "read": 0, "any": 0}
@@ -130,7 +132,7 @@ class PausingFileSystem:
 class FaultyFileSystem:
     """Delegates to `inner`; counts writes/reads and injects the configured fault."""
 
-    def __init__(self, inner: AbstractFileSystem, spec: "str | _Plan"):
+    def __init__(self, inner: AbstractFileSystem, spec: str | _Plan):
         self.inner, self.plan = inner, spec if isinstance(spec, _Plan) else plan_for(spec)
 
     def __getattr__(self, name):

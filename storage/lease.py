@@ -21,8 +21,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .store import RunStore
 
@@ -72,7 +72,14 @@ class Lease:
 
     def _record(self, started: float) -> dict:
         pid = os.getpid()
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": pid, "pid_start": _pid_start(pid), "started": started, "heartbeat": time.time()}
+        return {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": pid,
+            "pid_start": _pid_start(pid),
+            "started": started,
+            "heartbeat": time.time(),
+        }
 
     def read(self) -> dict | None:
         if not self.store.exists(self.path):
@@ -94,7 +101,7 @@ class Lease:
             return f"its heartbeat is {age:.0f} s old (timeout {self.timeout_s:.0f} s)"
         return None
 
-    def acquire(self, take_over: bool = False, settle_s: float = 0.2) -> "Lease":
+    def acquire(self, take_over: bool = False, settle_s: float = 0.2) -> Lease:
         rec = self.read()
         if rec is not None:
             why = self.stale(rec)
@@ -102,14 +109,22 @@ class Lease:
             if why is None or not (provably_gone or take_over):
                 holder = f"{rec.get('host')} pid {rec.get('pid')}" if rec else "an unknown process"
                 age = time.time() - float(rec.get("heartbeat", 0)) if rec else 0
-                hint = "wait for it to finish or stop it" if why is None else f"it looks stale ({why}): rerun with --take-over if that process is gone"
-                raise LeaseHeld(f"run {self.store.uri} is being run by {holder} (lease heartbeat {age:.0f} s ago): {hint}")
+                hint = (
+                    "wait for it to finish or stop it"
+                    if why is None
+                    else f"it looks stale ({why}): rerun with --take-over if that process is gone"
+                )
+                raise LeaseHeld(
+                    f"run {self.store.uri} is being run by {holder} (lease heartbeat {age:.0f} s ago): {hint}"
+                )
         started = time.time()
         self.store.write_json(self.path, self._record(started))
         time.sleep(settle_s)  # a concurrent acquirer's write lands now or never: read back who won
         back = self.read() or {}
         if back.get("owner") != self.owner:
-            raise LeaseHeld(f"run {self.store.uri} was claimed at the same moment by {back.get('host')} pid {back.get('pid')}: wait for it to finish or stop it")
+            raise LeaseHeld(
+                f"run {self.store.uri} was claimed at the same moment by {back.get('host')} pid {back.get('pid')}: wait for it to finish or stop it"
+            )
         self.held = True
         self._started = started
         self._thread = threading.Thread(target=self._beat, name="sol-rl-lease", daemon=True)
@@ -122,7 +137,9 @@ class Lease:
                 holder = self.read() or {}
                 if holder.get("owner") != self.owner:  # taken over: tell the run (it stops at a safe point)
                     if self.on_lost is not None:
-                        self.on_lost(f"the loss of the lease (taken over by {holder.get('host')} pid {holder.get('pid')})")
+                        self.on_lost(
+                            f"the loss of the lease (taken over by {holder.get('host')} pid {holder.get('pid')})"
+                        )
                     return
                 self.store.write_json(self.path, self._record(self._started))
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
@@ -131,7 +148,9 @@ class Lease:
     def check(self) -> None:
         """Raise LeaseLost if another process took the run over."""
         if self.held and (self.read() or {}).get("owner") != self.owner:
-            raise LeaseLost(f"run {self.store.uri} was taken over by another process: this one stops without committing")
+            raise LeaseLost(
+                f"run {self.store.uri} was taken over by another process: this one stops without committing"
+            )
 
     def release(self) -> None:
         self._stop.set()
@@ -145,7 +164,7 @@ class Lease:
             except Exception:  # noqa: BLE001 - the store is gone: the lease goes stale by itself
                 pass
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:

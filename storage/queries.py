@@ -24,15 +24,25 @@ def committed_files(store: RunStore, iteration: int | None, stage: str) -> list[
     return store.stage(iteration, stage).committed_files()
 
 
-def read_stage(store: RunStore, iteration: int | None, stage: str, columns: str = "*", prompt_id: int | None = None) -> pa.Table:
+def read_stage(
+    store: RunStore, iteration: int | None, stage: str, columns: str = "*", prompt_id: int | None = None
+) -> pa.Table:
     """A committed stage's rows (only the files its commit lists), optionally of one prompt."""
     files = committed_files(store, iteration, stage)
     if not files:
-        raise MissingInput(f"{store.uri}/{store.stage(iteration, stage).label} has no committed data: run or resume the run first")
+        raise MissingInput(
+            f"{store.uri}/{store.stage(iteration, stage).label} has no committed data: run or resume the run first"
+        )
     con = connect(store)
-    where, params = ("WHERE prompt_id = $pid", {"files": files, "pid": prompt_id}) if prompt_id is not None else ("", {"files": files})
+    where, params = (
+        ("WHERE prompt_id = $pid", {"files": files, "pid": prompt_id})
+        if prompt_id is not None
+        else ("", {"files": files})
+    )
     try:
-        return con.sql(f"SELECT {columns} FROM read_parquet($files, union_by_name = true) {where}", params=params).to_arrow_table()
+        return con.sql(
+            f"SELECT {columns} FROM read_parquet($files, union_by_name = true) {where}", params=params
+        ).to_arrow_table()
     finally:
         con.close()
 
@@ -64,7 +74,9 @@ def seed_ranking(store: RunStore, iteration: int, prompt_id: int | None = None) 
     selected = committed_files(store, iteration, "select")
     regen = committed_files(store, iteration, "regenerate")
     if not explore or not selected:
-        raise MissingInput(f"{store.uri}/{store.stage(iteration, 'explore').label} has no committed explore/select data (mode diffusionnft has no explore)")
+        raise MissingInput(
+            f"{store.uri}/{store.stage(iteration, 'explore').label} has no committed explore/select data (mode diffusionnft has no explore)"
+        )
     con = connect(store)
     try:
         where = "WHERE e.prompt_id = $pid" if prompt_id is not None else ""
@@ -73,7 +85,10 @@ def seed_ranking(store: RunStore, iteration: int, prompt_id: int | None = None) 
             params["pid"] = prompt_id
         sql = SEED_RANKING_SQL.format(where=where)
         if not regen:
-            sql = sql.replace("SELECT prompt_id, seed, reward FROM read_parquet($regen, union_by_name = true)", "SELECT prompt_id, seed, CAST(NULL AS DOUBLE) AS reward FROM read_parquet($regen)")
+            sql = sql.replace(
+                "SELECT prompt_id, seed, reward FROM read_parquet($regen, union_by_name = true)",
+                "SELECT prompt_id, seed, CAST(NULL AS DOUBLE) AS reward FROM read_parquet($regen)",
+            )
         return con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()

@@ -12,15 +12,16 @@ from pathlib import Path
 
 # No backend is forced: headless processes get Agg by default, notebooks keep their inline one.
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from solrl.errors import MissingInput  # noqa: E402
 
 from .queries import paired_gains, read_stage, seed_ranking  # noqa: E402
 from .store import RunStore  # noqa: E402
+
 
 def committed_iterations(store: RunStore, stage: str = "update") -> list[int]:
     return [i for i in store.iterations() if store.stage(i, stage).record is not None]
@@ -92,7 +93,15 @@ def fig_proxy_vs_regenerated(store: RunStore, iteration: int):
         ax.plot(allp, [min(allp) - 0.02] * len(allp), "|", color="0.6", ms=10, label="all explored (proxy)")
         for side, colour in (("top", "tab:green"), ("bottom", "tab:red")):
             s = [r for r in pr if r["side"] == side and r["regenerated_reward"] is not None]
-            ax.scatter([r["proxy_reward"] for r in s], [r["regenerated_reward"] for r in s], c=colour, label=f"selected {side}", s=28, edgecolor="k", linewidth=0.3)
+            ax.scatter(
+                [r["proxy_reward"] for r in s],
+                [r["regenerated_reward"] for r in s],
+                c=colour,
+                label=f"selected {side}",
+                s=28,
+                edgecolor="k",
+                linewidth=0.3,
+            )
         lo = min(allp + [r["regenerated_reward"] for r in pr if r["regenerated_reward"] is not None]) - 0.03
         hi = max(allp + [r["regenerated_reward"] for r in pr if r["regenerated_reward"] is not None]) + 0.03
         ax.plot([lo, hi], [lo, hi], ls=":", color="0.5", lw=1)
@@ -107,7 +116,9 @@ def fig_proxy_vs_regenerated(store: RunStore, iteration: int):
 
 def fig_selected_grid(store: RunStore, iteration: int, per_side: int = 6):
     """Regenerated images of the best `per_side` top seeds and the worst bottom seeds, per prompt."""
-    t = read_stage(store, iteration, "regenerate", "prompt_id, prompt, seed, side, proxy_rank, reward, image").to_pylist()
+    t = read_stage(
+        store, iteration, "regenerate", "prompt_id, prompt, seed, side, proxy_rank, reward, image"
+    ).to_pylist()
     prompts = list(dict.fromkeys(r["prompt_id"] for r in t))
     per_side = min(per_side, max(sum(r["prompt_id"] == p and r["side"] != "bottom" for r in t) for p in prompts))
     ncols = max(2 * per_side, 1)
@@ -118,7 +129,11 @@ def fig_selected_grid(store: RunStore, iteration: int, per_side: int = 6):
         bots = [r for r in pr if r["side"] == "bottom"][-per_side:]
         for ax, r in zip(row, tops + bots):
             ax.imshow(_png(r["image"]), interpolation="nearest")
-            ax.set_title(f"{r['side']} #{r['proxy_rank']}\nR={r['reward']:.2f}", fontsize=7, color="tab:green" if r["side"] != "bottom" else "tab:red")
+            ax.set_title(
+                f"{r['side']} #{r['proxy_rank']}\nR={r['reward']:.2f}",
+                fontsize=7,
+                color="tab:green" if r["side"] != "bottom" else "tab:red",
+            )
         for k, ax in enumerate(row):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -137,14 +152,23 @@ def fig_rewards(store: RunStore):
     m = iteration_metrics(store)
     it = m["iteration"]
     stages = [k for k in m if k.startswith("seconds_")]
-    wall = np.cumsum([sum((m[k][j] or 0.0) if m[k][j] == m[k][j] else 0.0 for k in stages) for j in range(len(it))]) / 60.0
+    wall = (
+        np.cumsum([sum((m[k][j] or 0.0) if m[k][j] == m[k][j] else 0.0 for k in stages) for j in range(len(it))]) / 60.0
+    )
     gains = gains_by_iteration(store)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, x, label in ((axes[0], it, "iteration"), (axes[1], wall, "wall time of the iterations' stages (min)")):
         for name, g in gains.items():
             xs = [x[it.index(i)] for i in g["iteration"] if i in it]
             k = len(xs)
-            ax.errorbar(xs, g["gain"][:k], yerr=g["se"][:k], marker="o", capsize=3, label=f"{name}: paired gain over the base model (± 1 SE)")
+            ax.errorbar(
+                xs,
+                g["gain"][:k],
+                yerr=g["se"][:k],
+                marker="o",
+                capsize=3,
+                label=f"{name}: paired gain over the base model (± 1 SE)",
+            )
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("eval reward − baseline (same prompts and seeds)")
@@ -269,10 +293,16 @@ def fig_eval_grid(store: RunStore, max_prompts: int = 6):
         return fig
     base = store.stage(None, "baseline")
     rows = ev.to_pylist() + (read_stage(store, None, "baseline").to_pylist() if base.record else [])
-    rows = [r for r in rows if r["set"] == "held_out" and r["seed"] == min(x["seed"] for x in rows if x["prompt"] == r["prompt"])]
+    rows = [
+        r
+        for r in rows
+        if r["set"] == "held_out" and r["seed"] == min(x["seed"] for x in rows if x["prompt"] == r["prompt"])
+    ]
     its = sorted({r["iteration"] for r in rows})
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))[:max_prompts]
-    fig, axes = plt.subplots(len(prompts), len(its), figsize=(1.4 * len(its) + 2.2, 1.5 * len(prompts) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        len(prompts), len(its), figsize=(1.4 * len(its) + 2.2, 1.5 * len(prompts) + 0.5), squeeze=False
+    )
     for r_i, p in enumerate(prompts):
         for c_i, it in enumerate(its):
             ax = axes[r_i][c_i]
@@ -303,7 +333,9 @@ def fig_previews(store: RunStore, iteration: int, prompt_id: int, per_row: int =
     per_row = min(per_row, len(rows))
     n_prev = -(-len(rows) // per_row)
     n_kept = -(-len(kept) // per_row)
-    fig, axes = plt.subplots(n_prev + n_kept, per_row, figsize=(0.9 * per_row, 1.0 * (n_prev + n_kept) + 0.8), squeeze=False)
+    fig, axes = plt.subplots(
+        n_prev + n_kept, per_row, figsize=(0.9 * per_row, 1.0 * (n_prev + n_kept) + 0.8), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for k, r in enumerate(rows):
@@ -322,9 +354,14 @@ def fig_previews(store: RunStore, iteration: int, prompt_id: int, per_row: int =
         if r["seed"] in image:
             ax.imshow(_png(image[r["seed"]]), interpolation="nearest")
             reg = "" if r["regenerated_reward"] is None else f" → {r['regenerated_reward']:.2f}"
-            ax.set_title(f"#{r['proxy_rank']}{reg}", fontsize=6, color="tab:green" if r["side"] != "bottom" else "tab:red")
-    fig.suptitle(f"Iteration {iteration}, prompt {prompt_id}: {rows[0]['prompt']!r} — explore previews by proxy rank (framed: selected), "
-                 "then the selected seeds regenerated in high precision", fontsize=8)
+            ax.set_title(
+                f"#{r['proxy_rank']}{reg}", fontsize=6, color="tab:green" if r["side"] != "bottom" else "tab:red"
+            )
+    fig.suptitle(
+        f"Iteration {iteration}, prompt {prompt_id}: {rows[0]['prompt']!r} — explore previews by proxy rank (framed: selected), "
+        "then the selected seeds regenerated in high precision",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -351,7 +388,9 @@ def write_report(store: RunStore, out: Path) -> list[Path]:
             except FileNotFoundError:  # diffusionnft mode has no explore rows to rank
                 continue
             made.append((f"iteration {i}: {name.replace('_', ' ')}", save(fig, out / f"iter{i:05d}_{name}.png")))
-    body = "\n".join(f'<h2>{html.escape(title)}</h2>\n<img src="{p.name}" alt="{html.escape(title)}">' for title, p in made)
+    body = "\n".join(
+        f'<h2>{html.escape(title)}</h2>\n<img src="{p.name}" alt="{html.escape(title)}">' for title, p in made
+    )
     (out / "index.html").write_text(
         f"<!doctype html>\n<html><head><meta charset='utf-8'><title>sol-rl report: {html.escape(store.uri)}</title>"
         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto} img{max-width:100%}</style></head>\n"

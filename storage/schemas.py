@@ -9,7 +9,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 COMMON = [pa.field("run_id", pa.string()), pa.field("iteration", pa.int32())]
-PROMPT_ID, PROMPT, SEED = pa.field("prompt_id", pa.int32()), pa.field("prompt", pa.string()), pa.field("seed", pa.int64())
+PROMPT_ID, PROMPT, SEED = (
+    pa.field("prompt_id", pa.int32()),
+    pa.field("prompt", pa.string()),
+    pa.field("seed", pa.int64()),
+)
 SAMPLE = [pa.field("precision", pa.string()), pa.field("steps", pa.int16()), pa.field("reward", pa.float64())]
 
 EXPLORE = COMMON + [PROMPT_ID, PROMPT, pa.field("candidate", pa.int32()), SEED] + SAMPLE
@@ -42,7 +46,10 @@ REGENERATE_TAIL = [
 ]
 
 EVAL = COMMON + [pa.field("set", pa.string()), PROMPT_ID, PROMPT, SEED, pa.field("reward", pa.float64())]
-EVAL_TAIL = [pa.field("image", pa.binary()), pa.field("worker", pa.string())]  # worker: host:pid of the shard (eval runs on the Dask workers)
+EVAL_TAIL = [
+    pa.field("image", pa.binary()),
+    pa.field("worker", pa.string()),
+]  # worker: host:pid of the shard (eval runs on the Dask workers)
 
 # Audit: every explored seed of an audited prompt, regenerated in high precision, beside its proxy.
 AUDIT = COMMON + [
@@ -50,7 +57,9 @@ AUDIT = COMMON + [
     PROMPT,
     pa.field("candidate", pa.int32()),
     SEED,
-    pa.field("proxy", pa.string()),  # "explore": this iteration's explore; "primary": the configured one, re-run when the guard fell back
+    pa.field(
+        "proxy", pa.string()
+    ),  # "explore": this iteration's explore; "primary": the configured one, re-run when the guard fell back
     pa.field("proxy_precision", pa.string()),
     pa.field("proxy_steps", pa.int16()),
     pa.field("proxy_reward", pa.float64()),

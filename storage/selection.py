@@ -87,7 +87,9 @@ def _short_prompts(counts: list[tuple[object, int]], k: int, on_short_prompt: st
     return sorted({p for p, _ in short})
 
 
-def _select_window(con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on_short_prompt: str) -> tuple[pa.Table, dict]:
+def _select_window(
+    con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on_short_prompt: str
+) -> tuple[pa.Table, dict]:
     """The reference path: select_window.sql over the rows of the prompts kept."""
     con.register("explore_all", explore)
     counts = con.execute(
@@ -95,7 +97,13 @@ def _select_window(con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on
         "FROM explore_all GROUP BY prompt_id ORDER BY prompt_id"
     ).fetchall()
     skip = _short_prompts([(p, f) for p, f, _ in counts], k, on_short_prompt)
-    kept = explore.filter(pc.invert(pc.is_in(explore["prompt_id"], pa.array(skip, type=explore.schema.field("prompt_id").type)))) if skip else explore
+    kept = (
+        explore.filter(
+            pc.invert(pc.is_in(explore["prompt_id"], pa.array(skip, type=explore.schema.field("prompt_id").type)))
+        )
+        if skip
+        else explore
+    )
     con.register("explore", kept)
     selected = con.sql(WINDOW_SQL, params={"half": k // 2}).to_arrow_table()
     return selected, {"non_finite": int(sum(b for _, _, b in counts)), "skipped_prompts": skip}
@@ -113,8 +121,10 @@ def _fast_path_applies(explore: pa.Table) -> bool:
         return False  # the window query reports the missing column
     pid, seed, reward = s.field("prompt_id").type, s.field("seed").type, s.field("reward").type
     return (
-        pa.types.is_integer(pid) and pid != pa.uint64()
-        and pa.types.is_integer(seed) and seed != pa.uint64()
+        pa.types.is_integer(pid)
+        and pid != pa.uint64()
+        and pa.types.is_integer(seed)
+        and seed != pa.uint64()
         and reward in (pa.float32(), pa.float64())
         and _is_text(s.field("prompt").type)
         and explore["prompt_id"].null_count == 0
@@ -147,10 +157,15 @@ def _fill(block: np.ndarray, rows: np.ndarray, start: np.ndarray, values: pa.Chu
     block[rows] = sub
 
 
-def _select_fast(con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on_short_prompt: str) -> tuple[pa.Table, dict]:
+def _select_fast(
+    con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on_short_prompt: str
+) -> tuple[pa.Table, dict]:
     half, n = k // 2, explore.num_rows
     row = pa.array(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64))
-    con.register("explore", pa.table({"prompt_id": explore["prompt_id"], "seed": explore["seed"], "reward": explore["reward"], "i": row}))
+    con.register(
+        "explore",
+        pa.table({"prompt_id": explore["prompt_id"], "seed": explore["seed"], "reward": explore["reward"], "i": row}),
+    )
     per = con.sql(PER_PROMPT_SQL, params={"n": half + 1}).to_arrow_table()
 
     pids = _numpy(per["prompt_id"])
@@ -179,13 +194,15 @@ def _select_fast(con: duckdb.DuckDBPyConnection, explore: pa.Table, k: int, on_s
     if tie.any():
         keep_t = (top_r[:, :half] > top_r[:, half - 1 : half]).sum(axis=1)
         keep_b = (bottom_r[:, :half] < bottom_r[:, half - 1 : half]).sum(axis=1)
-        ties = pa.table({
-            "prompt_id": per["prompt_id"].filter(pa.array(tie)),
-            "top_r": pa.array(top_r[tie, half - 1].astype(np.float64), mask=~tie_t[tie]),
-            "bottom_r": pa.array(bottom_r[tie, half - 1].astype(np.float64), mask=~tie_b[tie]),
-            "top_need": pa.array((half - keep_t[tie]).astype(np.int64)),
-            "bottom_need": pa.array((half - keep_b[tie]).astype(np.int64)),
-        })
+        ties = pa.table(
+            {
+                "prompt_id": per["prompt_id"].filter(pa.array(tie)),
+                "top_r": pa.array(top_r[tie, half - 1].astype(np.float64), mask=~tie_t[tie]),
+                "bottom_r": pa.array(bottom_r[tie, half - 1].astype(np.float64), mask=~tie_b[tie]),
+                "top_need": pa.array((half - keep_t[tie]).astype(np.int64)),
+                "bottom_need": pa.array((half - keep_b[tie]).astype(np.int64)),
+            }
+        )
         con.register("ties", ties)
         filled = con.sql(TIES_SQL, params={"half": half}).to_arrow_table()
         if filled.num_rows != ties.num_rows:

@@ -13,8 +13,8 @@ have now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyarrow as pa
 
@@ -35,22 +35,63 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("baseline", scope="run", sharded=True, schema=schemas.eval_schema, volatile=("worker",),
-              doc="the base model (before any update) on the evaluation sets: what every eval is paired against"),
-        Stage("plan", inputs=(("plan", -1), ("audit", -1)),
-              doc="the iteration's prompts, explore settings and fidelity-guard decision (plan.json)"),
-        Stage("explore", inputs=(("plan", 0), ("update", -1)), sharded=True, schema=schemas.explore_schema, volatile=("duration_ms", "worker"),
-              doc="N candidates per prompt in low precision: seeds, proxy rewards, previews"),
-        Stage("select", inputs=(("plan", 0), ("explore", 0)), schema=lambda _: schemas.selected_schema(),
-              doc="K/2 top + K/2 bottom seeds per prompt (DuckDB), or the first K"),
-        Stage("regenerate", inputs=(("select", 0), ("explore", 0), ("update", -1)), sharded=True, schema=schemas.regenerate_schema, volatile=("duration_ms", "worker"),
-              doc="the kept seeds in high precision (or the explored samples): reward, image, x0"),
-        Stage("audit", inputs=(("plan", 0), ("explore", 0), ("select", 0), ("update", -1)), sharded=True, schema=schemas.audit_schema, volatile=("duration_ms", "worker"),
-              doc="every explored seed of the first prompts in high precision: unbiased proxy fidelity"),
-        Stage("update", inputs=(("regenerate", 0), ("update", -1)), volatile=("seconds_explore", "seconds_select", "seconds_regenerate", "seconds_audit", "seconds_update"),
-              doc="DiffusionNFT steps: metrics.parquet and the adapters, EMA and optimizer state"),
-        Stage("eval", inputs=(("update", 0),), sharded=True, schema=schemas.eval_schema, volatile=("worker",),
-              doc="the EMA adapter on the evaluation sets (fixed prompts and seeds)"),
+        Stage(
+            "baseline",
+            scope="run",
+            sharded=True,
+            schema=schemas.eval_schema,
+            volatile=("worker",),
+            doc="the base model (before any update) on the evaluation sets: what every eval is paired against",
+        ),
+        Stage(
+            "plan",
+            inputs=(("plan", -1), ("audit", -1)),
+            doc="the iteration's prompts, explore settings and fidelity-guard decision (plan.json)",
+        ),
+        Stage(
+            "explore",
+            inputs=(("plan", 0), ("update", -1)),
+            sharded=True,
+            schema=schemas.explore_schema,
+            volatile=("duration_ms", "worker"),
+            doc="N candidates per prompt in low precision: seeds, proxy rewards, previews",
+        ),
+        Stage(
+            "select",
+            inputs=(("plan", 0), ("explore", 0)),
+            schema=lambda _: schemas.selected_schema(),
+            doc="K/2 top + K/2 bottom seeds per prompt (DuckDB), or the first K",
+        ),
+        Stage(
+            "regenerate",
+            inputs=(("select", 0), ("explore", 0), ("update", -1)),
+            sharded=True,
+            schema=schemas.regenerate_schema,
+            volatile=("duration_ms", "worker"),
+            doc="the kept seeds in high precision (or the explored samples): reward, image, x0",
+        ),
+        Stage(
+            "audit",
+            inputs=(("plan", 0), ("explore", 0), ("select", 0), ("update", -1)),
+            sharded=True,
+            schema=schemas.audit_schema,
+            volatile=("duration_ms", "worker"),
+            doc="every explored seed of the first prompts in high precision: unbiased proxy fidelity",
+        ),
+        Stage(
+            "update",
+            inputs=(("regenerate", 0), ("update", -1)),
+            volatile=("seconds_explore", "seconds_select", "seconds_regenerate", "seconds_audit", "seconds_update"),
+            doc="DiffusionNFT steps: metrics.parquet and the adapters, EMA and optimizer state",
+        ),
+        Stage(
+            "eval",
+            inputs=(("update", 0),),
+            sharded=True,
+            schema=schemas.eval_schema,
+            volatile=("worker",),
+            doc="the EMA adapter on the evaluation sets (fixed prompts and seeds)",
+        ),
     )
 }
 ITERATION_STAGES = tuple(n for n, s in STAGES.items() if s.scope == "iteration")

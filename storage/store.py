@@ -64,8 +64,18 @@ def storage_options(uri: str, endpoint: str | None = None, region: str | None = 
     if not uri.startswith("s3://"):
         return {}
     s = settings()
-    known = next((v for k, v in sorted(_S3_OPTIONS.items(), key=lambda kv: -len(kv[0])) if uri.rstrip("/").startswith(k)), (None, None))
-    client = {k: v for k, v in (("endpoint_url", endpoint or known[0] or s.s3_endpoint), ("region_name", region or known[1] or s.s3_region)) if v}
+    known = next(
+        (v for k, v in sorted(_S3_OPTIONS.items(), key=lambda kv: -len(kv[0])) if uri.rstrip("/").startswith(k)),
+        (None, None),
+    )
+    client = {
+        k: v
+        for k, v in (
+            ("endpoint_url", endpoint or known[0] or s.s3_endpoint),
+            ("region_name", region or known[1] or s.s3_region),
+        )
+        if v
+    }
     return {
         "client_kwargs": client,
         "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}},
@@ -133,8 +143,10 @@ class RunStore:
             self.write_bytes(probe, b"ok")
             self.fs.rm(probe)
         except Exception as e:  # any backend error: permissions, no bucket, no endpoint, no credentials
-            raise StoreError(f"the run store {self.uri} is not reachable or not writable ({describe(e)}): "
-                             "pass a writable --run-root (a local folder or s3://bucket/prefix with credentials set)") from None
+            raise StoreError(
+                f"the run store {self.uri} is not reachable or not writable ({describe(e)}): "
+                "pass a writable --run-root (a local folder or s3://bucket/prefix with credentials set)"
+            ) from None
 
     # --- paths ---------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -186,7 +198,7 @@ class RunStore:
         return json.loads(self.read_bytes(path))
 
     # --- stages ---------------------------------------------------------------------------------
-    def stage(self, iteration: int | None, name: str) -> "StageHandle":
+    def stage(self, iteration: int | None, name: str) -> StageHandle:
         """The handle of one stage of one iteration (iteration None for run-scoped stages)."""
         return StageHandle(self, iteration, name)
 
@@ -219,7 +231,11 @@ class StageHandle:
 
     @property
     def dir(self) -> str:
-        return self.store.path(self.name) if self.iteration is None else self.store.path(iter_dir(self.iteration), self.name)
+        return (
+            self.store.path(self.name)
+            if self.iteration is None
+            else self.store.path(iter_dir(self.iteration), self.name)
+        )
 
     @property
     def url(self) -> str:
@@ -241,7 +257,10 @@ class StageHandle:
                 raise ValueError("not a commit record")
             return rec, None
         except (ValueError, UnicodeDecodeError) as e:
-            return None, f"{self.label}/{COMMIT}: damaged commit record ({type(e).__name__}); the next resume recomputes the stage"
+            return (
+                None,
+                f"{self.label}/{COMMIT}: damaged commit record ({type(e).__name__}); the next resume recomputes the stage",
+            )
 
     @property
     def record(self) -> dict | None:
@@ -282,7 +301,13 @@ class StageHandle:
             self.store.remove(self.file(name))
         return removed
 
-    def commit(self, config_hash: str, inputs: dict[str, str] | None = None, extra: dict | None = None, started_at: float | None = None) -> dict:
+    def commit(
+        self,
+        config_hash: str,
+        inputs: dict[str, str] | None = None,
+        extra: dict | None = None,
+        started_at: float | None = None,
+    ) -> dict:
         """Write `_COMMITTED.json` for every data file now in the stage folder."""
         files, workers = {}, set()
         for name in self.data_files():
@@ -308,7 +333,7 @@ class StageHandle:
             "files": files,
             "started_at": started_at or now,
             "finished_at": now,
-            "committed_at": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
+            "committed_at": _dt.datetime.fromtimestamp(now, _dt.UTC).isoformat(),
             **({"workers": sorted(workers)} if workers else {}),
             **(extra or {}),
         }

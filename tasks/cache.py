@@ -67,7 +67,9 @@ class PolicyCache:
         h = run.stage(iteration - 1, "update")
         rec = h.record
         if rec is None or rec["config_hash"] != run.hash:
-            raise RuntimeError(f"iteration {iteration} needs the committed update of iteration {iteration - 1}, which is missing: resume the run from there")
+            raise RuntimeError(
+                f"iteration {iteration} needs the committed update of iteration {iteration - 1}, which is missing: resume the run from there"
+            )
         return h.content_id(rec)
 
     def at(self, run, iteration: int):
@@ -83,7 +85,11 @@ class PolicyCache:
                     state.ema = {k: v.clone() for k, v in self._init.items()}
                 else:
                     h = run.stage(iteration - 1, "update")
-                    files = {name[len("state/") :]: run.store.read_bytes(h.file(name)) for name in h.record["files"] if name.startswith("state/")}
+                    files = {
+                        name[len("state/") :]: run.store.read_bytes(h.file(name))
+                        for name in h.record["files"]
+                        if name.startswith("state/")
+                    }
                     restore(policy, state, files)
                     log.info("restored the adapters committed by iteration %d's update from the store", iteration - 1)
                 self._state, self._adapters = state, key
@@ -104,7 +110,11 @@ class PolicyCache:
             key = (self._adapters, repr(quant))
             if key not in self._samplers:
                 keep = 1 if policy.device.type == "cuda" else 2
-                recent = list(dict.fromkeys(k[0] for k in self._samplers if k[0] != self._adapters))[-(keep - 1) :] if keep > 1 else []
+                recent = (
+                    list(dict.fromkeys(k[0] for k in self._samplers if k[0] != self._adapters))[-(keep - 1) :]
+                    if keep > 1
+                    else []
+                )
                 self._samplers = {k: v for k, v in self._samplers.items() if k[0] == self._adapters or k[0] in recent}
                 if policy.device.type == "cuda":  # the memory plan's schedule: only this stage's copies stay
                     self._drop_samplers(run, "explore" if quant is not None else "regenerate")
@@ -119,7 +129,9 @@ class PolicyCache:
         from solrl.memplan import sampler_on_device
 
         on = sampler_on_device(run.cfg, stage)
-        kept = {k: v for k, v in self._samplers.items() if ("explore_copy" if k[1] != "None" else "regenerate_copy") in on}
+        kept = {
+            k: v for k, v in self._samplers.items() if ("explore_copy" if k[1] != "None" else "regenerate_copy") in on
+        }
         if len(kept) != len(self._samplers):
             self._samplers = kept
             import torch

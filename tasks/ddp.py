@@ -79,7 +79,12 @@ def read_samples(run: Run, iteration: int) -> S.Samples:
     """What the update trains on: every committed regenerate row (each rank needs the rewards of
     all rows for the advantages; the x0 it does not own are not moved to its device)."""
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
-    return S.Samples(t["prompt_id"], t["prompt"], torch.stack([S.tensor_from_bytes(b) for b in t["x0"]]), torch.tensor(t["reward"], dtype=torch.float64))
+    return S.Samples(
+        t["prompt_id"],
+        t["prompt"],
+        torch.stack([S.tensor_from_bytes(b) for b in t["x0"]]),
+        torch.tensor(t["reward"], dtype=torch.float64),
+    )
 
 
 def write_update(run: Run, iteration: int, policy, state, rows: list[dict], seconds: dict) -> None:
@@ -87,11 +92,25 @@ def write_update(run: Run, iteration: int, policy, state, rows: list[dict], seco
     h = run.stage(iteration, "update")
     for name, data in state_files(policy, state).items():
         h.write_bytes(f"state/{name}", data)
-    table = pa.Table.from_pylist([{"run_id": run.run_id, "iteration": iteration, **{k: float(v) for k, v in {**r, **seconds}.items()}} for r in rows])
+    table = pa.Table.from_pylist(
+        [
+            {"run_id": run.run_id, "iteration": iteration, **{k: float(v) for k, v in {**r, **seconds}.items()}}
+            for r in rows
+        ]
+    )
     h.write_table("metrics.parquet", table)
 
 
-def rank_main(run_uri: str, iteration: int, rank: int, world: int, rendezvous: str, lease: str | None, seconds: dict, started: float) -> list[dict] | None:
+def rank_main(
+    run_uri: str,
+    iteration: int,
+    rank: int,
+    world: int,
+    rendezvous: str,
+    lease: str | None,
+    seconds: dict,
+    started: float,
+) -> list[dict] | None:
     """One rank of the update of `iteration`; rank 0 writes the stage's files and returns the metrics rows."""
     import torch.distributed as dist
 
@@ -99,17 +118,25 @@ def rank_main(run_uri: str, iteration: int, rank: int, world: int, rendezvous: s
 
     from .steps import worker
 
-    pause = float(os.environ.get("SOLRL_UPDATE_PAUSE_S", "0"))  # test hook: sleep after each micro-batch, so a test can kill a rank mid-update
+    pause = float(
+        os.environ.get("SOLRL_UPDATE_PAUSE_S", "0")
+    )  # test hook: sleep after each micro-batch, so a test can kill a rank mid-update
     run = open_run(run_uri)
     if lease:
         run.lease = Lease(run.store, owner=lease, held=True)
     host, port = rendezvous.rsplit(":", 1)
     store = dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=TIMEOUT_S))
     store.set(f"worker/{rank}", worker())
-    with CACHE.mutating(run, iteration) as (policy, state):  # dirty: the launcher commits, this worker restores next time
+    with CACHE.mutating(run, iteration) as (
+        policy,
+        state,
+    ):  # dirty: the launcher commits, this worker restores next time
         samples = read_samples(run, iteration)
-        dist.init_process_group(backend_for(policy.device), store=store, rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
+        dist.init_process_group(
+            backend_for(policy.device), store=store, rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S)
+        )
         try:
+
             def progress(n: int) -> None:
                 store.add(f"progress/{rank}", n)
                 if pause:
@@ -148,15 +175,32 @@ def _scheduler(run: Run, world: int):
     if run.resolved.device.startswith("cuda"):
         from solrl.errors import ConfigError
 
-        raise ConfigError(f"cluster.update_ranks ({world}) on GPUs needs the run's Dask workers, one per GPU: set cluster.workers and cluster.gpus_per_worker "
-                          "(local workers started for the update alone would all share GPU 0)")
+        raise ConfigError(
+            f"cluster.update_ranks ({world}) on GPUs needs the run's Dask workers, one per GPU: set cluster.workers and cluster.gpus_per_worker "
+            "(local workers started for the update alone would all share GPU 0)"
+        )
     import dask
     from distributed import LocalCluster
 
-    log.info("update on %d ranks without a Dask cluster: starting %d local workers for the stage (set cluster.workers to keep them across iterations)", world, world)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):  # as flows/cluster.py: glibc's default thresholds
-        c = LocalCluster(n_workers=world, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
-                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR, preload=["flows.dask_worker"])
+    log.info(
+        "update on %d ranks without a Dask cluster: starting %d local workers for the stage (set cluster.workers to keep them across iterations)",
+        world,
+        world,
+    )
+    with dask.config.set(
+        {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    ):  # as flows/cluster.py: glibc's default thresholds
+        c = LocalCluster(
+            n_workers=world,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+            preload=["flows.dask_worker"],
+        )
     try:
         yield c.scheduler_address
     finally:
@@ -167,7 +211,9 @@ def _rank_workers(client, world: int) -> list[str]:
     info = client.scheduler_info()["workers"]
     by_name = sorted(info, key=lambda a: (str(info[a].get("name")), a))
     if len(by_name) < world:
-        raise UpdateRankFailed(f"cluster.update_ranks is {world} but the Dask scheduler has {len(by_name)} worker(s): start more workers or lower cluster.update_ranks")
+        raise UpdateRankFailed(
+            f"cluster.update_ranks is {world} but the Dask scheduler has {len(by_name)} worker(s): start more workers or lower cluster.update_ranks"
+        )
     return by_name[:world]
 
 
@@ -197,7 +243,9 @@ def distributed_update_step(run: Run, iteration: int) -> str:
     world = update_ranks(run)
     seconds = steps._stage_seconds(run, iteration)
     lease = run.lease.owner if run.lease is not None else None
-    total = len(read_stage(run.store, iteration, "regenerate", "seed")) * max(1, int(run.cfg.rollout.steps * run.cfg.nft.timestep_fraction))
+    total = len(read_stage(run.store, iteration, "regenerate", "seed")) * max(
+        1, int(run.cfg.rollout.steps * run.cfg.nft.timestep_fraction)
+    )
     with _scheduler(run, world) as address, Client(address) as client:
         workers = _rank_workers(client, world)
         host = _reachable_host(address)
@@ -206,10 +254,32 @@ def distributed_update_step(run: Run, iteration: int) -> str:
         pids = client.run(os.getpid, workers=workers)
         ACTIVE.clear()
         ACTIVE.update(iteration=iteration, workers=workers, pids=[pids[w] for w in workers], store=store)
-        log.info("iteration %d update on %d ranks (%s), rendezvous %s", iteration, world, ", ".join(f"rank {r}: {w} pid {pids[w]}" for r, w in enumerate(workers)), rendezvous)
+        log.info(
+            "iteration %d update on %d ranks (%s), rendezvous %s",
+            iteration,
+            world,
+            ", ".join(f"rank {r}: {w} pid {pids[w]}" for r, w in enumerate(workers)),
+            rendezvous,
+        )
         tag = uuid.uuid4().hex[:8]
-        futures = [client.submit(rank_main, run.uri, iteration, r, world, rendezvous, lease, seconds, started, workers=[w], allow_other_workers=False, pure=False,
-                                 key=f"update-{iteration}-rank-{r}-{tag}") for r, w in enumerate(workers)]
+        futures = [
+            client.submit(
+                rank_main,
+                run.uri,
+                iteration,
+                r,
+                world,
+                rendezvous,
+                lease,
+                seconds,
+                started,
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+                key=f"update-{iteration}-rank-{r}-{tag}",
+            )
+            for r, w in enumerate(workers)
+        ]
         try:
             done = 0
             with progress_bar(f"iter {iteration} update ({world} ranks)", total) as advance:
@@ -221,15 +291,21 @@ def distributed_update_step(run: Run, iteration: int) -> str:
                     failed = [r for r, f in enumerate(futures) if f.status == "error"]
                     gone = _gone(client, workers, futures)
                     if failed or gone:
-                        time.sleep(1.0)  # a rank's error is often its peer's death: give the scheduler a second to notice it
+                        time.sleep(
+                            1.0
+                        )  # a rank's error is often its peer's death: give the scheduler a second to notice it
                         gone = _gone(client, workers, futures)
                     if gone:
-                        raise UpdateRankFailed(f"iteration {iteration} update: the worker of rank {gone[0]} ({workers[gone[0]]}, pid {pids[workers[gone[0]]]}) died; "
-                                               "nothing was committed: resume the run")
+                        raise UpdateRankFailed(
+                            f"iteration {iteration} update: the worker of rank {gone[0]} ({workers[gone[0]]}, pid {pids[workers[gone[0]]]}) died; "
+                            "nothing was committed: resume the run"
+                        )
                     if failed:
                         e = futures[failed[0]].exception()
-                        raise UpdateRankFailed(f"iteration {iteration} update: rank {failed[0]} on worker {workers[failed[0]]} failed ({type(e).__name__}: "
-                                               f"{(str(e).splitlines() or [''])[0]}); nothing was committed: resume the run")
+                        raise UpdateRankFailed(
+                            f"iteration {iteration} update: rank {failed[0]} on worker {workers[failed[0]]} failed ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0]}); nothing was committed: resume the run"
+                        )
                     if all(f.status == "finished" for f in futures):
                         break
                     interrupt.check()
@@ -242,4 +318,6 @@ def distributed_update_step(run: Run, iteration: int) -> str:
             ACTIVE.clear()
     if not all(r["applied"] for r in rows):
         log.warning("iteration %d: non-finite loss or gradient, optimizer step(s) skipped", iteration)
-    return steps.commit(run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers, "workers": computed_by})
+    return steps.commit(
+        run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers, "workers": computed_by}
+    )

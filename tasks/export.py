@@ -29,4 +29,8 @@ def export_lora(run: Run, out: Path, ema: bool = False, iteration: int | None = 
     tensors = load(run.store.read_bytes(h.file(f"{folder}/adapter_model.safetensors")))
     lora = json.loads(run.store.read_bytes(h.file(f"{folder}/adapter_config.json")))
     pipeline = family_class(run.cfg.model.family).pipeline_class
-    return export_diffusers_lora(pipeline, tensors, out, lora["r"], lora["lora_alpha"], sorted(lora["target_modules"])), pipeline, i
+    return (
+        export_diffusers_lora(pipeline, tensors, out, lora["r"], lora["lora_alpha"], sorted(lora["target_modules"])),
+        pipeline,
+        i,
+    )

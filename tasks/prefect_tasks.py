@@ -13,7 +13,6 @@ from prefect import task
 from prefect.futures import wait
 
 from solrl import interrupt
-
 from storage.lease import Lease
 from storage.stages import STAGES
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from solrl import __version__
 from solrl.config import Resolved, RunConfig, diff_keys
 from solrl.errors import MissingInput
+from solrl.settings import settings
 from storage.lease import Lease
 from storage.stages import STAGES
 from storage.store import RunStore, StageHandle, describe, join, remember_s3_options
-from solrl.settings import settings
 
 
 class ConfigMismatch(ValueError):
@@ -70,7 +70,9 @@ class Run:
         """Hold the run's lease (released by `release()`, on every exit path of the caller)."""
         from solrl import interrupt
 
-        self.lease = Lease(self.store, timeout_s=settings().lease_timeout_s, on_lost=interrupt.request).acquire(take_over)
+        self.lease = Lease(self.store, timeout_s=settings().lease_timeout_s, on_lost=interrupt.request).acquire(
+            take_over
+        )
         return self.lease
 
     def release(self) -> None:
@@ -89,7 +91,7 @@ def _meta(run_id: str, cfg: RunConfig, resolved: Resolved) -> dict:
         "code_version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
 
 
@@ -131,10 +133,14 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
         meta, damaged = _read_meta(store, run_id)
         if meta is None:
             if damaged:
-                raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it")
+                raise RunDamaged(
+                    f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it"
+                )
             raise MissingInput(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
         return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
-    remember_s3_options(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)  # for this process's later stores of the run
+    remember_s3_options(
+        uri, cfg.storage.s3_endpoint, cfg.storage.s3_region
+    )  # for this process's later stores of the run
     store = RunStore(uri, cfg.storage.s3_endpoint, cfg.storage.s3_region)
     store.check_writable()  # unreachable or read-only: one sentence, before reading anything
     resolved = resolve(cfg)
@@ -142,17 +148,23 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
     if meta is not None:
         stored_cfg, stored_res = RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"])
         if cfg.hash(resolved) != meta["config_hash"]:
-            keys = diff_keys({"config": stored_cfg.hashed(), "resolved": stored_res.model_dump(mode="json")},
-                             {"config": cfg.hashed(), "resolved": resolved.model_dump(mode="json")})
+            keys = diff_keys(
+                {"config": stored_cfg.hashed(), "resolved": stored_res.model_dump(mode="json")},
+                {"config": cfg.hashed(), "resolved": resolved.model_dump(mode="json")},
+            )
             keys = [k.removeprefix("config.") for k in keys]
-            raise ConfigMismatch(f"run {run_id} at {uri} was made with a different config (differing keys: {', '.join(keys)}): "
-                                 "resume with the original config (and on a machine that resolves `auto` alike), or start a new run id")
+            raise ConfigMismatch(
+                f"run {run_id} at {uri} was made with a different config (differing keys: {', '.join(keys)}): "
+                "resume with the original config (and on a machine that resolves `auto` alike), or start a new run id"
+            )
         return Run(store, cfg, resolved, run_id)
     if damaged:
         others = _committed_hashes(store) - {cfg.hash(resolved)}
         if others:
-            raise RunDamaged(f"run.json of {uri} cannot be read ({damaged}) and its committed stages were made with another config: "
-                             "resume with the original config, or start a new run id")
+            raise RunDamaged(
+                f"run.json of {uri} cannot be read ({damaged}) and its committed stages were made with another config: "
+                "resume with the original config, or start a new run id"
+            )
     store.write_json(store.path("run.json"), _meta(run_id, cfg, resolved))
     return Run(store, cfg, resolved, run_id)
 
@@ -184,8 +196,15 @@ def check_memory(cfg: RunConfig, gpu_memory: str | None = None) -> None:
     memplan.check_fits(cfg, props.total_memory, f"this GPU ({props.name})")
 
 
-def start_run(config: str, run_id: str | None = None, root: str | None = None, overrides: dict | None = None,
-              cluster: str | None = None, gpu_memory: str | None = None, memory_check: bool = True) -> Run:
+def start_run(
+    config: str,
+    run_id: str | None = None,
+    root: str | None = None,
+    overrides: dict | None = None,
+    cluster: str | None = None,
+    gpu_memory: str | None = None,
+    memory_check: bool = True,
+) -> Run:
     """What every way of starting a run does once, before any weight loads: read and check the
     config (`overrides`: dotted keys; `cluster`: an existing Dask scheduler), the accelerator and
     the memory plan (`gpu_memory`, or the GPU's; `memory_check=False` skips it), the model's

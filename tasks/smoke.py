@@ -31,9 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from solrl.config import RunConfig, load_config
 
@@ -151,7 +151,9 @@ def predicted_peaks(cfg: RunConfig) -> tuple[dict[str, int] | None, str]:
 def _prediction(peaks: dict[str, int] | None, stage: str) -> int | None:
     if not peaks:
         return None
-    keys = [stage, "baseline/eval", "eval", "baseline"] if stage in ("baseline", "eval") else [stage]  # the plan may pool the two
+    keys = (
+        [stage, "baseline/eval", "eval", "baseline"] if stage in ("baseline", "eval") else [stage]
+    )  # the plan may pool the two
     return next((peaks[k] for k in keys if k in peaks), None)
 
 
@@ -204,13 +206,32 @@ def smoke(config: str, run_root: str, run_id: str, log: Callable[[str], None] = 
 
         config_yaml.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         log(f"first process: 1 prompt × {SEEDS} seeds until a SIGKILL at regenerate's first write")
-        faults_log = Path(tmp) / "faults.log"  # the hook logs the write it kills at: a SIGKILL from elsewhere (the OOM killer) is told apart
-        child = subprocess.run([sys.executable, "-m", "tasks.smoke", "--child", str(config_yaml), uri, str(records), f"{KILL_AT}:{faults_log}"])
+        faults_log = (
+            Path(tmp) / "faults.log"
+        )  # the hook logs the write it kills at: a SIGKILL from elsewhere (the OOM killer) is told apart
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tasks.smoke",
+                "--child",
+                str(config_yaml),
+                uri,
+                str(records),
+                f"{KILL_AT}:{faults_log}",
+            ]
+        )
         at = faults_log.read_text().splitlines()[-1] if faults_log.exists() and faults_log.read_text().strip() else ""
         result.killed = child.returncode == -signal.SIGKILL and "/regenerate/" in at
         if not result.killed:
-            why = "a SIGKILL before regenerate's first write (out of host memory?)" if child.returncode == -signal.SIGKILL else f"exit code {child.returncode}"
-            result.problems.append(f"the first process ended with {why} instead of the SIGKILL at regenerate's first write")
+            why = (
+                "a SIGKILL before regenerate's first write (out of host memory?)"
+                if child.returncode == -signal.SIGKILL
+                else f"exit code {child.returncode}"
+            )
+            result.problems.append(
+                f"the first process ended with {why} instead of the SIGKILL at regenerate's first write"
+            )
         first = [dict(r, process="first") for r in _read(records)]
         log("resuming in this process")
         resumed: list[dict] = []
@@ -241,12 +262,20 @@ def format_rows(result: SmokeResult) -> list[tuple[str, ...]]:
     gb = lambda b: "—" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
     out = []
     for r in result.rows:
-        ratio = "—" if r["peak_bytes"] is None or not r["predicted_bytes"] else f"{r['peak_bytes'] / r['predicted_bytes']:.2f}"
-        out.append((r["stage"], r["process"], f"{r['seconds']:.1f}", gb(r["peak_bytes"]), gb(r["predicted_bytes"]), ratio))
+        ratio = (
+            "—"
+            if r["peak_bytes"] is None or not r["predicted_bytes"]
+            else f"{r['peak_bytes'] / r['predicted_bytes']:.2f}"
+        )
+        out.append(
+            (r["stage"], r["process"], f"{r['seconds']:.1f}", gb(r["peak_bytes"]), gb(r["predicted_bytes"]), ratio)
+        )
     return out
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 6 or sys.argv[1] != "--child":
-        sys.exit("usage: python -m tasks.smoke --child CONFIG_YAML RUN_URI RECORDS_JSONL FAULT_SPEC (started by `sol-rl smoke`)")
+        sys.exit(
+            "usage: python -m tasks.smoke --child CONFIG_YAML RUN_URI RECORDS_JSONL FAULT_SPEC (started by `sol-rl smoke`)"
+        )
     _child(*sys.argv[2:])

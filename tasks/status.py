@@ -15,14 +15,16 @@ def iteration_summary(run: Run, iteration: int) -> dict:
     """Headline numbers of a committed iteration (the per-iteration line, artifacts, status)."""
     metrics = read_stage(run.store, iteration, "update").to_pylist()
     last = metrics[-1]
-    regen = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, side, proxy_rank, proxy_reward, reward").to_pydict()
+    regen = read_stage(
+        run.store, iteration, "regenerate", "prompt_id, prompt, seed, side, proxy_rank, proxy_reward, reward"
+    ).to_pydict()
     out = {
         "iteration": iteration,
         "train_reward": last["reward_mean"],
         "loss": sum(m["loss"] for m in metrics) / len(metrics),
         "optimizer_step": int(last["optimizer_step"]),
         "rows": regen,
-        "seconds": {k[len("seconds_"):]: v for k, v in last.items() if k.startswith("seconds_") and v == v},
+        "seconds": {k[len("seconds_") :]: v for k, v in last.items() if k.startswith("seconds_") and v == v},
     }
     if run.cfg.mode.has_proxy:
         out["fidelity"] = kept_set_metrics(regen["proxy_reward"], regen["reward"], regen["side"])
@@ -32,10 +34,16 @@ def iteration_summary(run: Run, iteration: int) -> dict:
         out["seconds"]["audit"] = audit["finished_at"] - audit["started_at"]
     plan = plan_of(run, iteration)
     if plan.guard is not None:
-        out["guard"] = {"fallback": plan.guard.fallback, "decision": plan.guard.decision, "explore": f"{plan.explore.precision}/{plan.explore.steps} steps"}
+        out["guard"] = {
+            "fallback": plan.guard.fallback,
+            "decision": plan.guard.decision,
+            "explore": f"{plan.explore.precision}/{plan.explore.steps} steps",
+        }
     ev = run.stage(iteration, "eval").record
     if ev:
-        out["eval"] = paired_gains(run.store, iteration, "reward_shapes_strict" if "shapes_strict" in run.reward_names else None)
+        out["eval"] = paired_gains(
+            run.store, iteration, "reward_shapes_strict" if "shapes_strict" in run.reward_names else None
+        )
         out["seconds"]["eval"] = ev["finished_at"] - ev["started_at"]
     return out
 
@@ -69,7 +77,11 @@ def status(run: Run) -> list[dict]:
             h = run.stage(i, name)
             rec, damaged = h.read_record()
             if rec:
-                row[name] = ("ok" if is_done(run, h, deep=False) else "stale", rec["finished_at"] - rec["started_at"], rec.get("workers") or [rec.get("worker", "")])
+                row[name] = (
+                    "ok" if is_done(run, h, deep=False) else "stale",
+                    rec["finished_at"] - rec["started_at"],
+                    rec.get("workers") or [rec.get("worker", "")],
+                )
             elif damaged:
                 row[name] = ("damaged", None, [])
             elif h.data_files():
@@ -105,16 +117,25 @@ def verify(run: Run) -> tuple[int, list[str]]:
         found = h.problems()
         problems += found
         if not found and rec.get("inputs") != run.inputs(h.iteration, h.name):
-            problems.append(f"{h.label}: consumed inputs that are no longer the committed ones (stale; the next resume recomputes it)")
+            problems.append(
+                f"{h.label}: consumed inputs that are no longer the committed ones (stale; the next resume recomputes it)"
+            )
         if not found and rec["config_hash"] != run.hash:
             problems.append(f"{h.label}: committed with another config hash")
     for i in run.store.iterations():
-        ok = lambda name: run.stage(i, name).record is not None and not run.stage(i, name).problems()  # noqa: E731
+
+        def ok(name: str, i: int = i) -> bool:
+            return run.stage(i, name).record is not None and not run.stage(i, name).problems()
+
         if run.cfg.mode.selection == "extremes" and ok("select") and ok("explore"):
             stored = read_stage(run.store, i, "select", "prompt_id, seed, side, proxy_rank, proxy_reward").to_pylist()
-            again, _ = reselect(run.store, i, run.cfg.select.k, run.cfg.select.on_short_prompt)  # the reference (window) SQL
+            again, _ = reselect(
+                run.store, i, run.cfg.select.k, run.cfg.select.on_short_prompt
+            )  # the reference (window) SQL
             if stored != again.select(["prompt_id", "seed", "side", "proxy_rank", "proxy_reward"]).to_pylist():
-                problems.append(f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows")
+                problems.append(
+                    f"iter={i:05d}/select: the stored selection differs from the selection SQL over the stored explore rows"
+                )
         if ok("regenerate") and ok("select"):
             key = lambda d: (d["prompt_id"], d["seed"])  # noqa: E731
             sel = sorted(read_stage(run.store, i, "select", "prompt_id, seed").to_pylist(), key=key)

@@ -132,7 +132,9 @@ def plan_step(run: Run, iteration: int) -> str:
             prev = plan_of(run, iteration - 1).guard if iteration > 0 else None
             audited = None
             if iteration > 0 and run.stage(iteration - 1, "audit").record is not None:
-                audited = audit_metrics(read_stage(run.store, iteration - 1, "audit").to_pydict(), cfg.select.k, primary=True)[cfg.fidelity.guard.metric]
+                audited = audit_metrics(
+                    read_stage(run.store, iteration - 1, "audit").to_pydict(), cfg.select.k, primary=True
+                )[cfg.fidelity.guard.metric]
             guard = next_guard(cfg, prev, audited)
             if guard.decision:
                 log.warning("iteration %d: fidelity guard: %s", iteration, guard.decision)
@@ -166,10 +168,18 @@ def explore_shard(run: Run, iteration: int, shard: int) -> str:
 def select_step(run: Run, iteration: int) -> str:
     def body(h: StageHandle):
         plan = plan_of(run, iteration)
-        explore = read_stage(run.store, iteration, "explore", "prompt_id, prompt, seed, reward").to_pydict() if plan.runs("explore") else None
+        explore = (
+            read_stage(run.store, iteration, "explore", "prompt_id, prompt, seed, reward").to_pydict()
+            if plan.runs("explore")
+            else None
+        )
         selected, stats = compute.select(run.cfg, plan, explore, select_seeds)
         if stats["non_finite"]:
-            log.warning("iteration %d: %d candidates with a non-finite proxy reward were excluded from selection", iteration, stats["non_finite"])
+            log.warning(
+                "iteration %d: %d candidates with a non-finite proxy reward were excluded from selection",
+                iteration,
+                stats["non_finite"],
+            )
         h.write_table("selected.parquet", schemas.to_table(selected, schemas.selected_schema(), run.run_id, iteration))
         return {"selection": stats}
 
@@ -202,7 +212,9 @@ def regenerate_shard(run: Run, iteration: int, shard: int) -> str:
         x0 = torch.stack([compute.tensor_from_bytes(b) for b in explore["x0"]])
         samples = compute.samples_from_explore(policy, run.cfg, explore, x0, selected)
     cols = dict(samples.columns, worker=[worker()] * len(rows))
-    h.write_table(part(shard), schemas.to_table(cols, schemas.regenerate_schema(run.reward_names), run.run_id, iteration))
+    h.write_table(
+        part(shard), schemas.to_table(cols, schemas.regenerate_schema(run.reward_names), run.run_id, iteration)
+    )
     return h.file(part(shard))
 
 
@@ -226,7 +238,12 @@ def update_step(run: Run, iteration: int) -> str:
     if started is None:
         return h.url
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
-    samples = compute.Samples(t["prompt_id"], t["prompt"], torch.stack([compute.tensor_from_bytes(b) for b in t["x0"]]), torch.tensor(t["reward"], dtype=torch.float64))
+    samples = compute.Samples(
+        t["prompt_id"],
+        t["prompt"],
+        torch.stack([compute.tensor_from_bytes(b) for b in t["x0"]]),
+        torch.tensor(t["reward"], dtype=torch.float64),
+    )
     n_times = timesteps_per_sample(run.cfg.rollout.steps, run.cfg.nft.timestep_fraction)
     with CACHE.mutating(run, iteration) as (policy, state):  # dirty until committed: a retry restores from the store
         with progress_bar(f"iter {iteration} update", samples.x0.shape[0] * n_times) as advance:
@@ -236,7 +253,12 @@ def update_step(run: Run, iteration: int) -> str:
         seconds = {**_stage_seconds(run, iteration), "seconds_update": time.time() - started}
         for name, data in state_files(policy, state).items():
             h.write_bytes(f"state/{name}", data)
-        table = pa.Table.from_pylist([{"run_id": run.run_id, "iteration": iteration, **{k: float(v) for k, v in {**r, **seconds}.items()}} for r in rows])
+        table = pa.Table.from_pylist(
+            [
+                {"run_id": run.run_id, "iteration": iteration, **{k: float(v) for k, v in {**r, **seconds}.items()}}
+                for r in rows
+            ]
+        )
         h.write_table("metrics.parquet", table)
         url = commit(run, iteration, "update", started)
         CACHE.committed(run, iteration)
@@ -252,7 +274,11 @@ def eval_sets(run: Run) -> list[tuple[str, int, str]]:
     """(set, prompt id, prompt) of every evaluation prompt, in shard order (no model loaded)."""
     family = family_class(run.cfg.model.family)
     train, held = family.prompt_sets(run.cfg)
-    return [(name, pid, text) for name, prompts in compute.eval_prompt_sets(family, run.cfg, train, held, run.resolved.pool).items() for pid, text in prompts]
+    return [
+        (name, pid, text)
+        for name, prompts in compute.eval_prompt_sets(family, run.cfg, train, held, run.resolved.pool).items()
+        for pid, text in prompts
+    ]
 
 
 _EVAL_MODEL: dict = {}  # the last evaluation copy of this process: (policy id, adapter key) -> model
@@ -274,7 +300,11 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
     if name == "baseline":  # the base model: the LoRA init (B = 0)
         policy, key, ema_of = CACHE.policy(run), f"init:{run.hash}", lambda: CACHE.init_ema(run)
     else:  # the EMA after this iteration's update
-        policy, key, ema_of = CACHE.policy(run), CACHE.adapter_key(run, iteration + 1), lambda: CACHE.at(run, iteration + 1)[1].ema
+        policy, key, ema_of = (
+            CACHE.policy(run),
+            CACHE.adapter_key(run, iteration + 1),
+            lambda: CACHE.at(run, iteration + 1)[1].ema,
+        )
     with CACHE._lock:  # (the copy is built once per adapters, by one thread)
         if (id(policy), key) not in _EVAL_MODEL:
             _EVAL_MODEL.clear()  # one copy at a time: on a GPU it is a whole transformer
@@ -284,7 +314,12 @@ def _eval_shard(run: Run, iteration: int | None, name: str, shard: int) -> str:
         model = _EVAL_MODEL[(id(policy), key)]
     cols = compute.evaluate(policy, None, run.cfg, rows=range(shard * batch, min(n, (shard + 1) * batch)), model=model)
     cols["worker"] = [worker()] * len(cols["seed"])
-    h.write_table(part(shard), schemas.to_table(cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration))
+    h.write_table(
+        part(shard),
+        schemas.to_table(
+            cols, schemas.eval_schema(run.reward_names), run.run_id, -1 if iteration is None else iteration
+        ),
+    )
     return h.file(part(shard))
 
 
@@ -315,14 +350,22 @@ def audit_shard(run: Run, iteration: int, shard: int) -> str:
         return h.file(part(shard))
     plan = plan_of(run, iteration)
     pid, _ = plan.prompts[shard]
-    explore = read_stage(run.store, iteration, "explore", "prompt_id, prompt, candidate, seed, reward", prompt_id=pid).to_pydict()
+    explore = read_stage(
+        run.store, iteration, "explore", "prompt_id, prompt, candidate, seed, reward", prompt_id=pid
+    ).to_pydict()
     regen = read_stage(run.store, iteration, "regenerate", "seed, reward", prompt_id=pid).to_pydict()
     policy, _ = CACHE.at(run, iteration)
     model, _ = CACHE.sampler(run, iteration, None)
-    primary = CACHE.sampler(run, iteration, plan.primary)[0] if plan.primary is not None and plan.primary != plan.explore else None
+    primary = (
+        CACHE.sampler(run, iteration, plan.primary)[0]
+        if plan.primary is not None and plan.primary != plan.explore
+        else None
+    )
     one = dataclasses.replace(plan, prompts=(plan.prompts[shard],))
     with progress_bar(f"iter {iteration} audit prompt {shard + 1}", plan.explore.n - run.cfg.select.k) as advance:
-        cols = compute.audit(policy, run.cfg, one, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance)
+        cols = compute.audit(
+            policy, run.cfg, one, explore, dict(zip(regen["seed"], regen["reward"])), model, primary, advance
+        )
     cols["worker"] = [worker()] * len(cols["seed"])
     h.write_table(part(shard), schemas.to_table(cols, schemas.audit_schema([]), run.run_id, iteration))
     return h.file(part(shard))
@@ -331,7 +374,9 @@ def audit_shard(run: Run, iteration: int, shard: int) -> str:
 def _audit_record(run: Run, iteration: int) -> dict:
     """What the audit's commit records beside its files: the fidelity metrics over every shard."""
     h = run.stage(iteration, "audit")
-    cols = pa.concat_tables([run.store.read_table(h.file(part(s))) for s in range(shard_count(run, iteration, "audit"))]).to_pydict()
+    cols = pa.concat_tables(
+        [run.store.read_table(h.file(part(s))) for s in range(shard_count(run, iteration, "audit"))]
+    ).to_pydict()
     return {"fidelity": audit_metrics(cols, run.cfg.select.k)}
 
 
@@ -341,9 +386,23 @@ def audit_step(run: Run, iteration: int) -> str:
 
 
 # --- an iteration -------------------------------------------------------------------------------
-SHARDS = {"explore": explore_shard, "regenerate": regenerate_shard, "audit": audit_shard, "eval": eval_shard, "baseline": baseline_shard}
-STEPS = {"baseline": lambda run, _: baseline_step(run), "plan": plan_step, "select": select_step, "audit": audit_step, "update": update_step, "eval": eval_step,
-         "explore": lambda run, i: sharded_step(run, i, "explore"), "regenerate": lambda run, i: sharded_step(run, i, "regenerate")}
+SHARDS = {
+    "explore": explore_shard,
+    "regenerate": regenerate_shard,
+    "audit": audit_shard,
+    "eval": eval_shard,
+    "baseline": baseline_shard,
+}
+STEPS = {
+    "baseline": lambda run, _: baseline_step(run),
+    "plan": plan_step,
+    "select": select_step,
+    "audit": audit_step,
+    "update": update_step,
+    "eval": eval_step,
+    "explore": lambda run, i: sharded_step(run, i, "explore"),
+    "regenerate": lambda run, i: sharded_step(run, i, "regenerate"),
+}
 COMMIT_RECORDS = {"audit": _audit_record}  # sharded stages whose commit records more than their files
 
 

@@ -33,9 +33,13 @@ def write_config(path: Path, **sections) -> Path:
 
 def cli(*args, env=None, check=True, timeout=600, **kw) -> subprocess.CompletedProcess:
     e = dict(os.environ, **(env or {}))
-    p = subprocess.run([*SOL_RL, *map(str, args)], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout, **kw)
+    p = subprocess.run(
+        [*SOL_RL, *map(str, args)], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout, **kw
+    )
     if check and p.returncode != 0:
-        raise AssertionError(f"sol-rl {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        raise AssertionError(
+            f"sol-rl {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        )
     return p
 
 
@@ -79,7 +83,9 @@ def fingerprint(uri) -> dict[str, str]:
 HOOKS = REPO / "tests" / "hooks"
 
 
-def hooks_env(faults: str | None = None, pause_s: float | None = None, match: str | None = None, base: dict | None = None) -> dict:
+def hooks_env(
+    faults: str | None = None, pause_s: float | None = None, match: str | None = None, base: dict | None = None
+) -> dict:
     """Environment for a subprocess that installs the storage test hooks at start-up
     (tests/hooks/sitecustomize.py): a fault spec (storage/faults.py) and/or a pause after data files."""
     env = dict(os.environ if base is None else base)

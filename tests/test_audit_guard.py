@@ -9,6 +9,7 @@ import signal
 
 import pytest
 from PIL import Image
+from test_reliability import micro, run_all
 
 from solrl.fidelity import audit_metrics
 from storage import faults
@@ -16,12 +17,20 @@ from storage.queries import read_stage
 from tasks import steps
 from tasks.run import open_run
 from tasks.status import verify
-from test_reliability import micro, run_all
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 
-GUARD = {"fidelity.audit_prompts": 2, "fidelity.guard": {"enabled": True, "metric": "spearman", "threshold": 0.99, "window": 1, "fallback_precision": "fp8"},
-         "run.iterations": 3}
+GUARD = {
+    "fidelity.audit_prompts": 2,
+    "fidelity.guard": {
+        "enabled": True,
+        "metric": "spearman",
+        "threshold": 0.99,
+        "window": 1,
+        "fallback_precision": "fp8",
+    },
+    "run.iterations": 3,
+}
 
 
 def test_audit_rows_are_committed_verified_and_their_metrics_match(tmp_path):
@@ -34,7 +43,9 @@ def test_audit_rows_are_committed_verified_and_their_metrics_match(tmp_path):
     assert sorted(set(rows["prompt_id"])) == sorted(pid for pid, _ in plan.prompts[:2]) and len(rows["seed"]) == 2 * 6
     regen = dict(zip(*read_stage(run.store, 0, "regenerate", "seed, reward").to_pydict().values()))
     kept = [i for i, s in enumerate(rows["selected"]) if s]
-    assert len(kept) == 2 * 2 and all(rows["reward"][i] == regen[rows["seed"][i]] for i in kept)  # kept seeds reuse their regeneration
+    assert len(kept) == 2 * 2 and all(
+        rows["reward"][i] == regen[rows["seed"][i]] for i in kept
+    )  # kept seeds reuse their regeneration
     ex = read_stage(run.store, 0, "explore", "seed, reward").to_pydict()
     proxy = dict(zip(ex["seed"], ex["reward"]))
     assert all(rows["proxy_reward"][i] == proxy[s] for i, s in enumerate(rows["seed"]))

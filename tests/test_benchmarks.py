@@ -21,7 +21,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # longest first (measured --quick wall times), so the concurrent runs finish together
-SCRIPTS = ("scaling", "overhead", "cost", "soak", "convergence", "learning", "fidelity", "shapes_timing", "shapes_quality")
+SCRIPTS = (
+    "scaling",
+    "overhead",
+    "cost",
+    "soak",
+    "convergence",
+    "learning",
+    "fidelity",
+    "shapes_timing",
+    "shapes_quality",
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -29,8 +39,14 @@ pytestmark = pytest.mark.timeout(600)
 def _run(script: str, out: Path) -> subprocess.CompletedProcess:
     # one torch thread: robust timing when the machine is shared; eager NVFP4 quantiser (no compile)
     env = dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--threads", "1", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}.py", "--quick", "--threads", "1", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +77,9 @@ def load(out: Path, name: str) -> dict:
     for key in ("platform", "cpu_model", "cpu_count", "torch", "torch_threads"):
         assert m[key], key
     assert m["torch_threads"] == 1
-    assert {"avx512_bf16", "amx_bf16"} <= set(m["cpu_flags"]) and all(isinstance(v, bool) for v in m["cpu_flags"].values())
+    assert {"avx512_bf16", "amx_bf16"} <= set(m["cpu_flags"]) and all(
+        isinstance(v, bool) for v in m["cpu_flags"].values()
+    )
     assert m["bf16_matmul"] == (m["cpu_flags"]["avx512_bf16"] or m["cpu_flags"]["amx_bf16"])
     for png in data["pngs"]:
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
@@ -87,7 +105,15 @@ def all_finite(x) -> bool:
 
 def check_ranking(m: dict, n: int, k: int) -> None:
     """Bounds of one proxy-fidelity metrics row (N seeds, top/bottom-K/2)."""
-    for key in ("spearman", "kendall", "top_hit", "bottom_hit", "mean_true_rank_top", "mean_true_rank_bottom", "regret"):
+    for key in (
+        "spearman",
+        "kendall",
+        "top_hit",
+        "bottom_hit",
+        "mean_true_rank_top",
+        "mean_true_rank_bottom",
+        "regret",
+    ):
         assert math.isfinite(m[key]), key
     assert -1 <= m["spearman"] <= 1 and -1 <= m["kendall"] <= 1
     assert 0 <= m["top_hit"] <= 1 and 0 <= m["bottom_hit"] <= 1
@@ -104,9 +130,9 @@ def test_fidelity_quick(quick):
     steps, n, k = cfg["explore_steps"], cfg["seeds_per_prompt"], cfg["k"]
     variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "int8", "high"}
     assert set(d["overall"]) == {"fp32", "bf16"}  # the two truths side by side
-    for truth, by_variant in d["overall"].items():
+    for by_variant in d["overall"].values():
         assert set(by_variant) == variants
-        for v, by_steps in by_variant.items():
+        for by_steps in by_variant.values():
             assert sorted(int(s) for s in by_steps) == steps
             for m in by_steps.values():
                 check_ranking(m, n, k)
@@ -124,10 +150,14 @@ def test_fidelity_quick(quick):
     assert q["nvfp4-r0"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # docs/algorithm.md, "NVFP4 numerics"
     assert 4.5 < q["nvfp4-r8"]["bits_per_weight"] < 16  # + the bf16 low-rank factors
     assert q["fp8"]["bits_per_weight"] == pytest.approx(8.0, abs=0.01)
-    assert 8.0 < q["int8"]["bits_per_weight"] < 8.25 and q["int8"]["summary"].startswith("int8 (")  # codes + a float32 scale per output channel
+    assert 8.0 < q["int8"]["bits_per_weight"] < 8.25 and q["int8"]["summary"].startswith(
+        "int8 ("
+    )  # codes + a float32 scale per output channel
     assert q["high"]["weights"] == 0
     rows = d["cost"]["rows"]
-    assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")}
+    assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {
+        f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")
+    }
     assert rows[f"rollout-bf16/{cfg['truth_steps']}"]["over_rollout_bf16"] == 1.0
     for r in rows.values():
         assert r["ms_per_candidate"] > 0 and r["over_rollout_bf16"] > 0 and math.isfinite(r["over_rollout_fp32"])
@@ -144,11 +174,20 @@ def test_cost_quick(quick):
     assert {"rollout-bf16", "rollout-bf16-b8", "rollout-fp32", "nvfp4-r8/6"} <= set(rows)
     assert {f"{p}/{s}" for p in ("nvfp4", "fp8", "high") for s in d["config"]["steps"]} <= set(rows)
     for r in rows.values():
-        assert r["ms_per_candidate"] > 0 and math.isfinite(r["over_rollout_bf16"]) and math.isfinite(r["over_rollout_fp32"])
+        assert (
+            r["ms_per_candidate"] > 0
+            and math.isfinite(r["over_rollout_bf16"])
+            and math.isfinite(r["over_rollout_fp32"])
+        )
     assert rows["rollout-bf16"]["over_rollout_bf16"] == 1.0
     assert all_finite(t["linear_fit"])
     h = t["headline"]  # explore (NVFP4, 6 steps) ÷ rollout (bf16, 10 steps), goal 0.9
-    assert h["explore_variant"] == "nvfp4/6" and h["goal"] == 0.9 and h["explore_over_rollout_bf16"] > 0 and isinstance(h["goal_met"], bool)
+    assert (
+        h["explore_variant"] == "nvfp4/6"
+        and h["goal"] == 0.9
+        and h["explore_over_rollout_bf16"] > 0
+        and isinstance(h["goal_met"], bool)
+    )
     lim = d["limits"]
     assert all_finite(lim["ms_per_candidate"]) and all_finite(lim["explore_over_rollout"])
     assert sum(lim["shares_of_explore"].values()) == pytest.approx(1.0)
@@ -157,7 +196,14 @@ def test_cost_quick(quick):
     assert {r["variant"] for r in d["layer_bench"]} >= {"block-product", "bf16-linear", "fp32-linear"}
     it = d["iteration"]  # one iteration, float32 vs bf16
     assert set(it["median"]) == {"fp32", "bf16"}
-    assert set(it["median"]["fp32"]["stages"]) == {"explore", "select", "regenerate", "audit", "update", "eval"}  # shapes.yaml audits one prompt
+    assert set(it["median"]["fp32"]["stages"]) == {
+        "explore",
+        "select",
+        "regenerate",
+        "audit",
+        "update",
+        "eval",
+    }  # shapes.yaml audits one prompt
     assert it["fp32_over_bf16"] > 0 and it["goal"] == 2.0 and all_finite(it["median"])
     mem = d["memory"]
     assert mem["nvfp4"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)  # 4.5 bits per weight ("NVFP4 numerics")
@@ -193,9 +239,14 @@ def test_shapes_timing_quick(quick):
     out, _ = run_quick(quick, "shapes_timing")
     d = load(out, "shapes_timing")
     assert d["pngs"] == ["shapes_timing.png"]
-    (name, m), = d["models"].items()
+    ((name, m),) = d["models"].items()
     assert m["model"] == "shipped" and m["params"] > 0
-    for key in ("ms_per_candidate_explore", "ms_per_candidate_rollout", "explore_over_rollout", "iteration_seconds_median"):
+    for key in (
+        "ms_per_candidate_explore",
+        "ms_per_candidate_rollout",
+        "explore_over_rollout",
+        "iteration_seconds_median",
+    ):
         assert m[key] > 0 and math.isfinite(m[key]), key
     assert len(m["iteration_stage_seconds"]) == 1 and all_finite(m["iteration_stage_seconds"])
 
@@ -207,7 +258,9 @@ def test_overhead_quick(quick):
     stages = {"baseline", "explore", "select", "regenerate", "update", "eval"}
     for v in ("flow", "steps", "direct"):
         assert d["median"][v]["seconds"] > 0
-        assert set(d["median"][v]["stages"]) == (stages | {"plan"} if v != "direct" else stages)  # commit records vs run_iteration
+        assert set(d["median"][v]["stages"]) == (
+            stages | {"plan"} if v != "direct" else stages
+        )  # commit records vs run_iteration
     assert d["median"]["flow"]["bytes_written"] > 0
     sh = d["shares"]
     assert all_finite(sh)
@@ -229,16 +282,28 @@ def test_scaling_quick(quick):
     for name, p in per.items():
         assert p["explore_s"] > 0 and p["explore_compute_s"] > 0 and p["iteration_s"] >= p["explore_s"], name
         if name.startswith("dask-"):  # the shards ran on the cluster's worker processes
-            assert 1 <= p["explore_workers_per_iteration"] <= min(int(name.removeprefix("dask-")), len(p["explore_workers"]))
+            assert (
+                1
+                <= p["explore_workers_per_iteration"]
+                <= min(int(name.removeprefix("dask-")), len(p["explore_workers"]))
+            )
     assert len(d["runs"]) == 2 and all(len(r["iterations"]) == 1 for r in d["runs"])
     assert s["efficiency_reference"] == "in-process"
     assert s["efficiency"]["2"] == pytest.approx(s["speedup_vs_in_process"]["2"] / 2)
     assert s["efficiency_per_added_worker"]["2"] == pytest.approx(s["efficiency"]["2"])
-    assert set(s["speedup_vs_in_process"]) == {"2"} and all_finite(s["speedup_vs_in_process"]) and isinstance(s["goal_met"]["2"], bool)
+    assert (
+        set(s["speedup_vs_in_process"]) == {"2"}
+        and all_finite(s["speedup_vs_in_process"])
+        and isinstance(s["goal_met"]["2"], bool)
+    )
     f = s["fixed_cost"]
     assert f["reference"] == "dask-2" and all_finite({k: v for k, v in f.items() if not isinstance(v, (dict, str))})
     for k in ("dask-2",):
-        assert f[k]["cluster_start_s"] > 0 and f[k]["cluster_close_s"] >= 0 and math.isfinite(f[k]["one_iteration_run_share"])
+        assert (
+            f[k]["cluster_start_s"] > 0
+            and f[k]["cluster_close_s"] >= 0
+            and math.isfinite(f[k]["one_iteration_run_share"])
+        )
     assert d["same_train_rewards_as_in_process"] is True  # the runner does not change what is computed
 
 
@@ -257,13 +322,30 @@ def test_convergence_quick_and_replot(quick, tmp_path):
     assert set(curves) == {"sol_rl", "diffusionnft", "sol_rl_N4"} and all(len(rows) == 2 for rows in curves.values())
     diff = d["differences"]["train"]["sol_rl - diffusionnft"][-1]
     gains = {v: curves[v][-1]["gain"] for v in ("sol_rl", "diffusionnft")}
-    assert math.isclose(diff["mean"], gains["sol_rl"] - gains["diffusionnft"], abs_tol=1e-12)  # one seed: the paired difference
+    assert math.isclose(
+        diff["mean"], gains["sol_rl"] - gains["diffusionnft"], abs_tol=1e-12
+    )  # one seed: the paired difference
     assert d["cost"]["sol_rl"]["denoiser"] > d["cost"]["diffusionnft"]["denoiser"] > 0
     assert set(d["winners_curse"]) == {"N4", "N8"}
     # --replot analyses what is committed without computing anything: the same curves.
     env = dict(os.environ, MPLBACKEND="Agg", SOLRL_NO_COMPILE="1")
-    p = subprocess.run([sys.executable, "benchmarks/convergence.py", "--quick", "--replot", "--runs-root", str(run_dir / "runs"), "--out", str(tmp_path / "re")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/convergence.py",
+            "--quick",
+            "--replot",
+            "--runs-root",
+            str(run_dir / "runs"),
+            "--out",
+            str(tmp_path / "re"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((tmp_path / "re" / "convergence.json").read_text())["curves"] == d["curves"]
 
@@ -290,15 +372,38 @@ def test_cost_cpu_explore_quick(tmp_path):
     """cost.py --cpu-explore (int8 and NVFP4 explore vs the rollout on this host kind) and
     --int8-kernels (one Linear per shape, every int8 kernel), in their smoke modes."""
     env = dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg")
-    for extra, name in ((["--iteration-repeats", "0"], "cpu_explore-avx512"), (["--int8-kernels"], "int8_kernels-avx512")):
-        p = subprocess.run([sys.executable, "benchmarks/cost.py", "--cpu-explore", "--quick", "--threads", "1", "--out", str(tmp_path), *extra],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    for extra, name in (
+        (["--iteration-repeats", "0"], "cpu_explore-avx512"),
+        (["--int8-kernels"], "int8_kernels-avx512"),
+    ):
+        p = subprocess.run(
+            [
+                sys.executable,
+                "benchmarks/cost.py",
+                "--cpu-explore",
+                "--quick",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path),
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         d = load(tmp_path, name)
-        assert d["kind"] == "avx512" and d["int8_engine"] == "onednn" and d["machine"]["aten_cpu_capability"] == "AVX512"
+        assert (
+            d["kind"] == "avx512" and d["int8_engine"] == "onednn" and d["machine"]["aten_cpu_capability"] == "AVX512"
+        )
     d = load(tmp_path, "cpu_explore-avx512")
     rows = d["sampling"]["rows"]
     assert set(rows) == {"int8/6", "nvfp4/6", "high/6", "rollout/10"} and rows["rollout/10"]["over_rollout"] == 1.0
     assert all(r["ms_per_candidate"] > 0 for r in rows.values()) and d["kernels"]["bf16_over_fp32"] > 0
     k = load(tmp_path, "int8_kernels-avx512")["kernels"]["shapes"]
-    assert {"float32", "bf16", "linear_dynamic[fbgemm]", "linear_dynamic[onednn]", "_int_mm per-token"} <= set(k[0]["ms"])
+    assert {"float32", "bf16", "linear_dynamic[fbgemm]", "linear_dynamic[onednn]", "_int_mm per-token"} <= set(
+        k[0]["ms"]
+    )

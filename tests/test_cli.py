@@ -1,7 +1,6 @@
 """The command line: --help everywhere, bad input as one clear sentence before any compute."""
 
 import pytest
-
 from pipeline_helpers import REPO, cli, hooks_env, write_config
 
 COMMANDS = ["run", "status", "inspect", "verify", "report", "export-lora", "pretrain-shapes", "smoke"]
@@ -59,7 +58,9 @@ def test_unwritable_store_is_refused_before_compute(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     cfg = write_config(tmp_path / "c.yaml")
-    text = _one_sentence_error(cli("run", cfg, "--run-root", blocker / "runs", check=False), code=1)  # the environment, not the input
+    text = _one_sentence_error(
+        cli("run", cfg, "--run-root", blocker / "runs", check=False), code=1
+    )  # the environment, not the input
     assert "not reachable or not writable" in text and "--run-root" in text
 
 
@@ -68,15 +69,34 @@ def test_environment_failures_are_one_sentence_with_exit_code_1(tmp_path):
 
     cfg = write_config(tmp_path / "c.yaml", run={"iterations": 1})
     # an S3 endpoint nobody listens on: reported before any compute, in seconds
-    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "SOLRL_S3_ENDPOINT": "http://127.0.0.1:9", "AWS_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "SOLRL_S3_ENDPOINT": "http://127.0.0.1:9",
+        "AWS_REGION": "us-east-1",
+    }
     t = time.time()
     text = _one_sentence_error(cli("run", cfg, "--run-root", "s3://nobucket/runs", check=False, env=env), code=1)
     assert "s3://nobucket/runs" in text and time.time() - t < 60
     # a full disk in the middle of a run: one sentence saying how to resume, exit 1
-    text = _one_sentence_error(cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect", check=False,
-                                   env=hooks_env(faults="write@iter=00000/regenerate:1:enospc")), code=1)
+    text = _one_sentence_error(
+        cli(
+            "run",
+            cfg,
+            "--run-id",
+            "full",
+            "--run-root",
+            tmp_path,
+            "--no-prefect",
+            check=False,
+            env=hooks_env(faults="write@iter=00000/regenerate:1:enospc"),
+        ),
+        code=1,
+    )
     assert "disk is full" in text and "--run-id full" in text
-    assert "OK 4 committed" in cli("verify", "full", "--run-root", tmp_path).stdout  # nothing half-written: plan, baseline, explore, select
+    assert (
+        "OK 4 committed" in cli("verify", "full", "--run-root", tmp_path).stdout
+    )  # nothing half-written: plan, baseline, explore, select
     cli("run", cfg, "--run-id", "full", "--run-root", tmp_path, "--no-prefect")  # the resume completes
     assert "OK" in cli("verify", "full", "--run-root", tmp_path).stdout
     # --debug shows the traceback instead
@@ -84,16 +104,19 @@ def test_environment_failures_are_one_sentence_with_exit_code_1(tmp_path):
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
-@pytest.mark.parametrize("section,values,fragment", [
-    ("rollout", {"steps": 0}, "rollout.steps"),
-    ("explore", {"steps": 0}, "explore.steps"),
-    ("select", {"k": 0}, "select.k"),
-    ("run", {"mode": "grpo"}, "run.mode"),
-    ("explore", {"precision": "int4"}, "explore.precision"),
-    ("model", {"family": "dalle"}, "model.family"),
-    ("rollout", {"solver": "heun"}, "rollout.solver"),
-    ("explore", {"precision": "high"}, "mode sol_rl explores in low precision"),
-])
+@pytest.mark.parametrize(
+    "section,values,fragment",
+    [
+        ("rollout", {"steps": 0}, "rollout.steps"),
+        ("explore", {"steps": 0}, "explore.steps"),
+        ("select", {"k": 0}, "select.k"),
+        ("run", {"mode": "grpo"}, "run.mode"),
+        ("explore", {"precision": "int4"}, "explore.precision"),
+        ("model", {"family": "dalle"}, "model.family"),
+        ("rollout", {"solver": "heun"}, "rollout.solver"),
+        ("explore", {"precision": "high"}, "mode sol_rl explores in low precision"),
+    ],
+)
 def test_config_validation_names_the_key(tmp_path, section, values, fragment):
     from solrl.config import ConfigError, load_config
 
@@ -114,7 +137,12 @@ def test_iteration_lines_reach_a_file_as_each_iteration_ends(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", run={"iterations": 3}, eval={"every": 0})
     log = tmp_path / "out.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "r", "--run-root", str(tmp_path)], cwd=REPO, stdout=out, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*SOL_RL, "run", str(cfg), "--run-id", "r", "--run-root", str(tmp_path)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             seen_while_running = False
             last_update = tmp_path / "r" / "iter=00002" / "update" / "_COMMITTED.json"
@@ -128,4 +156,8 @@ def test_iteration_lines_reach_a_file_as_each_iteration_ends(tmp_path):
             proc.kill()
     text = log.read_text()
     assert seen_while_running, text
-    assert [ln.split(" |")[0] for ln in text.splitlines() if ln.startswith("iteration ")] == ["iteration 0", "iteration 1", "iteration 2"]
+    assert [ln.split(" |")[0] for ln in text.splitlines() if ln.startswith("iteration ")] == [
+        "iteration 0",
+        "iteration 1",
+        "iteration 2",
+    ]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from pipeline_helpers import REPO, SOL_RL, cli, fingerprint, hooks_env, write_config
 
 pytestmark = pytest.mark.timeout(900)
@@ -24,17 +23,34 @@ pytestmark = pytest.mark.timeout(900)
 def reference(tmp_path_factory):
     """The in-process run (no Dask, no Prefect) of the small config."""
     root = tmp_path_factory.mktemp("dask_ref")
-    cfg = write_config(root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2})
+    cfg = write_config(
+        root / "c.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}
+    )
     cli("run", cfg, "--run-id", "ref", "--run-root", root, "--no-prefect")
     return cfg, fingerprint(root / "ref")
 
 
 def test_local_cluster_is_byte_identical_and_survives_a_killed_worker(reference, tmp_path):
     cfg, fp = reference
-    dask_cfg = write_config(tmp_path / "d.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"workers": 2})
-    env = hooks_env(pause_s=1.5, match="iter=00000/explore/")  # a shard holds after its part file: the kill lands inside the task
-    proc = subprocess.Popen([*SOL_RL, "run", str(dask_cfg), "--run-id", "d", "--run-root", str(tmp_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    dask_cfg = write_config(
+        tmp_path / "d.yaml",
+        run={"iterations": 2},
+        prompts={"per_iteration": 3},
+        fidelity={"audit_prompts": 2},
+        cluster={"workers": 2},
+    )
+    env = hooks_env(
+        pause_s=1.5, match="iter=00000/explore/"
+    )  # a shard holds after its part file: the kill lands inside the task
+    proc = subprocess.Popen(
+        [*SOL_RL, "run", str(dask_cfg), "--run-id", "d", "--run-root", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     part = tmp_path / "d" / "iter=00000" / "explore" / "part-00000.parquet"
     deadline = time.time() + 300
     while not part.exists():
@@ -46,10 +62,14 @@ def test_local_cluster_is_byte_identical_and_survives_a_killed_worker(reference,
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert fingerprint(tmp_path / "d") == fp  # the retried shard found its committed-to-be part: nothing recomputed differently
+    assert (
+        fingerprint(tmp_path / "d") == fp
+    )  # the retried shard found its committed-to-be part: nothing recomputed differently
     status = cli("status", "d", "--run-root", tmp_path).stdout
     explore_workers = next(line for line in status.splitlines() if line.startswith("explore: computed by"))
-    assert len(explore_workers.split(",")) >= 2 and f":{pid}" in explore_workers  # shards ran on several worker processes
+    assert (
+        len(explore_workers.split(",")) >= 2 and f":{pid}" in explore_workers
+    )  # shards ran on several worker processes
 
 
 def _free_port() -> int:
@@ -68,39 +88,91 @@ def test_an_existing_scheduler_with_two_worker_groups_and_the_update_on_two_rank
 
     import numpy as np
     from safetensors.numpy import load
-
     from test_ddp import TOL
 
     cfg, fp = reference
-    ranks_cfg = write_config(tmp_path / "r.yaml", run={"iterations": 2}, prompts={"per_iteration": 3}, fidelity={"audit_prompts": 2}, cluster={"update_ranks": 2})
+    ranks_cfg = write_config(
+        tmp_path / "r.yaml",
+        run={"iterations": 2},
+        prompts={"per_iteration": 3},
+        fidelity={"audit_prompts": 2},
+        cluster={"update_ranks": 2},
+    )
     port = _free_port()
     dask = str(Path(sys.executable).parent / "dask")
     # PYTHONPATH: `dask worker` puts its scratch folder (which holds a spill folder named
     # "storage") on sys.path; the checkout must come first (README: running on a Dask cluster).
     env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning", PYTHONPATH=str(REPO))
     log = open(tmp_path / "dask.log", "w")
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
-    groups = [subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "1", "--name", f"host{g}", "--no-dashboard",
-                                "--host", "127.0.0.1", "--preload", "flows.dask_worker"],
-                               cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True) for g in range(2)]
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    groups = [
+        subprocess.Popen(
+            [
+                dask,
+                "worker",
+                f"tcp://127.0.0.1:{port}",
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--name",
+                f"host{g}",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--preload",
+                "flows.dask_worker",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        for g in range(2)
+    ]
     try:
         from distributed import Client
 
         with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
             worker_pids = set(client.run(os.getpid).values())
-        cli("run", ranks_cfg, "--run-id", "ext", "--run-root", tmp_path, "--cluster", f"tcp://127.0.0.1:{port}", timeout=600)
+        cli(
+            "run",
+            ranks_cfg,
+            "--run-id",
+            "ext",
+            "--run-root",
+            tmp_path,
+            "--cluster",
+            f"tcp://127.0.0.1:{port}",
+            timeout=600,
+        )
         got = fingerprint(tmp_path / "ext")
-        assert {k: v for k, v in got.items() if k.startswith("0/") and k != "0/update"} == {k: v for k, v in fp.items() if k.startswith("0/") and k != "0/update"}
+        assert {k: v for k, v in got.items() if k.startswith("0/") and k != "0/update"} == {
+            k: v for k, v in fp.items() if k.startswith("0/") and k != "0/update"
+        }
         assert {k for k in got} == {k for k in fp}  # every stage of both iterations committed
         rec = json.loads((tmp_path / "ext" / "iter=00000" / "update" / "_COMMITTED.json").read_text())
         assert rec["update_ranks"] == 2 and len(set(rec["rank_workers"])) == 2
         ref_dir = Path(cfg).parent / "ref" / "iter=00000" / "update" / "state"
         for p in sorted(ref_dir.rglob("*.safetensors")):
-            a, b = load(p.read_bytes()), load((tmp_path / "ext" / "iter=00000" / "update" / "state" / p.relative_to(ref_dir)).read_bytes())
+            a, b = (
+                load(p.read_bytes()),
+                load((tmp_path / "ext" / "iter=00000" / "update" / "state" / p.relative_to(ref_dir)).read_bytes()),
+            )
             assert max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a) <= TOL
         audited_by = set(pq.read_table(tmp_path / "ext" / "iter=00000" / "audit").column("worker").to_pylist())
-        assert {int(w.rsplit(":", 1)[1]) for w in audited_by} <= worker_pids  # audit shards ran on the workers (so do eval and baseline)
+        assert {
+            int(w.rsplit(":", 1)[1]) for w in audited_by
+        } <= worker_pids  # audit shards ran on the workers (so do eval and baseline)
         status = cli("status", "ext", "--run-root", tmp_path, "--gpus", 4).stdout
         assert "an existing Dask scheduler" in status
     finally:
@@ -135,7 +207,13 @@ def test_workers_run_without_dasks_malloc_trim_threshold(tmp_path):
     to the kernel and the next one is faulted in page by page (sampling 2.5-3x slower). The
     clusters a run starts unset it; the worker preload undoes it where it is set."""
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ALLOC.format(repo=str(REPO))], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_PER_ALLOC.format(repo=str(REPO))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     trimmed, restored, after = out.stdout.split()
     assert float(trimmed) >= 200 and restored == "True" and float(after) < 10  # 256 pages per MiB; then reused

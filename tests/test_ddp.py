@@ -29,7 +29,10 @@ def _cfg(update_ranks: int = 1):
     data = {k: dict(v) for k, v in TINY.items()}
     data["run"]["iterations"] = 1
     data["eval"]["every"] = 0
-    data["nft"] = {"micro_batch": 2, "steps_per_iteration": 2}  # 8 kept samples: 2 optimizer steps of 2 micro-batches (one per rank)
+    data["nft"] = {
+        "micro_batch": 2,
+        "steps_per_iteration": 2,
+    }  # 8 kept samples: 2 optimizer steps of 2 micro-batches (one per rank)
     data["cluster"] = {"update_ranks": update_ranks}
     return validate(data)
 
@@ -48,7 +51,9 @@ def _upstream(uri: str, update_ranks: int):
 
 def _state(run_dir) -> dict[str, np.ndarray]:
     d = run_dir / "iter=00000" / "update" / "state"
-    return {f"{p.parent.name}/{k}": v for p in sorted(d.rglob("*.safetensors")) for k, v in load(p.read_bytes()).items()}
+    return {
+        f"{p.parent.name}/{k}": v for p in sorted(d.rglob("*.safetensors")) for k, v in load(p.read_bytes()).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,9 @@ def one_and_two(tmp_path_factory, cluster):
 
 def test_two_ranks_equal_one_rank(one_and_two):
     root, fp1, fp2, _ = one_and_two
-    assert {k: v for k, v in fp1.items() if "update" not in k} == {k: v for k, v in fp2.items() if "update" not in k}  # same plan, selection, rows
+    assert {k: v for k, v in fp1.items() if "update" not in k} == {
+        k: v for k, v in fp2.items() if "update" not in k
+    }  # same plan, selection, rows
     s1, s2 = _state(root / "one"), _state(root / "two")
     assert s1.keys() == s2.keys() and any(k.startswith("ema/") for k in s1)
     diff = max(float(np.abs(s1[k].astype(np.float64) - s2[k].astype(np.float64)).max()) for k in s1)
@@ -100,7 +107,21 @@ def test_two_ranks_equal_one_rank(one_and_two):
     assert len(m1) == len(m2) == 2
     for a, b in zip(m1, m2):
         assert a.keys() == b.keys()
-        for k in ("loss", "policy_loss", "kl", "loss_pos", "loss_neg", "w_pos", "w_neg", "grad_norm", "ema_decay", "old_decay", "optimizer_step", "n_samples", "reward_mean"):
+        for k in (
+            "loss",
+            "policy_loss",
+            "kl",
+            "loss_pos",
+            "loss_neg",
+            "w_pos",
+            "w_neg",
+            "grad_norm",
+            "ema_decay",
+            "old_decay",
+            "optimizer_step",
+            "n_samples",
+            "reward_mean",
+        ):
             assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
 
 

@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import REPO, TINY, row_counts
 
 pytestmark = pytest.mark.timeout(900)
@@ -31,9 +30,21 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while True:
         try:
@@ -42,7 +53,9 @@ def server(tmp_path_factory):
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+                raise RuntimeError(
+                    "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
+                ) from None
             time.sleep(0.3)
     yield env
     proc.terminate()
@@ -53,7 +66,9 @@ def server(tmp_path_factory):
 
 
 def _prefect(env, *args, timeout=300):
-    p = subprocess.run([*PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [*PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     assert p.returncode == 0, f"prefect {' '.join(args)}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout
 
@@ -71,14 +86,24 @@ def test_deploy_and_run_shapes_through_a_worker(server, tmp_path):
     run = Path(tmp_path) / "deployed"
     counts = row_counts(run)
     assert counts["iter=00000/regenerate"] == 2 * 4 and counts["iter=00000/update"] == 1
-    req = urllib.request.Request(server["PREFECT_API_URL"] + "/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        server["PREFECT_API_URL"] + "/flow_runs/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     runs = json.loads(urllib.request.urlopen(req, timeout=30).read())
     by_flow = {}
     for r in runs:
         by_flow.setdefault(r["state_type"], []).append(r["name"])
     assert set(by_flow) == {"COMPLETED"}, by_flow  # the deployment's run and its iteration subflow
     assert len(runs) == 2
-    req = urllib.request.Request(server["PREFECT_API_URL"] + "/artifacts/filter", data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        server["PREFECT_API_URL"] + "/artifacts/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     arts = {a["key"]: a for a in json.loads(urllib.request.urlopen(req, timeout=30).read())}
     assert arts["deployed-iter-0-selection"]["type"] == "table"
     assert len(json.loads(arts["deployed-iter-0-selection"]["data"])) == 2 * 4

@@ -10,7 +10,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import REPO
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -61,7 +60,9 @@ def test_nothing_points_outside_the_repository():
         for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
                 hits.append(f"{f.relative_to(REPO)}:{n}: {line.strip()}")
-    assert not hits, "references to notes outside the repository (cite docs/algorithm.md or docs/design.md):\n" + "\n".join(hits)
+    assert not hits, (
+        "references to notes outside the repository (cite docs/algorithm.md or docs/design.md):\n" + "\n".join(hits)
+    )
 
 
 @pytest.mark.parametrize("md", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
@@ -117,7 +118,9 @@ def test_configuration_reference_is_up_to_date():
     from solrl.config_doc import render
 
     committed = (REPO / "docs/configuration.md").read_text()
-    assert committed == render(), "docs/configuration.md is stale: run `python -m solrl.config_doc > docs/configuration.md`"
+    assert committed == render(), (
+        "docs/configuration.md is stale: run `python -m solrl.config_doc > docs/configuration.md`"
+    )
 
 
 def test_configuration_reference_documents_every_key():

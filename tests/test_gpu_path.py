@@ -32,11 +32,48 @@ ROOT = Path(__file__).resolve().parent.parent
 # newest release read; the fields of v2.9 … v2.14 are v2.8's, v2.15 adds backward_override, v2.16
 # row_scaled_activation, v2.17 the nvfp4_4over6 family).
 TE_FIELDS = {
-    ("nvfp4", "2.8"): {"disable_rht", "disable_stochastic_rounding", "disable_2d_quantization", "fp4_format", "fp8_format", "fp8_dpa", "fp8_mha"},
-    ("nvfp4", "2.18"): {"disable_rht", "disable_stochastic_rounding", "disable_2d_quantization", "row_scaled_activation", "nvfp4_4over6",
-                        "nvfp4_4over6_e4m3_use_256", "nvfp4_4over6_err_mode", "fp4_format", "fp8_format", "fp8_dpa", "fp8_mha", "backward_override"},
-    ("fp8", "2.8"): {"use_power_2_scales", "fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha"},
-    ("fp8", "2.18"): {"use_power_2_scales", "fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha", "backward_override"},
+    ("nvfp4", "2.8"): {
+        "disable_rht",
+        "disable_stochastic_rounding",
+        "disable_2d_quantization",
+        "fp4_format",
+        "fp8_format",
+        "fp8_dpa",
+        "fp8_mha",
+    },
+    ("nvfp4", "2.18"): {
+        "disable_rht",
+        "disable_stochastic_rounding",
+        "disable_2d_quantization",
+        "row_scaled_activation",
+        "nvfp4_4over6",
+        "nvfp4_4over6_e4m3_use_256",
+        "nvfp4_4over6_err_mode",
+        "fp4_format",
+        "fp8_format",
+        "fp8_dpa",
+        "fp8_mha",
+        "backward_override",
+    },
+    ("fp8", "2.8"): {
+        "use_power_2_scales",
+        "fp8_format",
+        "fp8_gemm_fprop",
+        "fp8_gemm_dgrad",
+        "fp8_gemm_wgrad",
+        "fp8_dpa",
+        "fp8_mha",
+    },
+    ("fp8", "2.18"): {
+        "use_power_2_scales",
+        "fp8_format",
+        "fp8_gemm_fprop",
+        "fp8_gemm_dgrad",
+        "fp8_gemm_wgrad",
+        "fp8_dpa",
+        "fp8_mha",
+        "backward_override",
+    },
 }
 
 
@@ -48,7 +85,11 @@ def test_recipe_kwargs_are_te_fields_and_match_the_emulation(fmt, version):
     assert kw["fp8_dpa"] is False and kw["fp8_mha"] is False  # attention stays bf16, as in the emulation
     if fmt == "nvfp4":
         # 1x16 blocks for weights too, no Hadamard transform, no stochastic rounding, E2M1 + E4M3 scales
-        assert kw["disable_2d_quantization"] is True and kw["disable_rht"] is True and kw["disable_stochastic_rounding"] is True
+        assert (
+            kw["disable_2d_quantization"] is True
+            and kw["disable_rht"] is True
+            and kw["disable_stochastic_rounding"] is True
+        )
         assert (kw["fp4_format"], kw["fp8_format"]) == ("E2M1", "E4M3")
         if version == "2.18":  # newer flags whose environment-set defaults could change the numerics: pinned off
             assert kw["row_scaled_activation"] is False and kw["nvfp4_4over6"] == "none"
@@ -70,13 +111,19 @@ def test_recipe_objects_built_by_the_installed_transformer_engine():
     for q in (nv.fp4_quant_fwd_inp, nv.fp4_quant_fwd_weight):
         assert not q.random_hadamard_transform and not q.stochastic_rounding and not q.fp4_2d_quantization
     f8 = build_te_recipe("fp8", recipe_module)
-    assert type(f8).__name__ == "Float8CurrentScaling" and f8.use_power_2_scales is False and f8.fp8_format == recipe_module.Format.E4M3
+    assert (
+        type(f8).__name__ == "Float8CurrentScaling"
+        and f8.use_power_2_scales is False
+        and f8.fp8_format == recipe_module.Format.E4M3
+    )
 
 
 # --- checked before anything loads --------------------------------------------------------------------
 def test_run_without_transformer_engine_refuses_in_a_second_before_loading_anything(tmp_path):
-    code = ("import atexit, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
-            f"from flows.cli import app; app(['run', 'configs/flux.yaml', '--run-root', {str(tmp_path)!r}])")
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
+        f"from flows.cli import app; app(['run', 'configs/flux.yaml', '--run-root', {str(tmp_path)!r}])"
+    )
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
@@ -98,10 +145,15 @@ def test_which_configs_need_transformer_engine_and_what_they_are_told():
     assert te_formats(flux) == {"nvfp4": "explore.precision"}
     hopper = flux.with_overrides(**{"explore.precision": "fp8"})
     assert te_formats(hopper) == {"fp8": "explore.precision"}
-    guarded = flux.with_overrides(**{"fidelity.audit_prompts": 1, "fidelity.guard": {"enabled": True, "fallback_precision": "fp8"}})
+    guarded = flux.with_overrides(
+        **{"fidelity.audit_prompts": 1, "fidelity.guard": {"enabled": True, "fallback_precision": "fp8"}}
+    )
     assert te_formats(guarded) == {"nvfp4": "explore.precision", "fp8": "fidelity.guard.fallback_precision"}
-    for cfg in (flux.with_overrides(**{"explore.backend": "emulated"}), flux.with_overrides(**{"run.mode": "diffusionnft"}),
-                flux.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"})):
+    for cfg in (
+        flux.with_overrides(**{"explore.backend": "emulated"}),
+        flux.with_overrides(**{"run.mode": "diffusionnft"}),
+        flux.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"}),
+    ):
         assert te_formats(cfg) == {} and check_accelerator(cfg) is None
     with pytest.raises(TransformerEngineUnavailable, match="an Ada, Hopper or Blackwell GPU") as e:
         check_accelerator(hopper)
@@ -113,14 +165,20 @@ def test_which_configs_need_transformer_engine_and_what_they_are_told():
 def test_transformer_engine_unavailable_mid_run_is_one_sentence_with_exit_code_2():
     """Should a run reach the explore copy without the preflight (a library caller), the error is
     still one sentence that the CLI maps to exit 2."""
-    from tasks.errors import explain
     from test_quant import _tiny_flux
+
+    from tasks.errors import explain
 
     for config in (NVFP4Config(backend="transformer_engine"), FP8Config(backend="transformer_engine")):
         with pytest.raises(TransformerEngineUnavailable) as e:
             quantize_(_tiny_flux(), config)
         code, sentence = explain(e.value)
-        assert code == 2 and "\n" not in sentence and "explore.backend: emulated" in sentence and "backend: fp8" not in sentence
+        assert (
+            code == 2
+            and "\n" not in sentence
+            and "explore.backend: emulated" in sentence
+            and "backend: fp8" not in sentence
+        )
 
 
 # --- quantisation configs and the emulated layer's accelerator layout ----------------------------------------
@@ -135,7 +193,9 @@ def test_one_config_class_per_scheme(shapes_policy_factory):
     assert type(nv) is NVFP4Config and type(f8) is FP8Config and nv.backend == f8.backend == "emulated"
     assert explore_quant(policy, cfg, ExploreSpec("high", 6, 8)) is None
     te = cfg.with_overrides(**{"explore.backend": "transformer_engine"})
-    assert explore_quant(policy, te, ExploreSpec("fp8", 6, 8)) == FP8Config(skip=nv.skip, min_dim=nv.min_dim, backend="transformer_engine")
+    assert explore_quant(policy, te, ExploreSpec("fp8", 6, 8)) == FP8Config(
+        skip=nv.skip, min_dim=nv.min_dim, backend="transformer_engine"
+    )
     assert select_linears(policy.peft, nv) == select_linears(policy.peft, f8)  # one filter
     with pytest.raises(ValueError, match="FP8Config"):
         NVFP4Config(backend="fp8")
@@ -153,7 +213,9 @@ def test_bf16_factors_give_the_same_bits_and_hold_no_float32_weight(fmt, lowrank
     acc = EmulatedLinear(lin, fmt, lowrank=lowrank, factor_dtype=torch.bfloat16)  # the accelerator layout
     assert cpu.weight_qs.dtype == torch.float32 and acc.weight_qs.dtype == torch.bfloat16
     assert torch.equal(acc.weight_qs.float(), cpu.weight_qs)  # the quantised values are exact in bf16
-    big_float32 = [n for n, b in acc.named_buffers() if b.dtype == torch.float32 and b.numel() >= lin.weight.numel() // 16]
+    big_float32 = [
+        n for n, b in acc.named_buffers() if b.dtype == torch.float32 and b.numel() >= lin.weight.numel() // 16
+    ]
     assert big_float32 == [] and not hasattr(acc, "qdata")  # 2 bytes per weight, nothing else of that size
     for x in (torch.randn(3, 5, 64, generator=g), torch.randn(7, 64, generator=g).bfloat16()):
         assert torch.equal(acc(x), cpu(x))
@@ -175,8 +237,9 @@ def test_factor_layout_follows_the_device_and_the_gemm_is_bf16_with_float32_outp
 
 # --- one autocast per model forward; the swap ---------------------------------------------------------------
 def test_one_context_around_each_model_forward_not_per_layer():
-    from solrl.quant.te import autocast_forward
     from test_quant import _tiny_flux
+
+    from solrl.quant.te import autocast_forward
 
     torch.manual_seed(0)
     model = _tiny_flux()
@@ -189,10 +252,21 @@ def test_one_context_around_each_model_forward_not_per_layer():
         entered.append(1)
         yield
 
-    kw = dict(hidden_states=torch.randn(1, 16, 4), encoder_hidden_states=torch.randn(1, 8, 24), pooled_projections=torch.randn(1, 24),
-              timestep=torch.tensor([0.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+    kw = dict(
+        hidden_states=torch.randn(1, 16, 4),
+        encoder_hidden_states=torch.randn(1, 8, 24),
+        pooled_projections=torch.randn(1, 24),
+        timestep=torch.tensor([0.5]),
+        img_ids=torch.zeros(16, 3),
+        txt_ids=torch.zeros(8, 3),
+        return_dict=False,
+    )
     plain = model(**kw)[0]
-    assert autocast_forward(model, context) is model and type(model).__name__ == "FluxTransformer2DModel" and model.config.in_channels == 4
+    assert (
+        autocast_forward(model, context) is model
+        and type(model).__name__ == "FluxTransformer2DModel"
+        and model.config.in_channels == 4
+    )
     assert torch.equal(model(**kw)[0], plain) and entered == [1]  # one model forward, one context
     twin = copy.deepcopy(model)  # a copy is wrapped too, bound to itself
     twin(**kw)
@@ -216,7 +290,9 @@ def test_swap_builds_and_swaps_one_layer_at_a_time():
         return EmulatedLinear(lin)
 
     built = _swap(model, names, factory, atomic=False)
-    assert len(built) == len(calls) == len(names) and all(isinstance(model.get_submodule(n), EmulatedLinear) for n in names)
+    assert len(built) == len(calls) == len(names) and all(
+        isinstance(model.get_submodule(n), EmulatedLinear) for n in names
+    )
 
 
 # --- GPU-only defects, seen on the meta device and in bf16 -------------------------------------------------------
@@ -269,12 +345,27 @@ def test_timestep_reaching_the_transformer_has_diffusers_dtype(family, want, bf1
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(train_prompts()[:12]) + "\n")
-    cfg = RunConfig.model_validate({"model": {"family": family, "weights": str(bf16_pipelines[family]), "resolution": 32, "max_sequence_length": 16,
-                                              "lora_rank": 4, "lora_alpha": 8, "dtype": "bfloat16", "device": "cpu"},
-                                    "prompts": {"file": str(prompts)}, "reward": {"weights": {"shapes": 1.0}, "report": []}})
+    cfg = RunConfig.model_validate(
+        {
+            "model": {
+                "family": family,
+                "weights": str(bf16_pipelines[family]),
+                "resolution": 32,
+                "max_sequence_length": 16,
+                "lora_rank": 4,
+                "lora_alpha": 8,
+                "dtype": "bfloat16",
+                "device": "cpu",
+            },
+            "prompts": {"file": str(prompts)},
+            "reward": {"weights": {"shapes": 1.0}, "report": []},
+        }
+    )
     policy = load_policy(cfg)
     seen = []
-    hook = policy.pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True)
+    hook = policy.pipe.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
+    )
     try:
         policy.sample(policy.peft, ["a red circle on the left"], [1], 2)
     finally:
@@ -292,9 +383,13 @@ def test_gpu_presets_compile_their_samplers_and_use_the_official_t5_length(shape
         assert load_config(preset).model.compile_samplers is False
     from solrl.config import RunConfig
 
-    policy = shapes_policy_factory(RunConfig().with_overrides(**{"model.dtype": "float32", "model.compile_samplers": True}))
+    policy = shapes_policy_factory(
+        RunConfig().with_overrides(**{"model.dtype": "float32", "model.compile_samplers": True})
+    )
     model, _ = policy.sampler_copy(None)
-    assert model._compiled_call_impl is not None and type(model).__name__ == "FluxTransformer2DModel"  # compiled in place, on first call
+    assert (
+        model._compiled_call_impl is not None and type(model).__name__ == "FluxTransformer2DModel"
+    )  # compiled in place, on first call
     plain, _ = shapes_policy_factory().sampler_copy(None)
     assert plain._compiled_call_impl is None
 
@@ -302,5 +397,13 @@ def test_gpu_presets_compile_their_samplers_and_use_the_official_t5_length(shape
 def test_te_version_strings_compare_by_release():
     from solrl.accelerator import TE_MIN_VERSION, _release
 
-    assert _release("2.8.0+cu12") >= TE_MIN_VERSION and _release("2.10.0.dev0") >= TE_MIN_VERSION and _release("3") >= TE_MIN_VERSION
-    assert _release("2.7.1")[:2] < TE_MIN_VERSION and _release("1.13") < TE_MIN_VERSION and _release("nightly") < TE_MIN_VERSION
+    assert (
+        _release("2.8.0+cu12") >= TE_MIN_VERSION
+        and _release("2.10.0.dev0") >= TE_MIN_VERSION
+        and _release("3") >= TE_MIN_VERSION
+    )
+    assert (
+        _release("2.7.1")[:2] < TE_MIN_VERSION
+        and _release("1.13") < TE_MIN_VERSION
+        and _release("nightly") < TE_MIN_VERSION
+    )

@@ -43,7 +43,11 @@ def test_the_readme_example_on_eight_gpus():
     a = gpu_assignment(8, 7, 1, 1, flow_stages(1))
     assert a.flow == ("0",) and a.workers == tuple((str(i),) for i in range(1, 8))
     a = gpu_assignment(8, 8, 1, 8, flow_stages(8))  # the update on 8 ranks: the flow's process holds no model
-    assert a.flow == () and a.ranks == tuple(range(8)) and sorted(d for ds in a.workers for d in ds) == [str(i) for i in range(8)]
+    assert (
+        a.flow == ()
+        and a.ranks == tuple(range(8))
+        and sorted(d for ds in a.workers for d in ds) == [str(i) for i in range(8)]
+    )
     assert "GPU 7: worker 7 (explore, regenerate, audit, eval, update rank 7)" in format_gpu_assignment(a)
 
 
@@ -56,4 +60,7 @@ def test_visible_devices_and_the_cluster_helper(monkeypatch):
     with pytest.raises(ConfigError, match="gpus_per_worker is 0"):
         gpu_assignment(["4", "5"], 2, 0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert format_gpu_assignment(gpu_assignment([], 2, 0, 2)) == "no GPU visible: the flow's process and 2 Dask worker(s) on the CPU; update on 2 ranks (workers 0, 1)"
+    assert (
+        format_gpu_assignment(gpu_assignment([], 2, 0, 2))
+        == "no GPU visible: the flow's process and 2 Dask worker(s) on the CPU; update on 2 ranks (workers 0, 1)"
+    )

@@ -7,7 +7,15 @@ from solrl.config import RunConfig
 from solrl.stages import TrainState, run_iteration
 from storage.selection import select_seeds
 
-TINY = {"prompts.per_iteration": 2, "explore.n": 16, "select.k": 4, "eval.held_out_prompts": 2, "eval.train_prompts": 2, "eval.seeds_per_prompt": 1, "eval.steps": 6}
+TINY = {
+    "prompts.per_iteration": 2,
+    "explore.n": 16,
+    "select.k": 4,
+    "eval.held_out_prompts": 2,
+    "eval.train_prompts": 2,
+    "eval.seeds_per_prompt": 1,
+    "eval.steps": 6,
+}
 
 
 def _run(factory, cfg, iterations):
@@ -27,7 +35,9 @@ def test_three_sol_rl_iterations_deterministic(shapes_policy_factory):
         assert m["applied"] == 1.0
         assert len(res.selected["seed"]) == 2 * 4 and len(res.explore["seed"]) == 2 * 16
         assert set(res.selected["side"]) == {"top", "bottom"}
-        assert res.eval is not None and len(res.eval["reward"]) == 2 + 2 and set(res.eval["set"]) == {"train", "held_out"}
+        assert (
+            res.eval is not None and len(res.eval["reward"]) == 2 + 2 and set(res.eval["set"]) == {"train", "held_out"}
+        )
     assert s1.step == 3
     theta = p1.adapter_state("default")
     assert any(not torch.equal(theta[k], init[k]) for k in init), "adapters did not change"
@@ -69,9 +79,13 @@ def test_several_optimizer_steps_per_iteration(shapes_policy_factory):
 
     from solrl import nft
 
-    cfg = RunConfig().with_overrides(**{**TINY, "model.dtype": "float32", "nft.steps_per_iteration": 2, "eval.every": 0})
+    cfg = RunConfig().with_overrides(
+        **{**TINY, "model.dtype": "float32", "nft.steps_per_iteration": 2, "eval.every": 0}
+    )
     policy, state, (res,) = _run(shapes_policy_factory, cfg, 1)
-    assert [m["step_in_iteration"] for m in res.metrics] == [0.0, 1.0] and [m["optimizer_step"] for m in res.metrics] == [1.0, 2.0]
+    assert [m["step_in_iteration"] for m in res.metrics] == [0.0, 1.0] and [
+        m["optimizer_step"] for m in res.metrics
+    ] == [1.0, 2.0]
     assert [m["n_samples"] for m in res.metrics] == [4.0, 4.0]  # 2 prompts x K 4, split in two
     assert [m["ema_decay"] for m in res.metrics] == [nft.ema_decay(1), nft.ema_decay(2)]
     assert res.metrics[-1]["old_decay"] == nft.old_decay(2, cfg.nft.decay_type)

@@ -36,13 +36,25 @@ def _tiny_config(root, prompts, family, dtype, checkpointing, lora_bf16):
     weights = root / family
     if not weights.exists():
         BUILDERS[family](weights)
-    return RunConfig.model_validate({
-        "model": {"family": family, "weights": str(weights), "resolution": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8, "dtype": dtype},
-        "prompts": {"per_iteration": 2, "file": str(prompts)},
-        "explore": {"n": 8, "steps": 2, "batch": 8}, "select": {"k": 4}, "rollout": {"steps": 3, "batch": 4, "solver": "dpm2"},
-        "nft": {"micro_batch": 8, "gradient_checkpointing": checkpointing, "lora_bf16": lora_bf16},
-        "reward": {"weights": {"shapes": 1.0}, "report": []},
-    })
+    return RunConfig.model_validate(
+        {
+            "model": {
+                "family": family,
+                "weights": str(weights),
+                "resolution": 32,
+                "max_sequence_length": 16,
+                "lora_rank": 4,
+                "lora_alpha": 8,
+                "dtype": dtype,
+            },
+            "prompts": {"per_iteration": 2, "file": str(prompts)},
+            "explore": {"n": 8, "steps": 2, "batch": 8},
+            "select": {"k": 4},
+            "rollout": {"steps": 3, "batch": 4, "solver": "dpm2"},
+            "nft": {"micro_batch": 8, "gradient_checkpointing": checkpointing, "lora_bf16": lora_bf16},
+            "reward": {"weights": {"shapes": 1.0}, "report": []},
+        }
+    )
 
 
 def _real_bytes(tensors) -> int:
@@ -79,13 +91,17 @@ def _measured_update(cfg) -> tuple[int, int]:
     micro_batch()  # gradients exist: later micro-batches accumulate into them, as the plan counts
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         micro_batch()
-    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    records = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     current = transient = 0
     for e in records:
         current += e.nbytes()
         transient = max(transient, current)
     persistent = [*policy.peft.parameters(), *policy.peft.buffers(), *(p.grad for p in policy.trainable_parameters())]
-    persistent += list(state.ema.values()) + [v for s in state.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    persistent += list(state.ema.values()) + [
+        v for s in state.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()
+    ]
     for module in policy.frozen_modules().values():
         persistent += [*module.parameters(), *module.buffers()]
     return _real_bytes(persistent) + transient, transient
@@ -126,7 +142,9 @@ def test_presets_plan_under_their_targets(case):
     p = memplan.plan(cfg)
     assert p.peak <= target * GB, f"{case}: {memplan.format_plan(p)}"
     assert set(p.peak_by_stage) == {"baseline", "explore", "select", "regenerate", "update", "eval"}
-    assert p.table["update"].get("explore_copy") is None and p.table["update"].get("regenerate_copy") is None  # freed for the update
+    assert (
+        p.table["update"].get("explore_copy") is None and p.table["update"].get("regenerate_copy") is None
+    )  # freed for the update
     if over.get("model.low_memory"):
         assert p.sizes["regenerate_copy"] == 0 == p.sizes["eval_copy"]
     assert p.fits[next(label for label in memplan.GPUS if label.startswith(str(target)))]
@@ -145,7 +163,11 @@ def test_the_runtime_places_modules_by_the_plans_schedule():
 
 
 def test_sizes_parse():
-    assert memplan.parse_size("80GB") == 80 * GB and memplan.parse_size("81559MiB") == 81559 * 2**20 and memplan.parse_size("141") == 141 * GB
+    assert (
+        memplan.parse_size("80GB") == 80 * GB
+        and memplan.parse_size("81559MiB") == 81559 * 2**20
+        and memplan.parse_size("141") == 141 * GB
+    )
     with pytest.raises(ValueError, match="not a size"):
         memplan.parse_size("lots")
 
@@ -163,14 +185,42 @@ def test_a_run_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path):
     config.write_text(yaml.safe_dump(data))
     runs = tmp_path / "runs"
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config), "--gpu-memory", "16GB", "--run-root", str(runs), "--no-prefect"],
-                          check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            str(config),
+            "--gpu-memory",
+            "16GB",
+            "--run-root",
+            str(runs),
+            "--no-prefect",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("Failed to load", "W1", "[transformers]", "USDT"))]
+    lines = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.strip() and not ln.startswith(("Failed to load", "W1", "[transformers]", "USDT"))
+    ]
     message = " ".join(lines)
     assert message.startswith("error: the memory plan of this sana config needs"), message
-    assert "GB in the baseline stage" in message and "more than the 16.0 GB of --gpu-memory" in message and "--no-memory-check" in message
-    assert "weights are missing" not in message and "prompts" not in message.split("--no-memory-check")[0].split("GB of")[0]
+    assert (
+        "GB in the baseline stage" in message
+        and "more than the 16.0 GB of --gpu-memory" in message
+        and "--no-memory-check" in message
+    )
+    assert (
+        "weights are missing" not in message
+        and "prompts" not in message.split("--no-memory-check")[0].split("GB of")[0]
+    )
     assert not runs.exists() or not list(runs.iterdir())  # no run was created
     print(f"refused in {time.time() - t0:.1f}s")
 

@@ -7,7 +7,9 @@ def _inputs(policy, n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *policy.latent_shape, generator=g)
     t = torch.rand(n, generator=g)
-    cond = policy.encode(["a red circle on the left", "a blue square above a yellow triangle", "a green triangle on the top"][:n])
+    cond = policy.encode(
+        ["a red circle on the left", "a blue square above a yellow triangle", "a green triangle on the top"][:n]
+    )
     return x, t, cond
 
 
@@ -61,7 +63,16 @@ def test_explore_copy_is_quantised_per_family_filter(shapes_policy_factory):
     assert quantised == report.modules and quantised
     assert not any(s in n for n in quantised for s in policy.quant_skip)
     # every attention and MLP projection of the double blocks is quantised
-    for part in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "ff.net.0.proj", "ff_context.net.2", "norm1.linear"):
+    for part in (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "ff.net.0.proj",
+        "ff_context.net.2",
+        "norm1.linear",
+    ):
         assert f"transformer_blocks.0.{part}" in quantised
     # and the single-block output projection is skipped because 'proj_out' is a substring rule
     assert "single_transformer_blocks.0.proj_out" not in quantised

@@ -1,8 +1,8 @@
 """Every mode through the artifact store (steps without Prefect): what each commits."""
 
 import pytest
-
 from pipeline_helpers import TINY
+
 from solrl.config import RunConfig
 from storage.queries import read_stage
 from tasks import steps

@@ -72,7 +72,9 @@ def test_old_decay_schedules_and_ema():
     assert nft.old_decay(76, 2) == pytest.approx(0.0075)
     assert nft.old_decay(175, 2) == pytest.approx(0.75)
     assert nft.old_decay(400, 2) == pytest.approx(0.999)
-    assert nft.ema_decay(0) == pytest.approx(0.1) and nft.ema_decay(8) == pytest.approx(0.5) and nft.ema_decay(1000) == 0.9
+    assert (
+        nft.ema_decay(0) == pytest.approx(0.1) and nft.ema_decay(8) == pytest.approx(0.5) and nft.ema_decay(1000) == 0.9
+    )
     target = {"a": torch.zeros(3)}
     nft.lerp_(target, {"a": torch.ones(3)}, keep=0.25)
     assert torch.allclose(target["a"], torch.full((3,), 0.75))

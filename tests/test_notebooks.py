@@ -7,8 +7,8 @@ import re
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from pipeline_helpers import REPO, TINY, cli
+
 from solrl.config import RunConfig
 from tasks import steps
 from tasks.run import open_run
@@ -31,7 +31,9 @@ def small_run(tmp_path_factory):
 
 def _execute(name: str, params: str) -> nbformat.NotebookNode:
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "notebooks are committed without outputs"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "notebooks are committed without outputs"
+    )
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = params
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
@@ -40,7 +42,11 @@ def _execute(name: str, params: str) -> nbformat.NotebookNode:
 
 def _outputs(nb):
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    errors = [o for o in outs if o.output_type == "error" or (o.output_type == "stream" and o.name == "stderr" and "Traceback" in o.text)]
+    errors = [
+        o
+        for o in outs
+        if o.output_type == "error" or (o.output_type == "stream" and o.name == "stderr" and "Traceback" in o.text)
+    ]
     images = [o for o in outs if "image/png" in o.get("data", {})]
     return errors, images
 

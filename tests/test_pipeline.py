@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import REPO, SOL_RL, adapters, cli, fingerprint, hooks_env, row_counts, uncommitted, write_config
 
 pytestmark = pytest.mark.timeout(1500)
@@ -40,8 +39,12 @@ def test_uninterrupted_run(baseline):
         assert counts[f"iter={i:05d}/regenerate"] == 2 * 4
         assert counts[f"iter={i:05d}/update"] == 1
     assert "iter=00000/eval" in counts and "iter=00002/eval" in counts and "iter=00001/eval" not in counts
-    baseline_rows = sum(f["rows"] for f in json.loads((run / "baseline" / "_COMMITTED.json").read_text())["files"].values())
-    assert baseline_rows == counts["iter=00000/eval"] == (2 + 2) * 1  # 2 train + 2 held-out prompts x 1 seed, the same pairs
+    baseline_rows = sum(
+        f["rows"] for f in json.loads((run / "baseline" / "_COMMITTED.json").read_text())["files"].values()
+    )
+    assert (
+        baseline_rows == counts["iter=00000/eval"] == (2 + 2) * 1
+    )  # 2 train + 2 held-out prompts x 1 seed, the same pairs
     assert meta["resolved"]["dtype"] in ("bfloat16", "float32")
     assert uncommitted(run) == []
     assert len(adapters(run, 2)) == 4  # policy, old, ema, optimizer
@@ -55,7 +58,14 @@ def test_uninterrupted_run(baseline):
 
 def _kill_when(args, watch: Path, env: dict) -> None:
     """Start `sol-rl run`, SIGKILL its whole process group once `watch` exists."""
-    proc = subprocess.Popen([*SOL_RL, *map(str, args)], cwd=REPO, env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*SOL_RL, *map(str, args)],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     try:
         while not watch.exists():
@@ -69,9 +79,12 @@ def _kill_when(args, watch: Path, env: dict) -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize("stage,first_file", [
-    ("update", "state/policy/adapter_model.safetensors"),
-])
+@pytest.mark.parametrize(
+    "stage,first_file",
+    [
+        ("update", "state/policy/adapter_model.safetensors"),
+    ],
+)
 def test_sigkill_then_resume_is_bit_identical(baseline, tmp_path, stage, first_file):
     """(b) the whole process group (the CLI, the flow, Prefect's server) killed during a stage of
     iteration 1, resumed with `sol-rl run` on the same id. (SIGKILL at every kind of write
@@ -79,7 +92,11 @@ def test_sigkill_then_resume_is_bit_identical(baseline, tmp_path, stage, first_f
     root, cfg = baseline
     watch = tmp_path / "crash" / "iter=00001" / stage / first_file
     # the pause holds the stage between its first data file and its commit, so the kill lands there
-    _kill_when(["run", cfg, "--run-id", "crash", "--run-root", tmp_path], watch, hooks_env(pause_s=2, match=f"iter=00001/{stage}/"))
+    _kill_when(
+        ["run", cfg, "--run-id", "crash", "--run-root", tmp_path],
+        watch,
+        hooks_env(pause_s=2, match=f"iter=00001/{stage}/"),
+    )
     stage_dir = tmp_path / "crash" / "iter=00001" / stage
     assert watch.exists() and not (stage_dir / "_COMMITTED.json").exists()
     assert cli("verify", "crash", "--run-root", tmp_path, check=False).returncode == 1  # the partial stage is reported
@@ -119,7 +136,15 @@ def test_a_storage_error_in_update_is_retried_by_prefect_without_training_twice(
     Prefect retries the task in the same process; the run completes with the adapters of an
     uninterrupted run (not a second optimizer step on top of the first)."""
     root, cfg = baseline
-    p = cli("run", cfg, "--run-id", "retry", "--run-root", tmp_path, env=hooks_env(faults="write@iter=00001/update/_COMMITTED:1:eio"))
+    p = cli(
+        "run",
+        cfg,
+        "--run-id",
+        "retry",
+        "--run-root",
+        tmp_path,
+        env=hooks_env(faults="write@iter=00001/update/_COMMITTED:1:eio"),
+    )
     assert "iteration 2" in p.stdout
     assert adapters(tmp_path / "retry", 2) == adapters(root / "base", 2)
     assert fingerprint(tmp_path / "retry") == fingerprint(root / "base")
@@ -128,8 +153,14 @@ def test_a_storage_error_in_update_is_retried_by_prefect_without_training_twice(
 def test_a_second_process_on_the_same_run_is_refused(baseline, tmp_path):
     root, cfg = baseline
     env = hooks_env(pause_s=2)
-    first = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "busy", "--run-root", str(tmp_path), "--no-prefect"], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(
+        [*SOL_RL, "run", str(cfg), "--run-id", "busy", "--run-root", str(tmp_path), "--no-prefect"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while not (tmp_path / "busy" / "iter=00000" / "plan" / "plan.json").exists():
@@ -153,8 +184,15 @@ def test_a_signal_stops_the_run_cleanly_within_seconds(baseline, tmp_path, sig, 
     root, cfg = baseline
     home = tmp_path / "prefect-home"
     env = hooks_env(pause_s=1.5, match="iter=00001/explore/", base=dict(os.environ, PREFECT_HOME=str(home)))
-    proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "stop", "--run-root", str(tmp_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*SOL_RL, "run", str(cfg), "--run-id", "stop", "--run-root", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     watch = tmp_path / "stop" / "iter=00001" / "explore" / "part-00000.parquet"
     deadline = time.time() + 600
     while not watch.exists():
@@ -166,13 +204,19 @@ def test_a_signal_stops_the_run_cleanly_within_seconds(baseline, tmp_path, sig, 
     took = time.time() - t
     assert proc.returncode == 128 + sig and took < 15, (proc.returncode, took, err[-2000:])
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln[:2].isdigit()]  # progress lines start with a time
-    assert len(lines) == 1 and lines[0].startswith(f"stopped by {sig.name} at the explore of iteration 1") and "resume with" in lines[0], err[-2000:]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith(f"stopped by {sig.name} at the explore of iteration 1")
+        and "resume with" in lines[0]
+    ), err[-2000:]
     assert "Traceback" not in err + out
     deadline = time.time() + 10  # the server dies with its parent (PDEATHSIG): give the kernel a moment
     while _processes_with(f"PREFECT_HOME={home}") and time.time() < deadline:
         time.sleep(0.1)  # polling the process table until the server has exited
     assert not _processes_with(f"PREFECT_HOME={home}"), "a process of this run (its Prefect server) was left behind"
-    assert not (tmp_path / "stop" / "iter=00001" / "explore" / "_COMMITTED.json").exists()  # the stage in flight: not committed
+    assert not (
+        tmp_path / "stop" / "iter=00001" / "explore" / "_COMMITTED.json"
+    ).exists()  # the stage in flight: not committed
     cli("run", cfg, "--run-id", "stop", "--run-root", tmp_path)
     assert fingerprint(tmp_path / "stop") == fingerprint(root / "base")
 

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solrl.quant import EmulatedLinear, NVFP4Config, fake_quantize_fp8, fake_quantize_nvfp4, nvfp4_pack, nvfp4_unpack, quantize_, select_linears
+from solrl.quant import (
+    EmulatedLinear,
+    NVFP4Config,
+    fake_quantize_fp8,
+    fake_quantize_nvfp4,
+    nvfp4_pack,
+    nvfp4_unpack,
+    quantize_,
+    select_linears,
+)
 from solrl.quant.numerics import _fake_nvfp4, block_mm, fp8_factors, nvfp4_factors, nvfp4_unpack_factors
 
 
@@ -29,7 +38,9 @@ def _cases():
     out.append(x)
     out.append(torch.randn(2, 16, generator=g).bfloat16().float())
     out.append(torch.tensor([[0.0] * 15 + [6.0 * 448]]))
-    out.append(torch.randn(20, 128, generator=torch.Generator().manual_seed(2)))  # holds a near-tie (x/(s·S) = 2.5000002) that a tolerant tie test gets wrong
+    out.append(
+        torch.randn(20, 128, generator=torch.Generator().manual_seed(2))
+    )  # holds a near-tie (x/(s·S) = 2.5000002) that a tolerant tie test gets wrong
     return out
 
 
@@ -149,7 +160,9 @@ def test_emulated_linear_is_w4a4_block_product_with_fp32_bias():
     q = EmulatedLinear(lin)
     x = torch.randn(3, 32)
     assert torch.equal(q(x), _block_product_reference(x, lin.weight.detach(), lin.bias.detach()))
-    expected = fake_quantize_nvfp4(x) @ fake_quantize_nvfp4(lin.weight.detach()).T + lin.bias.detach()  # the former layer
+    expected = (
+        fake_quantize_nvfp4(x) @ fake_quantize_nvfp4(lin.weight.detach()).T + lin.bias.detach()
+    )  # the former layer
     torch.testing.assert_close(q(x), expected, rtol=0, atol=1e-5)
     assert q.packed_bytes == 32 * 8 // 2 + 32 * 8 // 16 + 4
 
@@ -188,13 +201,21 @@ def test_round_e2m1_is_torchao_at_ties_and_their_neighbours():
         from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, f32_to_f4_unpacked
     from solrl.quant.numerics import round_e2m1
 
-    pts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 2.0**-126, 2.0**-149])
+    pts = torch.tensor(
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 2.0**-126, 2.0**-149]
+    )
     near, lo, hi = [pts], pts, pts
     for _ in range(8):  # up to 8 ulps either side of every tie and grid point
         lo, hi = torch.nextafter(lo, torch.tensor(-1.0)), torch.nextafter(hi, torch.tensor(7.0))
         near += [lo, hi]
     g = torch.Generator().manual_seed(0)
-    v = torch.cat(near + [torch.rand(200_000, generator=g) * 6, torch.rand(20_000, generator=g) * 2.0 ** torch.randint(-40, 3, (20_000,), generator=g).float()])
+    v = torch.cat(
+        near
+        + [
+            torch.rand(200_000, generator=g) * 6,
+            torch.rand(20_000, generator=g) * 2.0 ** torch.randint(-40, 3, (20_000,), generator=g).float(),
+        ]
+    )
     v = torch.cat([v, -v]).clamp(-6, 6)
     assert torch.equal(_bits(round_e2m1(v)), _bits(f4_unpacked_to_f32(f32_to_f4_unpacked(v))))  # signed zeros too
 
@@ -206,7 +227,9 @@ def test_block_mm_is_float32_accumulation_with_float32_output():
     before = torch.backends.mkldnn.matmul.fp32_precision
     y = block_mm(a, w)
     assert torch.backends.mkldnn.matmul.fp32_precision == before  # the flag is scoped
-    assert y.dtype == torch.float32 and torch.equal(y, block_mm(a, w)) and torch.equal(y, block_mm(a.float(), w.float()))
+    assert (
+        y.dtype == torch.float32 and torch.equal(y, block_mm(a, w)) and torch.equal(y, block_mm(a.float(), w.float()))
+    )
     exact = a.double() @ w.double().T
     mag = a.double().abs() @ w.double().abs().T
     assert ((y.double() - exact).abs() <= 256 * 2.0**-24 * mag).all()  # γ_K: float32 accumulation of exact products
@@ -246,7 +269,12 @@ def test_block_product_matches_float32_emulation_within_accumulation_error(case)
 
 def test_compiled_factors_equal_eager_bit_for_bit():
     g = torch.Generator().manual_seed(5)
-    xs = _cases()[:6] + [torch.randn(2, 7, 48, generator=g), torch.randn(64, 32, generator=g).t(), torch.randn(4, 64, generator=g).bfloat16(), torch.zeros(3, 32)]
+    xs = _cases()[:6] + [
+        torch.randn(2, 7, 48, generator=g),
+        torch.randn(64, 32, generator=g).t(),
+        torch.randn(4, 64, generator=g).bfloat16(),
+        torch.zeros(3, 32),
+    ]
     for x in xs:
         for dtype in (torch.bfloat16, torch.float32):
             ae, se = nvfp4_factors(x, dtype, compiled=False)
@@ -302,7 +330,11 @@ def test_fp8_layer_is_the_fp8_block_product():
     assert torch.equal(layer(x), acc * (s_a * s_w) + lin.bias.detach())
     x_hat, w_hat = fake_quantize_fp8(x), fake_quantize_fp8(lin.weight.detach())
     old = F.linear(x_hat, w_hat) + lin.bias.detach()
-    bound = (2 * x.shape[-1] + 10) * 2.0**-24 * (x_hat.double().abs() @ w_hat.double().abs().T + lin.bias.detach().double().abs())
+    bound = (
+        (2 * x.shape[-1] + 10)
+        * 2.0**-24
+        * (x_hat.double().abs() @ w_hat.double().abs().T + lin.bias.detach().double().abs())
+    )
     assert ((layer(x).double() - old.double()).abs() <= bound).all()
     assert layer.packed_bytes == lin.weight.numel() + 4
 
@@ -310,16 +342,55 @@ def test_fp8_layer_is_the_fp8_block_product():
 def _tiny_flux():
     from diffusers import FluxTransformer2DModel
 
-    return FluxTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=24, guidance_embeds=False, axes_dims_rope=(4, 6, 6))
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        pooled_projection_dim=24,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),
+    )
 
 
 def _tiny_sd3():
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=32, pooled_projection_dim=24, out_channels=4, pos_embed_max_size=16)
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        caption_projection_dim=32,
+        pooled_projection_dim=24,
+        out_channels=4,
+        pos_embed_max_size=16,
+    )
 
 
-DOUBLE = ["norm1.linear", "norm1_context.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+DOUBLE = [
+    "norm1.linear",
+    "norm1_context.linear",
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+]
 
 
 def test_filter_on_tiny_flux():
@@ -327,7 +398,11 @@ def test_filter_on_tiny_flux():
     cfg = NVFP4Config(skip=("x_embedder", "context_embedder", "time_text_embed", "norm_out"), min_dim=0)
     got = select_linears(model, cfg)
     single = ["norm.linear", "proj_mlp", "proj_out", "attn.to_q", "attn.to_k", "attn.to_v"]
-    expected = [f"transformer_blocks.0.{n}" for n in DOUBLE] + [f"single_transformer_blocks.0.{n}" for n in single] + ["proj_out"]
+    expected = (
+        [f"transformer_blocks.0.{n}" for n in DOUBLE]
+        + [f"single_transformer_blocks.0.{n}" for n in single]
+        + ["proj_out"]
+    )
     assert sorted(got) == sorted(expected)
     # min_dim drops layers whose larger side is <= min_dim (the 32x32 projections here)
     big = select_linears(model, NVFP4Config(skip=cfg.skip, min_dim=32))
@@ -336,9 +411,19 @@ def test_filter_on_tiny_flux():
 
 def test_filter_on_tiny_sd3_and_in_features_rule():
     model = _tiny_sd3()
-    cfg = NVFP4Config(skip=("pos_embed", "context_embedder", "time_text_embed", "norm_out", "norm1", "ff_context"), min_dim=0)
+    cfg = NVFP4Config(
+        skip=("pos_embed", "context_embedder", "time_text_embed", "norm_out", "norm1", "ff_context"), min_dim=0
+    )
     got = set(select_linears(model, cfg))
-    attn = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]
+    attn = [
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+    ]
     expected = {f"transformer_blocks.{b}.{n}" for b in (0, 1) for n in attn + ["ff.net.0.proj", "ff.net.2"]}
     expected |= {"transformer_blocks.0.attn.to_add_out", "proj_out"}
     assert got == expected
@@ -354,7 +439,9 @@ def test_quantize_report_counts_4_5_bits_per_weight():
     report = quantize_(model, cfg)
     assert report.modules == names
     assert all(isinstance(model.get_submodule(n), EmulatedLinear) for n in names)
-    bytes_counted = sum(m.qdata.numel() + m.block_scale.numel() + 4 for m in model.modules() if isinstance(m, EmulatedLinear))
+    bytes_counted = sum(
+        m.qdata.numel() + m.block_scale.numel() + 4 for m in model.modules() if isinstance(m, EmulatedLinear)
+    )
     assert report.packed_bytes == bytes_counted
     assert report.bits_per_weight == pytest.approx(4.5, abs=0.05)
     assert "bits/weight" in report.summary()
@@ -397,7 +484,9 @@ def test_pointwise_convolutions_quantise_like_the_same_linear():
     from solrl.quant.linear import PointwiseConv, as_linear
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=64), torch.nn.Conv2d(64, 32, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(32, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=64), torch.nn.Conv2d(64, 32, 1)
+    )
     cfg = NVFP4Config()
     assert select_linears(model, cfg) == ["0", "2"]  # the depthwise 3x3 is not a Linear
     x = torch.randn(2, 32, 4, 4)

@@ -58,7 +58,9 @@ def test_layer_is_the_w8a8_integer_product(engine):
     ref = _reference(x.reshape(-1, 192), lin, layer.reduce_range).reshape(5, 64, 96)
     # the kernel rounds the input once more in float32 (x / s); a few values may land on the other
     # side of a rounding tie: one code step of one input times a weight, at most
-    step = (float(x.max() - min(float(x.min()), 0)) / (127 if layer.reduce_range else 255)) * float(lin.weight.detach().abs().max())
+    step = (float(x.max() - min(float(x.min()), 0)) / (127 if layer.reduce_range else 255)) * float(
+        lin.weight.detach().abs().max()
+    )
     assert (y.double() - ref).abs().max() < 2 * step
     assert (y.double() - ref).abs().mean() < step / 20
     # and it is a real approximation of the float layer
@@ -73,7 +75,9 @@ def test_report_counts_int8_codes_and_channel_scales():
     report = quantize_(model, Int8Config())
     assert report.backend == f"int8 ({int8_engine()})" and len(report.modules) == 2
     assert report.packed_bytes == 2 * 96 * 192 + 4 * (96 + 192)
-    assert report.bits_per_weight == pytest.approx(8 + 32 * (96 + 192) / (2 * 96 * 192))  # 8 bits + a float32 scale per row
+    assert report.bits_per_weight == pytest.approx(
+        8 + 32 * (96 + 192) / (2 * 96 * 192)
+    )  # 8 bits + a float32 scale per row
     assert all(isinstance(m, Int8Linear) for m in (model[0], model[2]))
 
 
@@ -116,7 +120,13 @@ def test_avx2_capability_picks_fbgemm():
     """Held to AVX2 (as on an AVX2-only host), the engine is fbgemm: oneDNN's int8 is no faster
     than float32 there."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    out = subprocess.run([sys.executable, "-c", "from solrl.quant import int8_engine; print(int8_engine())"], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "from solrl.quant import int8_engine; print(int8_engine())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.split()[-1] == "fbgemm"
 
 
@@ -133,4 +143,12 @@ def test_int8_on_a_gpu_model_is_refused_before_any_compute(monkeypatch):
     with pytest.raises(ConfigError, match="int8 runs on the CPU"):
         NoPrompts.resolve(RunConfig().with_overrides(**{"explore.precision": "int8"}))
     with pytest.raises(ConfigError, match="int8 runs on the CPU"):
-        NoPrompts.resolve(RunConfig().with_overrides(**{"fidelity.audit_prompts": 1, "fidelity.guard.enabled": True, "fidelity.guard.fallback_precision": "int8"}))
+        NoPrompts.resolve(
+            RunConfig().with_overrides(
+                **{
+                    "fidelity.audit_prompts": 1,
+                    "fidelity.guard.enabled": True,
+                    "fidelity.guard.fallback_precision": "int8",
+                }
+            )
+        )

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from test_quant import _onednn_bf16_fpmath, _spec_factors, _tiny_flux
+from torch import nn
 
 from solrl.quant import EmulatedLinear, NVFP4Config, quantize_
 from solrl.quant.lowrank import lowrank_split
@@ -94,7 +94,9 @@ def test_rank_zero_is_the_plain_layer_bit_for_bit():
     plain, r0 = EmulatedLinear(lin), EmulatedLinear(lin, lowrank=0)
     assert r0.rank == 0 and not hasattr(r0, "lowrank_up")
     sd0, sd1 = plain.state_dict(), r0.state_dict()
-    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k].reshape(-1).view(torch.uint8), sd1[k].reshape(-1).view(torch.uint8)) for k in sd0)
+    assert sd0.keys() == sd1.keys() and all(
+        torch.equal(sd0[k].reshape(-1).view(torch.uint8), sd1[k].reshape(-1).view(torch.uint8)) for k in sd0
+    )
     x = torch.randn(3, 7, 256, generator=torch.Generator().manual_seed(4))
     assert torch.equal(plain(x).view(torch.int32), r0(x).view(torch.int32))
     assert r0.packed_bytes == plain.packed_bytes
@@ -130,7 +132,9 @@ def test_report_counts_lowrank_bytes_at_bf16():
     model = _tiny_flux()
     report = quantize_(model, NVFP4Config(skip=SKIP, lowrank=4))
     layers = [m for m in model.modules() if isinstance(m, EmulatedLinear)]
-    assert len(layers) == len(report.modules) and all(m.rank == min(4, m.in_features, m.out_features) == 4 for m in layers)
+    assert len(layers) == len(report.modules) and all(
+        m.rank == min(4, m.in_features, m.out_features) == 4 for m in layers
+    )
     codes = sum(m.qdata.numel() + m.block_scale.numel() + 4 for m in layers)
     lowrank = sum(2 * 4 * (m.in_features + m.out_features) for m in layers)  # bf16 L₁ and L₂
     assert report.packed_bytes == codes + lowrank
@@ -145,7 +149,17 @@ def test_rank_is_capped_by_the_layer():
     assert "lowrank=16" in repr(layer)
 
 
-@pytest.mark.parametrize("kw", [{"lowrank": -1}, {"lowrank": 2.0}, {"lowrank": True}, {"lowrank": 4, "backend": "fp8"}, {"lowrank": 4, "backend": "transformer_engine"}, {"lowrank": 4, "backend": "none"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lowrank": -1},
+        {"lowrank": 2.0},
+        {"lowrank": True},
+        {"lowrank": 4, "backend": "fp8"},
+        {"lowrank": 4, "backend": "transformer_engine"},
+        {"lowrank": 4, "backend": "none"},
+    ],
+)
 def test_config_validates_lowrank(kw):
     with pytest.raises(ValueError, match="lowrank"):
         NVFP4Config(**kw)

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from tiny_pipelines import BUILDERS
 
 from solrl.config import ConfigError, RunConfig, load_config
 from solrl.models import check_model, load_policy
@@ -20,7 +21,6 @@ from solrl.plan import primary_explore
 from solrl.quant import NVFP4Config, select_linears
 from solrl.stages import TrainState, explore_quant, run_iteration
 from storage.selection import select_seeds
-from tiny_pipelines import BUILDERS
 
 FAMILIES = ("flux", "sd3", "sana")
 
@@ -39,13 +39,25 @@ def prompt_file(tmp_path_factory):
     from solrl.shapes.prompts import train_prompts
 
     p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    p.write_text("# shapes prompts, so the built-in reward can score the tiny models' images\n" + "\n".join(train_prompts()[:30]) + "\n")
+    p.write_text(
+        "# shapes prompts, so the built-in reward can score the tiny models' images\n"
+        + "\n".join(train_prompts()[:30])
+        + "\n"
+    )
     return p
 
 
 def tiny_config(family, weights, prompt_file, **over) -> RunConfig:
     data = {
-        "model": {"family": family, "weights": str(weights), "resolution": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8, "dtype": "float32"},
+        "model": {
+            "family": family,
+            "weights": str(weights),
+            "resolution": 32,
+            "max_sequence_length": 16,
+            "lora_rank": 4,
+            "lora_alpha": 8,
+            "dtype": "float32",
+        },
         "prompts": {"per_iteration": 2, "file": str(prompt_file)},
         "explore": {"n": 8, "steps": 2, "batch": 8},
         "select": {"k": 4},
@@ -80,7 +92,9 @@ def test_iterations_are_deterministic_and_finite(family, pipelines, prompt_file)
         assert torch.equal(ia.samples.x0, ib.samples.x0)
         assert ia.metrics == ib.metrics
         assert ia.eval["reward"] == ib.eval["reward"]
-    assert all(torch.equal(theta_a[k], theta_b[k]) for k in theta_a) and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert all(torch.equal(theta_a[k], theta_b[k]) for k in theta_a) and all(
+        torch.equal(ema_a[k], ema_b[k]) for k in ema_a
+    )
     first = a[0]
     assert len(first.explore["reward"]) == 2 * 8 and len(first.samples.prompts) == 2 * 4
     assert first.samples.x0.shape == (8, *policy.latent_shape)
@@ -89,7 +103,9 @@ def test_iterations_are_deterministic_and_finite(family, pipelines, prompt_file)
         assert m["applied"] == 1.0
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
     assert a[1].metrics[0]["grad_norm"] > 0
-    assert any(not torch.equal(theta_a[k], policy.adapter_state("old")[k]) or theta_a[k].abs().sum() > 0 for k in theta_a)
+    assert any(
+        not torch.equal(theta_a[k], policy.adapter_state("old")[k]) or theta_a[k].abs().sum() > 0 for k in theta_a
+    )
 
 
 @pytest.mark.parametrize("family,latent", [("flux", (16 * 16 // 4, 16)), ("sd3", (4, 16, 16)), ("sana", (4, 16, 16))])
@@ -164,15 +180,55 @@ def test_explore_copy_quantises_exactly_the_filtered_layers(family, pipelines, p
 
 # The real architectures on the meta device (no memory, no weights): what the presets quantise.
 REAL = {
-    "flux": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                                            axes_dims_rope=(16, 56, 56))),
-    "sd3": ("SD3Transformer2DModel", dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
-                                          joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
-                                          pos_embed_max_size=192, qk_norm="rms_norm")),
-    "sana": ("SanaTransformer2DModel", dict(in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
-                                            num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
-                                            caption_channels=2304, mlp_ratio=2.5, sample_size=32, patch_size=1)),
+    "flux": (
+        "FluxTransformer2DModel",
+        dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
+    ),
+    "sd3": (
+        "SD3Transformer2DModel",
+        dict(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            num_layers=38,
+            attention_head_dim=64,
+            num_attention_heads=38,
+            joint_attention_dim=4096,
+            caption_projection_dim=2432,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=192,
+            qk_norm="rms_norm",
+        ),
+    ),
+    "sana": (
+        "SanaTransformer2DModel",
+        dict(
+            in_channels=32,
+            out_channels=32,
+            num_attention_heads=70,
+            attention_head_dim=32,
+            num_layers=20,
+            num_cross_attention_heads=20,
+            cross_attention_head_dim=112,
+            cross_attention_dim=2240,
+            caption_channels=2304,
+            mlp_ratio=2.5,
+            sample_size=32,
+            patch_size=1,
+        ),
+    ),
 }
 
 
@@ -191,7 +247,9 @@ def test_presets_quantise_the_layers_the_official_code_does(family):
     if family == "flux":
         # every double/single block Linear (attention incl. the LoRA targets, FFNs, AdaLN) + proj_out
         assert len(names) == 19 * 14 + 38 * 6 + 1
-        assert "proj_out" in names and not any(n.startswith(("x_embedder", "context_embedder", "time_text_embed", "norm_out")) for n in names)
+        assert "proj_out" in names and not any(
+            n.startswith(("x_embedder", "context_embedder", "time_text_embed", "norm_out")) for n in names
+        )
     elif family == "sd3":
         assert leaf == ["ff.net.0.proj", "ff.net.2"] and len(names) == 2 * 38  # only the image-stream FFN
     else:
@@ -268,7 +326,11 @@ def test_transformer_engine_backend_says_what_is_missing_before_touching_layers(
     with pytest.raises(TransformerEngineUnavailable, match="Transformer Engine|CUDA GPU|Blackwell") as e:
         policy.sampler_copy(explore_quant(policy, cfg, primary_explore(cfg)))
     assert "\n" not in str(e.value) and "emulated" in str(e.value)
-    assert all(isinstance(m, torch.nn.Linear) for n, m in policy.peft.base_model.model.named_modules() if n.endswith("to_q.base_layer"))
+    assert all(
+        isinstance(m, torch.nn.Linear)
+        for n, m in policy.peft.base_model.model.named_modules()
+        if n.endswith("to_q.base_layer")
+    )
 
 
 def test_presets_load_and_name_their_families(tmp_path):
@@ -277,7 +339,13 @@ def test_presets_load_and_name_their_families(tmp_path):
     for preset, family, solver in (("flux", "flux", "dpm2"), ("sd35", "sd3", "dpm2"), ("sana", "sana", "euler")):
         cfg = load_config(preset)
         assert cfg.model.family == family and cfg.rollout.solver == solver
-        assert (cfg.prompts.per_iteration, cfg.explore.n, cfg.select.k, cfg.explore.steps, cfg.rollout.steps) == (48, 96, 24, 6, 10)
+        assert (cfg.prompts.per_iteration, cfg.explore.n, cfg.select.k, cfg.explore.steps, cfg.rollout.steps) == (
+            48,
+            96,
+            24,
+            6,
+            10,
+        )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"model": {"family": "flux", "resolution": 8}}))
     with pytest.raises(ConfigError, match="model.resolution"):
@@ -286,9 +354,8 @@ def test_presets_load_and_name_their_families(tmp_path):
 
 def test_export_cli_writes_diffusers_lora_from_a_run(tmp_path, pipelines, prompt_file):
     """A run of a real family through the stored pipeline (no Prefect), then `sol-rl export-lora`."""
-    from pipeline_helpers import cli
-
     import yaml
+    from pipeline_helpers import cli
 
     cfg_path = tmp_path / "tiny_flux.yaml"
     data = json.loads(tiny_config("flux", pipelines["flux"], prompt_file, eval__every=0).model_dump_json())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_helpers import fingerprint
 
 from solrl.config import RunConfig
 from storage import faults
@@ -24,7 +25,6 @@ from storage.lease import Lease, LeaseHeld
 from tasks import steps
 from tasks.errors import explain
 from tasks.run import ConfigMismatch, RunDamaged, open_run
-from pipeline_helpers import fingerprint
 from tasks.status import verify
 
 # micro models: one torch thread (and the fork-based kills need it)
@@ -64,7 +64,11 @@ def uncommitted(root: Path) -> list[str]:
     for d in root.glob("iter=*/*"):
         rec = d / "_COMMITTED.json"
         listed = set(json.loads(rec.read_text())["files"]) if rec.exists() else set()
-        out += [str(f) for f in d.rglob("*") if f.is_file() and f.name != "_COMMITTED.json" and str(f.relative_to(d)) not in listed]
+        out += [
+            str(f)
+            for f in d.rglob("*")
+            if f.is_file() and f.name != "_COMMITTED.json" and str(f.relative_to(d)) not in listed
+        ]
     return out
 
 
@@ -132,7 +136,9 @@ def test_sigkill_at_write_points_then_resume_is_byte_identical(reference, tmp_pa
     commit_renames = [n for n, p in enumerate(ops, 1) if p.endswith("_COMMITTED.json")]
     tmp_commits = [n for n, p in enumerate(ops, 1) if "-_COMMITTED.json" in p]
     data = [n for n, p in enumerate(ops, 1) if p.endswith(".parquet") or p.endswith(".safetensors")]
-    points = sorted(set(commit_renames + tmp_commits[::2] + data[::3] + [n for n, p in enumerate(ops, 1) if "_LEASE" in p][:2]))
+    points = sorted(
+        set(commit_renames + tmp_commits[::2] + data[::3] + [n for n, p in enumerate(ops, 1) if "_LEASE" in p][:2])
+    )
     assert len(points) >= 20
     assert torch.get_num_threads() == 1  # a forked child must not wait on the parent's OpenMP pool
     for n in points:
@@ -145,7 +151,9 @@ def test_sigkill_at_write_points_then_resume_is_byte_identical(reference, tmp_pa
             finally:
                 os._exit(0)  # reached only if the kill did not happen
         _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"write {n} ({ops[n - 1]}) did not kill"
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"write {n} ({ops[n - 1]}) did not kill"
+        )
         faults.reset()
         run_all(uri, micro())  # resume: the dead holder's lease is taken over (same host, pid gone)
         assert fingerprint(uri) == fp, f"after SIGKILL at write {n}: {ops[n - 1]}"
@@ -222,9 +230,14 @@ def test_verify_checks_inputs_and_a_deterministic_recompute_keeps_downstream(ref
     shutil.rmtree(part.parent)
     run_all(str(uri), micro())
     assert fingerprint(str(uri)) == fp
-    committed_at = lambda: {n: json.loads(p.read_text())["committed_at"] for n, p in (("select", uri / "iter=00000" / "select" / "_COMMITTED.json"),  # noqa: E731
-                                                                                     ("update", uri / "iter=00000" / "update" / "_COMMITTED.json"),
-                                                                                     ("baseline", uri / "baseline" / "_COMMITTED.json"))}
+    committed_at = lambda: {
+        n: json.loads(p.read_text())["committed_at"]
+        for n, p in (
+            ("select", uri / "iter=00000" / "select" / "_COMMITTED.json"),  # noqa: E731
+            ("update", uri / "iter=00000" / "update" / "_COMMITTED.json"),
+            ("baseline", uri / "baseline" / "_COMMITTED.json"),
+        )
+    }
     before = committed_at()
     shutil.rmtree(uri / "iter=00000" / "explore")
     run_all(str(uri), micro())
@@ -263,15 +276,30 @@ def test_lease_refuses_a_live_holder_and_takes_over_a_gone_one(tmp_path):
         first.release()
     assert not store.exists(store.path("_LEASE.json"))  # released
     # A holder on this host whose process is gone: taken over without asking.
-    store.write_json(store.path("_LEASE.json"), {"owner": "x", "host": socket.gethostname(), "pid": 2**22 + 12345, "pid_start": "1", "started": 0, "heartbeat": time.time()})
+    store.write_json(
+        store.path("_LEASE.json"),
+        {
+            "owner": "x",
+            "host": socket.gethostname(),
+            "pid": 2**22 + 12345,
+            "pid_start": "1",
+            "started": 0,
+            "heartbeat": time.time(),
+        },
+    )
     Lease(store).acquire().release()
     # Another host's stale lease: refused with a hint, taken over with take_over=True.
-    store.write_json(store.path("_LEASE.json"), {"owner": "y", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600})
+    store.write_json(
+        store.path("_LEASE.json"),
+        {"owner": "y", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600},
+    )
     with pytest.raises(LeaseHeld, match="--take-over"):
         Lease(store, timeout_s=60).acquire()
     lease = Lease(store, timeout_s=60).acquire(take_over=True)
     # ... and the process that lost it finds out before its next commit.
-    store.write_json(store.path("_LEASE.json"), {"owner": "z", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time()})
+    store.write_json(
+        store.path("_LEASE.json"), {"owner": "z", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time()}
+    )
     from storage.lease import LeaseLost
 
     with pytest.raises(LeaseLost):
@@ -289,7 +317,10 @@ def test_shapes_prompt_file_is_honoured_and_checked(tmp_path):
     check_model(cfg)
     run = open_run(str(tmp_path / "pf"), cfg)
     steps.plan_step(run, 0)
-    assert [p for _, p in steps.plan_of(run, 0).prompts] == ["a red circle on the left", "a blue square above a yellow triangle"]
+    assert [p for _, p in steps.plan_of(run, 0).prompts] == [
+        "a red circle on the left",
+        "a blue square above a yellow triangle",
+    ]
     f.write_text("a pink hexagon on the left\n")
     with pytest.raises(FileNotFoundError, match="outside the shapes grammar"):
         check_model(micro(**{"prompts.file": str(f)}))
@@ -332,11 +363,15 @@ def test_eval_pairs_are_shared_by_every_run_mode_and_seed(tmp_path):
     assert ra.stage(None, "baseline").content_id() == rb.stage(None, "baseline").content_id()
 
 
-@pytest.mark.parametrize("over,kill_at", [
-    ({"nft.steps_per_iteration": 2}, "write@iter=00000/update/state:3:kill"),
-    # the int8 explore (integer GEMMs; bf16 in and out of them): killed between its two prompt shards
-    ({"explore.precision": "int8"}, "write@iter=00000/explore:3:kill"),
-], ids=["two-steps", "int8-explore"])
+@pytest.mark.parametrize(
+    "over,kill_at",
+    [
+        ({"nft.steps_per_iteration": 2}, "write@iter=00000/update/state:3:kill"),
+        # the int8 explore (integer GEMMs; bf16 in and out of them): killed between its two prompt shards
+        ({"explore.precision": "int8"}, "write@iter=00000/explore:3:kill"),
+    ],
+    ids=["two-steps", "int8-explore"],
+)
 def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_too(tmp_path, over, kill_at):
     """model.dtype bfloat16 with nft.steps_per_iteration 2 (or an int8 explore): two runs agree
     bit for bit, and a run SIGKILLed while its update writes the adapter files (or between the
@@ -351,7 +386,9 @@ def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_t
     precision = steps.read_stage(store_a, 0, "explore", "precision").to_pydict()["precision"]
     assert set(precision) == {over.get("explore.precision", "nvfp4")}
     # the fidelity audit measures the proxy that explored
-    assert set(steps.read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(precision)
+    assert set(steps.read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(
+        precision
+    )
     assert torch.get_num_threads() == 1
     pid = os.fork()
     if pid == 0:

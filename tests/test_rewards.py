@@ -60,8 +60,12 @@ def tiny_tokenizer():
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 def tiny_clip(seed: int = 0, logit_scale: float = 40.0):
@@ -69,10 +73,24 @@ def tiny_clip(seed: int = 0, logit_scale: float = 40.0):
 
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     with torch.random.fork_rng(devices=[]):
@@ -189,7 +207,9 @@ class OpenClipLike(torch.nn.Module):
 
 def ids_tokenizer(tok):
     """open_clip-style tokenizer: list of prompts -> LongTensor of padded ids."""
-    return lambda prompts: tok(prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+    return lambda prompts: tok(prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")[
+        "input_ids"
+    ]
 
 
 def test_open_clip_style_model_goes_through_encode_api(clip, tok, images):
@@ -217,7 +237,9 @@ def test_hpsv2_loader_reads_the_checkpoint_into_open_clip(tmp_path, clip, tok, i
     monkeypatch.setenv("SOLRL_HPSV2_PATH", str(tmp_path))
     fn = rewards.get_reward("hpsv2")
     assert fn.scale == "cosine" and fn.quantize and fn.image_size == (32, 32) and len(built) == 1
-    torch.testing.assert_close(fn(images, PROMPTS), hand_cosine(clip, tok, images, PROMPTS, quantize=True), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        fn(images, PROMPTS), hand_cosine(clip, tok, images, PROMPTS, quantize=True), rtol=0, atol=1e-6
+    )
     rewards.clear_cache()
     torch.save({"state_dict": {}}, tmp_path / "HPS_v2.1_compressed.pt")
     with pytest.raises(RuntimeError, match="does not fit open_clip ViT-H-14"):
@@ -259,11 +281,28 @@ def test_preprocessing_resize_then_crop_and_processor_settings(tmp_path):
     ref = F.interpolate((x + 1) / 2, size=(48, 48), mode="bicubic", antialias=True).clamp(0, 1)[..., 8:40, 8:40]
     torch.testing.assert_close(out, ref)
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
+        json.dumps(
+            {
+                "size": {"shortest_edge": 256},
+                "crop_size": {"height": 224, "width": 224},
+                "image_mean": [0.5] * 3,
+                "image_std": [0.25] * 3,
+            }
+        )
     )
-    assert clip_based._image_settings(tmp_path, 999) == {"image_size": 224, "resize": 256, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    assert clip_based._image_settings(tmp_path, 999) == {
+        "image_size": 224,
+        "resize": 256,
+        "mean": (0.5,) * 3,
+        "std": (0.25,) * 3,
+    }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": 224, "crop_size": 224}))  # old-style ints
-    assert clip_based._image_settings(tmp_path, 999) == {"image_size": 224, "resize": None, "mean": CLIP_MEAN, "std": CLIP_STD}
+    assert clip_based._image_settings(tmp_path, 999) == {
+        "image_size": 224,
+        "resize": None,
+        "mean": CLIP_MEAN,
+        "std": CLIP_STD,
+    }
     assert clip_based._image_settings(tmp_path / "absent", 336)["image_size"] == 336
 
 
@@ -281,9 +320,19 @@ def test_preprocessing_rejects_non_rgb():
 
 # --- ImageReward -----------------------------------------------------------------------------------------
 TINY_IR = ImageRewardConfig(
-    image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=4, vocab_size=len(VOCAB) + 2,
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
-    mlp_widths=(16, 8), max_length=12,
+    image_size=32,
+    patch_size=8,
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=4,
+    vocab_size=len(VOCAB) + 2,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    mlp_widths=(16, 8),
+    max_length=12,
 )
 
 
@@ -361,7 +410,9 @@ def test_imagereward_load_state_ignores_extras_and_rejects_gaps(tok, images):
     state["blip.vision_proj.weight"] = torch.zeros(4, 32)
     dst = ImageRewardModel(TINY_IR)
     imagereward.load_state(dst, state)
-    torch.testing.assert_close(ImageRewardScorer(dst, tok)(images, PROMPTS), ImageRewardScorer(src, tok)(images, PROMPTS))
+    torch.testing.assert_close(
+        ImageRewardScorer(dst, tok)(images, PROMPTS), ImageRewardScorer(src, tok)(images, PROMPTS)
+    )
     del state["mlp.layers.0.weight"]
     with pytest.raises(RuntimeError, match=r"missing \['mlp.layers.0.weight'\]"):
         imagereward.load_state(ImageRewardModel(TINY_IR), state)
@@ -370,7 +421,10 @@ def test_imagereward_load_state_ignores_extras_and_rejects_gaps(tok, images):
 def test_imagereward_loads_checkpoint_and_tokenizer_from_env_paths(tmp_path, tok, images, monkeypatch):
     src = tiny_imagereward(seed=5)
     (tmp_path / "ir").mkdir()
-    torch.save({**src.state_dict(), "blip.text_encoder.embeddings.position_ids": torch.arange(40)[None]}, tmp_path / "ir" / "ImageReward.pt")
+    torch.save(
+        {**src.state_dict(), "blip.text_encoder.embeddings.position_ids": torch.arange(40)[None]},
+        tmp_path / "ir" / "ImageReward.pt",
+    )
     tok.save_pretrained(tmp_path / "bert")
     monkeypatch.setenv("SOLRL_IMAGEREWARD_PATH", str(tmp_path / "ir"))
     monkeypatch.setenv("SOLRL_IMAGEREWARD_TOKENIZER", str(tmp_path / "bert"))
@@ -384,7 +438,9 @@ def test_imagereward_loads_checkpoint_and_tokenizer_from_env_paths(tmp_path, tok
 
 
 def test_imagereward_med_config_overrides_text_sizes():
-    cfg = ImageRewardConfig().with_med_config({"hidden_size": 512, "vocab_size": 100, "encoder_width": 768, "image_size": 999})
+    cfg = ImageRewardConfig().with_med_config(
+        {"hidden_size": 512, "vocab_size": 100, "encoder_width": 768, "image_size": 999}
+    )
     assert (cfg.hidden_size, cfg.vocab_size, cfg.vision_width, cfg.image_size) == (512, 100, 1024, 224)
 
 
@@ -454,7 +510,9 @@ def test_missing_package_names_the_extra(name, monkeypatch):
         with pytest.raises(RewardUnavailable) as e:
             call(name)
         msg = str(e.value)
-        assert e.value.kind == "package" and EXTRA in msg and "solrl_absent_third_party_module" in msg and "\n" not in msg
+        assert (
+            e.value.kind == "package" and EXTRA in msg and "solrl_absent_third_party_module" in msg and "\n" not in msg
+        )
 
 
 @pytest.mark.parametrize("name", LEARNED)
@@ -474,7 +532,9 @@ def test_missing_weights_names_the_paths_searched(name, no_weights, monkeypatch)
         assert str(no_weights / "home" / ".cache" / "ImageReward" / "ImageReward.pt") in msg
 
 
-@pytest.mark.parametrize("var", ["SOLRL_CLIPSCORE_PATH", "SOLRL_PICKSCORE_PATH", "SOLRL_HPSV2_PATH", "SOLRL_IMAGEREWARD_PATH"])
+@pytest.mark.parametrize(
+    "var", ["SOLRL_CLIPSCORE_PATH", "SOLRL_PICKSCORE_PATH", "SOLRL_HPSV2_PATH", "SOLRL_IMAGEREWARD_PATH"]
+)
 def test_env_path_without_weights_is_named(var, no_weights, monkeypatch):
     monkeypatch.setitem(clip_based.REQUIRES, "hpsv2", ("torch",))
     empty = no_weights / "empty"
@@ -497,7 +557,14 @@ def _save_clip(folder: Path, clip, tok, with_tokenizer=True, crop=32):
     if with_tokenizer:
         tok.save_pretrained(folder)
         (folder / "preprocessor_config.json").write_text(
-            json.dumps({"crop_size": {"height": crop, "width": crop}, "size": {"shortest_edge": crop}, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
+            json.dumps(
+                {
+                    "crop_size": {"height": crop, "width": crop},
+                    "size": {"shortest_edge": crop},
+                    "image_mean": list(CLIP_MEAN),
+                    "image_std": list(CLIP_STD),
+                }
+            )
         )
 
 
@@ -521,7 +588,9 @@ def test_pickscore_loads_model_and_processor_from_the_hf_cache(tmp_path, clip, t
         (root / "refs" / "main").write_text("0123abcd")
         if with_tok:
             tok.save_pretrained(snap)
-            (snap / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
+            (snap / "preprocessor_config.json").write_text(
+                json.dumps({"crop_size": 32, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
+            )
         else:
             clip.save_pretrained(snap)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

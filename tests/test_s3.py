@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from pipeline_helpers import REPO, cli, hooks_env, write_config
 
 pytestmark = pytest.mark.timeout(900)
@@ -25,9 +24,18 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_server():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "SOLRL_S3_ENDPOINT": endpoint}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SOLRL_S3_ENDPOINT": endpoint,
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import urllib.request
@@ -40,7 +48,7 @@ def s3_server():
         except Exception:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto server did not start")
+                raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
     import s3fs
 
@@ -73,7 +81,9 @@ def test_run_on_s3_then_duckdb_reads_it(s3_server, tmp_path):
     table = seed_ranking(store, 1)
     assert table.num_rows == 16 and sum(r is not None for r in table.column("regenerated_reward").to_pylist()) == 8
     con = connect(store)
-    n = con.sql("SELECT count(*) FROM read_parquet('s3://solrl-test/runs/s3run/iter=*/regenerate/*.parquet', hive_partitioning = true)").fetchall()[0][0]
+    n = con.sql(
+        "SELECT count(*) FROM read_parquet('s3://solrl-test/runs/s3run/iter=*/regenerate/*.parquet', hive_partitioning = true)"
+    ).fetchall()[0][0]
     assert n == 2 * 2 * 4
     # nothing lives on the local disk (the CLI ran in the checkout)
     assert not (REPO / "runs" / "s3run").exists() and not (REPO / "s3:").exists()
@@ -144,21 +154,32 @@ def test_endpoint_outage_mid_stage_then_resume_is_byte_identical(s3_server, tmp_
     """The S3 endpoint goes away for a few seconds in the middle of explore: the run either rides
     it out (Prefect retries the storage operation) or stops with one sentence; a resume then
     completes with the artifacts of a run that never saw an outage."""
-    from pipeline_helpers import REPO, SOL_RL, fingerprint
-
     import s3fs
+    from pipeline_helpers import REPO, SOL_RL, fingerprint
 
     cfg = write_config(tmp_path / "tiny.yaml", run={"iterations": 1})
     cli("run", cfg, "--run-id", "ref", "--run-root", tmp_path, "--no-prefect")
     target = int(s3_server["SOLRL_S3_ENDPOINT"].rsplit(":", 1)[1])
     relay = Outage(target)
-    env = hooks_env(pause_s=1, match="iter=00000/explore/", base={**os.environ, **s3_server, "SOLRL_S3_ENDPOINT": f"http://127.0.0.1:{relay.port}"})
-    proc = subprocess.Popen([*SOL_RL, "run", str(cfg), "--run-id", "cut", "--run-root", "s3://solrl-test/outage"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = hooks_env(
+        pause_s=1,
+        match="iter=00000/explore/",
+        base={**os.environ, **s3_server, "SOLRL_S3_ENDPOINT": f"http://127.0.0.1:{relay.port}"},
+    )
+    proc = subprocess.Popen(
+        [*SOL_RL, "run", str(cfg), "--run-id", "cut", "--run-root", "s3://solrl-test/outage"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["SOLRL_S3_ENDPOINT"]}, skip_instance_cache=True)
     deadline = time.time() + 300
     while not fs.exists("solrl-test/outage/cut/iter=00000/explore/part-00000.parquet"):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "no explore part"
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() is not None else "no explore part"
+        )
         time.sleep(0.2)  # polling the bucket (directly, not through the relay)
         fs.invalidate_cache()
     relay.down()

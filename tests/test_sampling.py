@@ -69,7 +69,9 @@ def test_batched_equals_one_by_one():
 def test_sigma_grids():
     assert np.allclose(sigma_grid("linear", 4), [1, 0.75, 0.5, 0.25, 0])
     sd3 = sigma_grid("sd3", 10, shift=3.0)
-    assert np.allclose(sd3, [1.0, 0.9601, 0.9133, 0.8577, 0.7904, 0.7073, 0.6022, 0.4649, 0.2780, 0.0089, 0.0], atol=1e-4)
+    assert np.allclose(
+        sd3, [1.0, 0.9601, 0.9133, 0.8577, 0.7904, 0.7073, 0.6022, 0.4649, 0.2780, 0.0089, 0.0], atol=1e-4
+    )
     flux = sigma_grid("flux", 6, seq_len=1024)
     assert flux[0] == 1.0 and flux[-1] == 0.0 and np.all(np.diff(flux) < 0)
     assert flux[-2] > 1 / 6  # the μ-shift pushes the grid toward noise

@@ -26,8 +26,15 @@ def test_distinct_keys_give_distinct_seeds():
 
 
 def test_stable_across_processes():
-    code = "from solrl.seeds import seed, draw_prompts; print(seed(1, 2, 3, 4), draw_prompts(1, 2, list(range(100)), 4))"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    code = (
+        "from solrl.seeds import seed, draw_prompts; print(seed(1, 2, 3, 4), draw_prompts(1, 2, list(range(100)), 4))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": str(h)}
+        ).stdout
+        for h in (1, 2)
+    }
     assert len(outs) == 1
     assert outs.pop().split()[0] == str(seed(1, 2, 3, 4))
 

@@ -24,7 +24,9 @@ def window_sql(explore: pa.Table, k: int) -> pa.Table:
         con.close()
 
 
-def random_explore(rng: np.random.Generator, k: int, *, prompts: int | None = None, varying_prompt_text: bool = False) -> pa.Table:
+def random_explore(
+    rng: np.random.Generator, k: int, *, prompts: int | None = None, varying_prompt_text: bool = False
+) -> pa.Table:
     """Explore rows built to hit the tie rules: rewards from a few levels (±0.0, NaN, ±inf,
     NULL) or continuous, prompts with exactly K finite candidates, int64 seeds from the whole
     range (extremes included), duplicate seeds, rows in random order."""
@@ -60,12 +62,14 @@ def random_explore(rng: np.random.Generator, k: int, *, prompts: int | None = No
             reward[-1] = pa.array(reward[-1], mask=null)
     order = rng.permutation(len(pid))
     rewards = pa.concat_arrays([x if isinstance(x, pa.Array) else pa.array(x) for x in reward]).take(order)
-    t = pa.table({
-        "prompt_id": pa.array(np.array(pid, dtype=np.int32)[order]),
-        "prompt": pa.array(np.array(text, dtype=object)[order], pa.string()),
-        "seed": pa.array(np.concatenate(seed).astype(np.int64)[order]),
-        "reward": rewards,
-    })
+    t = pa.table(
+        {
+            "prompt_id": pa.array(np.array(pid, dtype=np.int32)[order]),
+            "prompt": pa.array(np.array(text, dtype=object)[order], pa.string()),
+            "seed": pa.array(np.concatenate(seed).astype(np.int64)[order]),
+            "reward": rewards,
+        }
+    )
     if rng.random() < 0.3:  # several chunks, as Parquet gives
         cut = int(rng.integers(0, t.num_rows + 1))
         t = pa.concat_tables([t.slice(0, cut), t.slice(cut)])
@@ -119,8 +123,14 @@ def test_fast_selection_keeps_each_rows_prompt_text():
 def test_exactly_k_finite_all_tied_splits_by_seed():
     # 24 finite candidates, one reward: top = the 12 smallest seeds, bottom = the 12 largest
     seeds = np.random.default_rng(3).permutation(np.arange(-12, 12)) * 1_000_003
-    t = pa.table({"prompt_id": pa.array([5] * 26, pa.int32()), "prompt": ["p"] * 26,
-                  "seed": pa.array(list(seeds) + [0, 1], pa.int64()), "reward": [0.5] * 24 + [float("nan"), None]})
+    t = pa.table(
+        {
+            "prompt_id": pa.array([5] * 26, pa.int32()),
+            "prompt": ["p"] * 26,
+            "seed": pa.array(list(seeds) + [0, 1], pa.int64()),
+            "reward": [0.5] * 24 + [float("nan"), None],
+        }
+    )
     sel = assert_same(t, 24, "error")
     got = sel.to_pydict()
     assert got["seed"] == sorted(int(s) for s in seeds)
@@ -148,11 +158,24 @@ def test_larger_tables_and_input_types():
 
 
 def test_inputs_outside_the_fast_path_use_the_window_query():
-    t = pa.table({"prompt_id": pa.array([1] * 4 + [None] * 4, pa.int32()), "prompt": ["a"] * 8,
-                  "seed": [4, 3, 2, 1, 8, 7, 6, 5], "reward": [0.1, 0.2, 0.2, 0.4] * 2})
+    t = pa.table(
+        {
+            "prompt_id": pa.array([1] * 4 + [None] * 4, pa.int32()),
+            "prompt": ["a"] * 8,
+            "seed": [4, 3, 2, 1, 8, 7, 6, 5],
+            "reward": [0.1, 0.2, 0.2, 0.4] * 2,
+        }
+    )
     assert not S._fast_path_applies(t)
     assert_same(t, 2)
-    t = pa.table({"prompt_id": [1] * 4, "prompt": ["a"] * 4, "seed": pa.array([4, None, 2, 1], pa.int64()), "reward": [0.1, 0.2, 0.2, 0.4]})
+    t = pa.table(
+        {
+            "prompt_id": [1] * 4,
+            "prompt": ["a"] * 4,
+            "seed": pa.array([4, None, 2, 1], pa.int64()),
+            "reward": [0.1, 0.2, 0.2, 0.4],
+        }
+    )
     assert not S._fast_path_applies(t)
     assert_same(t, 2)
 

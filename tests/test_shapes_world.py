@@ -3,7 +3,17 @@ import random
 import pytest
 import torch
 
-from solrl.shapes.prompts import COLOURS, HELD_OUT_COMBOS, SHAPES, Scene, eval_prompts, pairing, parse, tokenize, train_prompts
+from solrl.shapes.prompts import (
+    COLOURS,
+    HELD_OUT_COMBOS,
+    SHAPES,
+    Scene,
+    eval_prompts,
+    pairing,
+    parse,
+    tokenize,
+    train_prompts,
+)
 from solrl.shapes.render import render
 from solrl.shapes.reward import shapes_reward, shapes_strict
 
@@ -40,7 +50,9 @@ def test_split_is_compositional_no_mirror_leak():
     # the held-out colour–shape combinations never appear in any training prompt
     seen = {obj for p in train for obj in zip(parse(p).colours, parse(p).shapes)}
     assert HELD_OUT_COMBOS and seen.isdisjoint(HELD_OUT_COMBOS)
-    assert all(len(set(zip(parse(p).colours, parse(p).shapes)) & set(HELD_OUT_COMBOS)) or parse(p).n_objects == 2 for p in held)
+    assert all(
+        len(set(zip(parse(p).colours, parse(p).shapes)) & set(HELD_OUT_COMBOS)) or parse(p).n_objects == 2 for p in held
+    )
 
 
 def test_bad_prompt_is_one_clear_sentence():
@@ -78,7 +90,9 @@ def _corrupt(prompt: str, attribute: str) -> str:
     raise AssertionError(attribute)
 
 
-@pytest.mark.parametrize("attribute,kind", [("colour", 1), ("shape", 1), ("position", 1), ("colour", 2), ("shape", 2), ("relation", 2)])
+@pytest.mark.parametrize(
+    "attribute,kind", [("colour", 1), ("shape", 1), ("position", 1), ("colour", 2), ("shape", 2), ("relation", 2)]
+)
 def test_each_single_attribute_corruption_lowers_reward(attribute, kind):
     pool = [p for p in train_prompts() if parse(p).n_objects == kind]
     prompts = _sample_prompts(60, seed=7, pool=pool)

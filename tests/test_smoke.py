@@ -8,7 +8,6 @@ import json
 
 import pytest
 import yaml
-
 from tiny_pipelines import BUILDERS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices
@@ -26,7 +25,15 @@ def prompt_file(tmp_path_factory):
 def _tiny(tmp_path, family, prompt_file, build=True):
     weights = BUILDERS[family](tmp_path / family) if build else tmp_path / family
     cfg = {
-        "model": {"family": family, "weights": str(weights), "resolution": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8, "dtype": "float32"},
+        "model": {
+            "family": family,
+            "weights": str(weights),
+            "resolution": 32,
+            "max_sequence_length": 16,
+            "lora_rank": 4,
+            "lora_alpha": 8,
+            "dtype": "float32",
+        },
         "prompts": {"per_iteration": 4, "file": str(prompt_file)},
         "explore": {"n": 96, "steps": 2, "batch": 96},
         "select": {"k": 4},
@@ -46,10 +53,21 @@ def test_smoke_config_is_one_prompt_24_seeds_one_update(tmp_path, prompt_file):
     from tasks.smoke import smoke_config
 
     cfg = smoke_config(load_config(_tiny(tmp_path, "flux", prompt_file, build=False)))
-    assert (cfg.prompts.per_iteration, cfg.explore.n, cfg.select.k, cfg.run.iterations, cfg.nft.steps_per_iteration) == (1, 24, 4, 1, 1)
+    assert (
+        cfg.prompts.per_iteration,
+        cfg.explore.n,
+        cfg.select.k,
+        cfg.run.iterations,
+        cfg.nft.steps_per_iteration,
+    ) == (1, 24, 4, 1, 1)
     assert (cfg.explore.batch, cfg.rollout.batch, cfg.eval.every, cfg.fidelity.audit_prompts) == (24, 24, 1, 1)
     preset = smoke_config(load_config("flux"))
-    assert (preset.explore.n, preset.select.k, preset.model.compile_samplers, preset.explore.backend) == (24, 24, True, "transformer_engine")
+    assert (preset.explore.n, preset.select.k, preset.model.compile_samplers, preset.explore.backend) == (
+        24,
+        24,
+        True,
+        "transformer_engine",
+    )
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3", "sana"])
@@ -64,7 +82,9 @@ def test_smoke_on_the_tiny_pipelines(family, tmp_path, prompt_file):
     resumed = [s for s, p in stages if p == "resumed"]
     assert first == ["plan", "baseline", "explore", "select"]  # then the SIGKILL at regenerate's first write
     assert resumed == ["regenerate", "audit", "update", "eval"]  # the resume recomputed regenerate, skipped the rest
-    assert {r["pid"] for r in result.rows if r["process"] == "first"}.isdisjoint({r["pid"] for r in result.rows if r["process"] == "resumed"})
+    assert {r["pid"] for r in result.rows if r["process"] == "first"}.isdisjoint(
+        {r["pid"] for r in result.rows if r["process"] == "resumed"}
+    )
     import torch
 
     if not torch.cuda.is_available():
@@ -90,6 +110,8 @@ def test_smoke_command_line(tmp_path, prompt_file):
 
     if installed_te_version() is not None:
         return
-    p = cli("smoke", "configs/flux.yaml", "--run-root", tmp_path, check=False)  # no Transformer Engine here: refused before anything loads
+    p = cli(
+        "smoke", "configs/flux.yaml", "--run-root", tmp_path, check=False
+    )  # no Transformer Engine here: refused before anything loads
     assert p.returncode == 2 and "explore.backend: emulated" in p.stderr and "Traceback" not in p.stderr
     assert not any(tmp_path.iterdir())

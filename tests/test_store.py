@@ -85,7 +85,9 @@ def test_duckdb_reads_only_committed_parquet(tmp_path):
     assert len(committed_files(store, 3, "explore")) == 1
     assert read_stage(store, 3, "explore").num_rows == 4
     # hive-style folders let one query read a whole run
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/run/iter=*/explore/part-00000.parquet', hive_partitioning = true) WHERE iter = 3").fetchall()[0][0]
+    n = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/run/iter=*/explore/part-00000.parquet', hive_partitioning = true) WHERE iter = 3"
+    ).fetchall()[0][0]
     assert n == 4
 
 
@@ -100,7 +102,12 @@ def test_selection_sql_top_bottom_ties_by_seed_and_non_finite(tmp_path):
     rows = sel.to_pylist()
     p0 = [(r["seed"], r["side"], r["proxy_rank"]) for r in rows if r["prompt_id"] == 0]
     # finite: seeds 80(.5) 70(.9) 60(.9) 40(.1) 30(.1) 20(.3); ties by seed ascending
-    assert p0 == [(60, "top", 1), (70, "top", 2), (40, "bottom", 5), (30, "bottom", 6)] or p0 == [(60, "top", 1), (70, "top", 2), (30, "bottom", 5), (40, "bottom", 6)]
+    assert p0 == [(60, "top", 1), (70, "top", 2), (40, "bottom", 5), (30, "bottom", 6)] or p0 == [
+        (60, "top", 1),
+        (70, "top", 2),
+        (30, "bottom", 5),
+        (40, "bottom", 6),
+    ]
     assert p0[2][0] == 30  # tie at 0.1: seed 30 ranks before 40
     p1 = [(r["seed"], r["side"]) for r in rows if r["prompt_id"] == 1]
     assert p1 == [(4, "top"), (5, "top"), (2, "bottom"), (1, "bottom")]

@@ -86,6 +86,8 @@ class SharedSampler:
 
     def eval(self):
         return self
+
+
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -168,17 +170,23 @@ class Policy(ABC):
     def resolve(cls, cfg: RunConfig) -> Resolved:
         """What `auto` and the prompt settings mean on this machine (stored in run.json)."""
         device = pick_device(cfg.model.device)
-        int8 = cfg.explore.precision == "int8" or (cfg.fidelity.guard.enabled and cfg.fidelity.guard.fallback_precision == "int8")
+        int8 = cfg.explore.precision == "int8" or (
+            cfg.fidelity.guard.enabled and cfg.fidelity.guard.fallback_precision == "int8"
+        )
         if int8 and device.type != "cpu":
-            raise ConfigError(f"explore precision int8 runs on the CPU's integer kernels and this run's model is on {device.type}: "
-                              "use explore.precision nvfp4 or fp8 on a GPU, or model.device: cpu")
+            raise ConfigError(
+                f"explore precision int8 runs on the CPU's integer kernels and this run's model is on {device.type}: "
+                "use explore.precision nvfp4 or fp8 on a GPU, or model.device: cpu"
+            )
         train, held = cls.prompt_sets(cfg)
         digest = hashlib.sha256(("\n".join(train) + "\0" + "\n".join(held)).encode()).hexdigest()
         pool = None
         if cfg.prompts.pool:
             candidates = cls.pool_candidates(cfg, train)
             if cfg.prompts.pool > len(candidates):
-                raise ConfigError(f"prompts.pool ({cfg.prompts.pool}) exceeds the {len(candidates)} training prompts it is drawn from: lower it")
+                raise ConfigError(
+                    f"prompts.pool ({cfg.prompts.pool}) exceeds the {len(candidates)} training prompts it is drawn from: lower it"
+                )
             # Keyed on a constant, not run.seed: every run and every seed trains and evaluates on one pool.
             g = torch.Generator().manual_seed(stream_seed(0, len(candidates), name="pool"))
             chosen = torch.randperm(len(candidates), generator=g)[: cfg.prompts.pool].tolist()
@@ -325,7 +333,15 @@ class Policy(ABC):
     _sampler_owner = None
 
     @torch.no_grad()
-    def sample(self, transformer: nn.Module, prompts: list[str], seeds: list[int], steps: int, solver: str = "euler", cond: Any = None) -> torch.Tensor:
+    def sample(
+        self,
+        transformer: nn.Module,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        solver: str = "euler",
+        cond: Any = None,
+    ) -> torch.Tensor:
         """Clean samples x0 (float32, CPU) for prompts[i] from noise(seeds[i]), deterministic ODE."""
         cond = self.encode_rows(prompts) if cond is None else cond
         x1 = noise_batch(seeds, self.latent_shape).to(self.device)

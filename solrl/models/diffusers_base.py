@@ -23,12 +23,16 @@ from .base import Policy, read_prompt_file
 def split_prompts(train_file: str | None, eval_file: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, held-out). Without an eval file every 10th line of the train file is held out."""
     if not train_file:
-        raise MissingInput("prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line")
+        raise MissingInput(
+            "prompts.file is not set: real model families train on your prompts, give a text file with one prompt per line"
+        )
     prompts = read_prompt_file(train_file)
     if eval_file:
         return prompts, read_prompt_file(eval_file, "prompts.eval_file")
     if len(prompts) < 10:
-        raise MissingInput(f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file")
+        raise MissingInput(
+            f"prompts.file {train_file} has {len(prompts)} prompts: give at least 10 (every 10th is held out for evaluation) or set prompts.eval_file"
+        )
     held = tuple(p for i, p in enumerate(prompts) if i % 10 == 9)
     return tuple(p for i, p in enumerate(prompts) if i % 10 != 9), held
 
@@ -112,7 +116,11 @@ class DiffusersPolicy(Policy):
     # --- memory hygiene -----------------------------------------------------------------------
     def frozen_modules(self) -> dict[str, nn.Module]:
         """The frozen components by memory-plan component: text encoders, VAE."""
-        return {name: module for name, module in self.pipe.components.items() if isinstance(module, nn.Module) and name != "transformer"}
+        return {
+            name: module
+            for name, module in self.pipe.components.items()
+            if isinstance(module, nn.Module) and name != "transformer"
+        }
 
     def _place(self, phase: str) -> None:
         """Move the text encoders and the VAE where the memory plan's residency schedule puts
@@ -146,9 +154,11 @@ class DiffusersPolicy(Policy):
         prompts = list(prompts)
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
         if todo:
+
             def run():
                 for p in todo:
                     self._cond_cache[p] = tuple(c.detach().to("cpu") for c in self._encode([p]))
+
             self._with_frozen_on_device(run, "encode")
             while len(self._cond_cache) > self.cond_cache_size:  # oldest first
                 self._cond_cache.pop(next(iter(self._cond_cache)))
@@ -187,7 +197,9 @@ class DiffusersPolicy(Policy):
         """C × H/f × W/f, unpacked (SD3, SANA: the transformer patchifies); FLUX overrides."""
         f = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
         if resolution % f:
-            raise ValueError(f"model.resolution {resolution} must be a multiple of {f} for {self.family} (VAE factor × patch size)")
+            raise ValueError(
+                f"model.resolution {resolution} must be a multiple of {f} for {self.family} (VAE factor × patch size)"
+            )
         side = resolution // self.pipe.vae_scale_factor
         return (self.pipe.transformer.config.in_channels, side, side)
 
@@ -202,22 +214,33 @@ class DiffusersPolicy(Policy):
         return self._family_min_dim()
 
     # --- LoRA export ---------------------------------------------------------------------------
-    def export_lora(self, out_dir: str | Path, adapter: str = "default", state: dict[str, torch.Tensor] | None = None) -> Path:
+    def export_lora(
+        self, out_dir: str | Path, adapter: str = "default", state: dict[str, torch.Tensor] | None = None
+    ) -> Path:
         """Save an adapter (or a given adapter-free state such as the EMA) in the diffusers LoRA
         format, loadable with `pipeline.load_lora_weights(out_dir)`."""
         tensors = state if state is not None else self.adapter_state(adapter)
         cfg = self.peft.peft_config["default"]
-        return export_diffusers_lora(self.pipeline_class, tensors, out_dir, cfg.r, cfg.lora_alpha, sorted(cfg.target_modules))
+        return export_diffusers_lora(
+            self.pipeline_class, tensors, out_dir, cfg.r, cfg.lora_alpha, sorted(cfg.target_modules)
+        )
 
 
-def export_diffusers_lora(pipeline_class: str, tensors: dict[str, torch.Tensor], out_dir: str | Path, rank: int, alpha: int, targets) -> Path:
+def export_diffusers_lora(
+    pipeline_class: str, tensors: dict[str, torch.Tensor], out_dir: str | Path, rank: int, alpha: int, targets
+) -> Path:
     """Adapter-free peft names ('base_model.model.<module>.lora_A.weight') -> diffusers' files."""
     import diffusers
 
     prefix = "base_model.model."
-    layers = {(k[len(prefix) :] if k.startswith(prefix) else k): v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    layers = {
+        (k[len(prefix) :] if k.startswith(prefix) else k): v.detach().float().cpu().contiguous()
+        for k, v in tensors.items()
+    }
     meta = {"r": int(rank), "lora_alpha": int(alpha), "target_modules": list(targets)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    getattr(diffusers, pipeline_class).save_lora_weights(out, transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta)
+    getattr(diffusers, pipeline_class).save_lora_weights(
+        out, transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta
+    )
     return out

@@ -37,7 +37,9 @@ class FluxPolicy(DiffusersPolicy):
     def _latent_shape(self, resolution: int) -> tuple[int, int]:
         f = self.pipe.vae_scale_factor * 2  # VAE downsampling, then 2×2 packing
         if resolution % f:
-            raise ValueError(f"model.resolution {resolution} must be a multiple of {f} for FLUX (VAE factor × 2×2 packing)")
+            raise ValueError(
+                f"model.resolution {resolution} must be a multiple of {f} for FLUX (VAE factor × 2×2 packing)"
+            )
         channels = self.pipe.transformer.config.in_channels // 4
         side = resolution // f
         self._side = side
@@ -46,17 +48,29 @@ class FluxPolicy(DiffusersPolicy):
 
     def sigmas(self, steps: int):
         s = self.pipe.scheduler.config
-        mu = flux_mu(self.latent_shape[0], s.get("base_image_seq_len", 256), s.get("max_image_seq_len", 4096), s.get("base_shift", 0.5), s.get("max_shift", 1.15))
+        mu = flux_mu(
+            self.latent_shape[0],
+            s.get("base_image_seq_len", 256),
+            s.get("max_image_seq_len", 4096),
+            s.get("base_shift", 0.5),
+            s.get("max_shift", 1.15),
+        )
         return sigma_grid("flux", steps, mu=mu)
 
     def _encode(self, prompts: list[str]):
-        embeds, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length)
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
         return embeds.to(self.dtype), pooled.to(self.dtype)
 
     def transformer_velocity(self, transformer, x, t, cond):
         embeds, pooled = cond
         n = x.shape[0]
-        guidance = torch.full((n,), 1.0, device=self.device, dtype=torch.float32) if transformer.config.guidance_embeds else None
+        guidance = (
+            torch.full((n,), 1.0, device=self.device, dtype=torch.float32)
+            if transformer.config.guidance_embeds
+            else None
+        )
         txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         out = transformer(
             hidden_states=self._model_input(x),

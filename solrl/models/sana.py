@@ -30,24 +30,53 @@ class SanaPolicy(DiffusersPolicy):
     pipeline_class = "SanaPipeline"
     default_resolution = 1024
     default_max_sequence_length = 300
-    lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+    lora_targets = (
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+    )
     # Official: per block only cross_attn.kv_linear and the (Linear) FFN; self-attention q/k/v/proj
     # and the cross-attention q/proj stay bf16. The same layers in diffusers' names:
-    quant_skip = ("patch_embed", "time_embed", "caption_projection", "caption_norm", "norm_out", "proj_out", "attn1.", "attn2.to_q", "attn2.to_out")
+    quant_skip = (
+        "patch_embed",
+        "time_embed",
+        "caption_projection",
+        "caption_norm",
+        "norm_out",
+        "proj_out",
+        "attn1.",
+        "attn2.to_q",
+        "attn2.to_out",
+    )
 
     def sigmas(self, steps: int):
         return sigma_grid("linear", steps)
 
     def _encode(self, prompts: list[str]):
-        embeds, mask, _, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=self.device,
-                                                     max_sequence_length=self.max_sequence_length, complex_human_instruction=None)
+        embeds, mask, _, _ = self.pipe.encode_prompt(
+            prompts,
+            do_classifier_free_guidance=False,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            complex_human_instruction=None,
+        )
         return embeds.to(self.dtype), mask
 
     def transformer_velocity(self, transformer, x, t, cond):
         embeds, mask = cond
         scale = transformer.config.timestep_scale
-        out = transformer(self._model_input(x), encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                          timestep=(t * 1000.0 * scale).to(self.device, torch.float32), return_dict=False)[0]  # float32, as diffusers passes it
+        out = transformer(
+            self._model_input(x),
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask,
+            timestep=(t * 1000.0 * scale).to(self.device, torch.float32),
+            return_dict=False,
+        )[0]  # float32, as diffusers passes it
         if transformer.config.out_channels // 2 == self.latent_shape[0]:
             out = out.chunk(2, dim=1)[0]
         return out.float()

@@ -26,7 +26,16 @@ class SD3Policy(DiffusersPolicy):
     pipeline_class = "StableDiffusion3Pipeline"
     default_resolution = 1024
     default_max_sequence_length = 128  # T5 tokens, as the official Sol-RL presets
-    lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+    lora_targets = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    )
     quant_skip = ("pos_embed", "context_embedder", "time_text_embed", "norm_out", "norm1", "ff_context")
 
     def _family_min_dim(self) -> int:
@@ -37,16 +46,27 @@ class SD3Policy(DiffusersPolicy):
         return sigma_grid("sd3", steps, shift=self.pipe.scheduler.config.get("shift", 3.0))
 
     def _encode(self, prompts: list[str]):
-        embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, None, None, device=self.device, do_classifier_free_guidance=False,
-                                                       max_sequence_length=self.max_sequence_length)
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompts,
+            None,
+            None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
         return embeds.to(self.dtype), pooled.to(self.dtype)
 
     def transformer_velocity(self, transformer, x, t, cond):
         embeds, pooled = cond
         # float32 timesteps, as diffusers' pipeline passes them: in bf16, 1000σ rounds to a
         # multiple of 4 above 512 (the sinusoidal embedding is computed in float32 anyway)
-        out = transformer(hidden_states=self._model_input(x), timestep=(t * 1000.0).to(self.device, torch.float32),
-                          encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False)[0]
+        out = transformer(
+            hidden_states=self._model_input(x),
+            timestep=(t * 1000.0).to(self.device, torch.float32),
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
         return out.float()
 
     def _decode_latents(self, x0: torch.Tensor) -> torch.Tensor:

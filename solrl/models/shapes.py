@@ -49,13 +49,26 @@ class ShapesPolicy(Policy):
     def check(cls, cfg: RunConfig) -> None:
         path = cls.weights_dir(cfg) / "shapes.safetensors"
         if not path.exists():
-            raise MissingInput(f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package")
+            raise MissingInput(
+                f"the shapes model weights are missing: looked for {path}; rebuild them with `sol-rl pretrain-shapes` or reinstall the package"
+            )
         cls.prompt_sets(cfg)
 
     @classmethod
     def prompt_sets(cls, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        train = _grammar(read_prompt_file(cfg.prompts.file), f"prompts.file {cfg.prompts.file}") if cfg.prompts.file else train_prompts()
-        held = _grammar(read_prompt_file(cfg.prompts.eval_file, "prompts.eval_file"), f"prompts.eval_file {cfg.prompts.eval_file}") if cfg.prompts.eval_file else eval_prompts()
+        train = (
+            _grammar(read_prompt_file(cfg.prompts.file), f"prompts.file {cfg.prompts.file}")
+            if cfg.prompts.file
+            else train_prompts()
+        )
+        held = (
+            _grammar(
+                read_prompt_file(cfg.prompts.eval_file, "prompts.eval_file"),
+                f"prompts.eval_file {cfg.prompts.eval_file}",
+            )
+            if cfg.prompts.eval_file
+            else eval_prompts()
+        )
         return train, held
 
     @classmethod

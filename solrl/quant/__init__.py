@@ -19,11 +19,20 @@ from .config import FP8Config, Int8Config, NVFP4Config, QuantConfig, QuantReport
 from .int8 import Int8Linear, int8_engine
 from .linear import EmulatedLinear, quantize_
 from .lowrank import lowrank_split
-from .numerics import block_mm, fake_quantize_fp8, fake_quantize_nvfp4, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack
+from .numerics import (
+    block_mm,
+    fake_quantize_fp8,
+    fake_quantize_nvfp4,
+    fp8_factors,
+    nvfp4_factors,
+    nvfp4_pack,
+    nvfp4_unpack,
+)
 
 __all__ = [
     "NVFP4Config",
     "FP8Config",
+    "Int8Config",
     "QuantConfig",
     "QuantReport",
     "EmulatedLinear",

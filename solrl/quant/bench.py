@@ -27,7 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .linear import EmulatedLinear
-from .numerics import E4M3_TINY, F4_E2M1_MAX, F8E4M3_MAX, _kernel, block_mm, fake_quantize_nvfp4, nvfp4_factors, nvfp4_unpack, per_tensor_amax_to_scale
+from .numerics import (
+    E4M3_TINY,
+    F4_E2M1_MAX,
+    F8E4M3_MAX,
+    _kernel,
+    block_mm,
+    fake_quantize_nvfp4,
+    nvfp4_factors,
+    nvfp4_unpack,
+    per_tensor_amax_to_scale,
+)
 
 
 def _fake_nvfp4_head(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +96,9 @@ def variants(x: torch.Tensor, lin: nn.Linear) -> dict:
     }
 
 
-def run(repeats: int = 41, shapes=((96, 64, 192, 768), (96, 64, 768, 192), (1, 64, 192, 768), (1, 64, 768, 192))) -> list[dict]:
+def run(
+    repeats: int = 41, shapes=((96, 64, 192, 768), (96, 64, 768, 192), (1, 64, 192, 768), (1, 64, 768, 192))
+) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -115,8 +127,16 @@ def _run(repeats, shapes) -> list[dict]:
                     times[name].append(time.perf_counter() - t0)
         med = {name: statistics.median(v) for name, v in times.items()}
         for name, m in med.items():
-            rows.append({"shape": f"[{bsz}x{tokens}, {k}] @ [{k}, {n}]", "variant": name, "median_ms": 1e3 * m,
-                         "x_fp32_linear": m / med["fp32-linear"], "x_bf16_linear": m / med["bf16-linear"], "x_fp32_emu_head": m / med["fp32-emu@HEAD"]})
+            rows.append(
+                {
+                    "shape": f"[{bsz}x{tokens}, {k}] @ [{k}, {n}]",
+                    "variant": name,
+                    "median_ms": 1e3 * m,
+                    "x_fp32_linear": m / med["fp32-linear"],
+                    "x_bf16_linear": m / med["bf16-linear"],
+                    "x_fp32_emu_head": m / med["fp32-emu@HEAD"],
+                }
+            )
     return rows
 
 
@@ -128,7 +148,9 @@ def main():
     print(f"threads={torch.get_num_threads()} repeats={args.repeats} (interleaved; medians)")
     print(f"{'shape':28s} {'variant':16s} {'median ms':>10s} {'/fp32-lin':>10s} {'/bf16-lin':>10s} {'/emu@HEAD':>10s}")
     for r in rows:
-        print(f"{r['shape']:28s} {r['variant']:16s} {r['median_ms']:10.3f} {r['x_fp32_linear']:10.2f} {r['x_bf16_linear']:10.2f} {r['x_fp32_emu_head']:10.2f}")
+        print(
+            f"{r['shape']:28s} {r['variant']:16s} {r['median_ms']:10.3f} {r['x_fp32_linear']:10.2f} {r['x_bf16_linear']:10.2f} {r['x_fp32_emu_head']:10.2f}"
+        )
 
 
 if __name__ == "__main__":

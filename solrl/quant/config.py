@@ -46,7 +46,9 @@ class NVFP4Config:
         if self.lowrank and self.backend != "emulated":
             raise ValueError(f"lowrank > 0 needs backend 'emulated' (backend {self.backend!r} has no low-rank branch)")
         if self.backend == "fp8":
-            raise ValueError("NVFP4Config has no backend 'fp8': FP8 is FP8Config(backend='emulated' or 'transformer_engine')")
+            raise ValueError(
+                "NVFP4Config has no backend 'fp8': FP8 is FP8Config(backend='emulated' or 'transformer_engine')"
+            )
         _check_filter(self)
 
 

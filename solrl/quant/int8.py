@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
-@lru_cache(maxsize=None)
+@cache
 def int8_engine() -> str:
     """The quantised engine the int8 explore runs on, on this machine (see the module docstring)."""
     engines = set(torch.backends.quantized.supported_engines)
@@ -61,7 +61,9 @@ def int8_engine() -> str:
         return "fbgemm"
     if "qnnpack" in engines:
         return "qnnpack"
-    raise RuntimeError(f"explore.precision int8 needs a quantised CPU engine (fbgemm, onednn or qnnpack); this torch has {sorted(engines)}: use precision nvfp4")
+    raise RuntimeError(
+        f"explore.precision int8 needs a quantised CPU engine (fbgemm, onednn or qnnpack); this torch has {sorted(engines)}: use precision nvfp4"
+    )
 
 
 @contextmanager
@@ -101,11 +103,17 @@ class Int8Linear(nn.Module):
         codes, scale = quantize_weight_int8(linear.weight)
         self.register_buffer("weight_int8", codes)
         self.register_buffer("weight_scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        )
         self.reduce_range = self.engine == "fbgemm"  # see the module docstring
-        with warnings.catch_warnings():  # torch marks its quantised tensor type deprecated (pytorch#184982); the prepack op still takes one
+        with (
+            warnings.catch_warnings()
+        ):  # torch marks its quantised tensor type deprecated (pytorch#184982); the prepack op still takes one
             warnings.simplefilter("ignore")
-            qweight = torch._make_per_channel_quantized_tensor(codes, scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+            qweight = torch._make_per_channel_quantized_tensor(
+                codes, scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0
+            )
         with _engine(self.engine):
             self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
         self.packed_bytes = codes.numel() + 4 * scale.numel()
@@ -127,11 +135,15 @@ def describe_explore(precision: str, backend: str, device_type: str) -> str:
     """One line for a run's output: which explore runs here and why (measurements: docs/cpu-explore.md)."""
     if precision == "int8":
         engine = int8_engine()
-        return (f"explore: int8 W8A8 on integer GEMMs ({_ENGINE_WHY.get(engine, engine)}): on the CPU kinds measured it samples a candidate "
-                "faster than emulated NVFP4 and ranks seeds closer to high precision (docs/cpu-explore.md)")
+        return (
+            f"explore: int8 W8A8 on integer GEMMs ({_ENGINE_WHY.get(engine, engine)}): on the CPU kinds measured it samples a candidate "
+            "faster than emulated NVFP4 and ranks seeds closer to high precision (docs/cpu-explore.md)"
+        )
     if precision == "nvfp4" and backend == "emulated" and device_type == "cpu":
-        return ("explore: NVFP4 W4A4 emulated: exact NVFP4 numerics, not fast on a CPU "
-                "(explore.precision: int8 is the CPU's fast explore, docs/cpu-explore.md)")
+        return (
+            "explore: NVFP4 W4A4 emulated: exact NVFP4 numerics, not fast on a CPU "
+            "(explore.precision: int8 is the CPU's fast explore, docs/cpu-explore.md)"
+        )
     if precision == "high":
         return "explore: high precision (naive scaling)"
     return f"explore: {precision}" + (f" ({backend})" if precision == "nvfp4" else "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,9 @@ class EmulatedLinear(nn.Module):
     L₂ [r, in] in bfloat16 from the SVD of W, and the 4-bit factors quantise the residual R.
     r = 0 is the plain layer (no SVD, no extra buffers)."""
 
-    def __init__(self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0, factor_dtype: torch.dtype | None = None):
+    def __init__(
+        self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0, factor_dtype: torch.dtype | None = None
+    ):
         super().__init__()
         self.in_features, self.out_features, self.fmt = linear.in_features, linear.out_features, fmt
         factor_dtype = factor_dtype or factor_dtype_for(linear.weight.device)
@@ -74,7 +76,9 @@ class EmulatedLinear(nn.Module):
         if self.rank:
             self.packed_bytes += (l1.numel() * l1.element_size()) + (l2.numel() * l2.element_size())
         self.dense_bytes = linear.weight.numel() * linear.weight.element_size()
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype  # bf16 on a GPU: quantise, multiply, accumulate in float32, hand back bf16
@@ -88,7 +92,9 @@ class EmulatedLinear(nn.Module):
         return y.to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}" + (f", lowrank={self.rank}" if self.rank else "")
+        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}" + (
+            f", lowrank={self.rank}" if self.rank else ""
+        )
 
 
 class PointwiseConv(nn.Module):
@@ -107,7 +113,13 @@ class PointwiseConv(nn.Module):
 
 
 def as_linear(conv: nn.Conv2d) -> nn.Linear:
-    lin = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    lin = nn.Linear(
+        conv.in_channels,
+        conv.out_channels,
+        bias=conv.bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         lin.weight.copy_(conv.weight.reshape(conv.out_channels, conv.in_channels))
         if conv.bias is not None:
@@ -119,7 +131,9 @@ def _pointwise_aware(factory: Callable[[nn.Linear], nn.Module]) -> Callable[[nn.
     return lambda mod: PointwiseConv(factory(as_linear(mod))) if isinstance(mod, nn.Conv2d) else factory(mod)
 
 
-def _swap(model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module], atomic: bool = True) -> list[nn.Module]:
+def _swap(
+    model: nn.Module, names: list[str], factory: Callable[[nn.Linear], nn.Module], atomic: bool = True
+) -> list[nn.Module]:
     """Replace each named layer by `factory(layer)`, one layer at a time: build one replacement,
     put it in, go on, so at most one layer exists twice (the explore copy of a 12B model is
     never built beside a whole second copy).

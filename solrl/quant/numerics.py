@@ -56,7 +56,11 @@ def nvfp4_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if amax == 0:  # torchao would divide by S = 0
         m, k = x2.shape
         dev = x2.device
-        return (torch.zeros(m, k // 2, dtype=torch.uint8, device=dev), torch.zeros(m, k // BLOCK, dtype=torch.float8_e4m3fn, device=dev), torch.zeros((), dtype=torch.float32, device=dev))
+        return (
+            torch.zeros(m, k // 2, dtype=torch.uint8, device=dev),
+            torch.zeros(m, k // BLOCK, dtype=torch.float8_e4m3fn, device=dev),
+            torch.zeros((), dtype=torch.float32, device=dev),
+        )
     t = NVFP4Tensor.to_nvfp4(x2, per_tensor_scale=per_tensor_amax_to_scale(amax))
     return t.qdata, t.scale, t.per_tensor_scale
 
@@ -69,7 +73,9 @@ def nvfp4_unpack(qdata: torch.Tensor, scale: torch.Tensor, per_tensor_scale: tor
     return t.dequantize(torch.float32).reshape(shape)
 
 
-def nvfp4_unpack_factors(qdata: torch.Tensor, scale: torch.Tensor, shape, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def nvfp4_unpack_factors(
+    qdata: torch.Tensor, scale: torch.Tensor, shape, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
     """The block-product factor q·s of torchao-packed NVFP4 (no per-tensor scale), of `shape`:
     torchao's dequantisation with per_tensor_scale=None, exact in bfloat16."""
     t = NVFP4Tensor(qdata, scale, BLOCK, torch.float32, None)
@@ -168,7 +174,9 @@ def _own_cache_per_capability() -> None:
     from torch._inductor.utils import clear_caches
 
     default = os.path.abspath(default_cache_dir())
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:  # not chosen by the user (torch sets it on first use)
+    if (
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default
+    ):  # not chosen by the user (torch sets it on first use)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{cap.lower()}"
         clear_caches()
 
@@ -190,9 +198,12 @@ def _checked(fn, cfn):
         want, got = fn(*_probe_args(fn, x)), cfn(*_probe_args(fn, x))
         want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
         if not all(torch.equal(a, b) for a, b in zip(want, got)):
-            warnings.warn(f"the torch.compile'd {fn.__name__.lstrip('_')} kernel differs from the eager one on this CPU "
-                          f"(torch {torch.__version__}, inductor ISA {_vec_isa()}; a compile cache made under another CPU capability "
-                          "does this): using the eager kernel (same bits, slower)", stacklevel=3)
+            warnings.warn(
+                f"the torch.compile'd {fn.__name__.lstrip('_')} kernel differs from the eager one on this CPU "
+                f"(torch {torch.__version__}, inductor ISA {_vec_isa()}; a compile cache made under another CPU capability "
+                "does this): using the eager kernel (same bits, slower)",
+                stacklevel=3,
+            )
             return fn
     return cfn
 
@@ -212,7 +223,9 @@ def fake_quantize_nvfp4(x: torch.Tensor, compiled: bool | None = None) -> torch.
     return _kernel(_fake_nvfp4_blocks, compiled)(_blocks(x)).reshape(x.shape)
 
 
-def nvfp4_factors(x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, compiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nvfp4_factors(
+    x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, compiled: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NVFP4-quantise `x` (per-tensor scale from its amax) into block-product factors:
     (A′ = q·s of x's shape, exact in bfloat16, held in `dtype`; S float32 scalar), so that
     A′·S = fake_quantize_nvfp4(x) up to the one rounding of the product. All-zero x: (0, 0).
@@ -221,7 +234,9 @@ def nvfp4_factors(x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, compiled
     return a.reshape(x.shape), s
 
 
-def fp8_factors(x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, compiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_factors(
+    x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, compiled: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 E4M3 with per-tensor current scaling as block-product factors: (the e4m3 values of
     x/S, exact in bfloat16, held in `dtype`; S = amax / 448), A′·S = fake_quantize_fp8(x).
     All-zero x: (0, 0). `compiled` as for fake_quantize_nvfp4."""

@@ -12,14 +12,31 @@ checks the machine before a run loads anything. Import-guarded: this module impo
 from __future__ import annotations
 
 import types
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 from torch import nn
 
-from ..accelerator import GPU_NAMES as _GPU, TE_MIN_CAPABILITY, TE_MIN_VERSION, TransformerEngineUnavailable, build_te_recipe
+from ..accelerator import (
+    GPU_NAMES as _GPU,
+)
+from ..accelerator import (
+    TE_MIN_CAPABILITY,
+    TE_MIN_VERSION,
+    TransformerEngineUnavailable,
+    build_te_recipe,
+)
 
-__all__ = ["TransformerEngineUnavailable", "require_te", "TELinear", "make_te_linear", "autocast_forward", "te_autocast"]
+__all__ = [
+    "TransformerEngineUnavailable",
+    "require_te",
+    "TELinear",
+    "make_te_linear",
+    "autocast_forward",
+    "te_autocast",
+]
+
 
 def require_te(fmt: str = "nvfp4"):
     """(transformer_engine.pytorch, the recipe for `fmt`), or raise one sentence saying what is
@@ -34,11 +51,19 @@ def require_te(fmt: str = "nvfp4"):
             f"install the gpu extra (pip install -e '.[gpu]') on {_GPU[fmt]}, or set explore.backend: emulated"
         ) from None
     if not torch.cuda.is_available():
-        raise TransformerEngineUnavailable(f"explore.backend: transformer_engine needs a CUDA GPU and none is visible: run on {_GPU[fmt]} or set explore.backend: emulated")
+        raise TransformerEngineUnavailable(
+            f"explore.backend: transformer_engine needs a CUDA GPU and none is visible: run on {_GPU[fmt]} or set explore.backend: emulated"
+        )
     major, minor = torch.cuda.get_device_capability()
     if (major, minor) < TE_MIN_CAPABILITY[fmt]:
-        fix = "explore.precision: fp8 or explore.backend: emulated" if fmt == "nvfp4" and (major, minor) >= TE_MIN_CAPABILITY["fp8"] else "explore.backend: emulated"
-        raise TransformerEngineUnavailable(f"explore.backend: transformer_engine with {fmt} needs {_GPU[fmt]}, this one is sm_{major}{minor}: set {fix}")
+        fix = (
+            "explore.precision: fp8 or explore.backend: emulated"
+            if fmt == "nvfp4" and (major, minor) >= TE_MIN_CAPABILITY["fp8"]
+            else "explore.backend: emulated"
+        )
+        raise TransformerEngineUnavailable(
+            f"explore.backend: transformer_engine with {fmt} needs {_GPU[fmt]}, this one is sm_{major}{minor}: set {fix}"
+        )
     return te, build_te_recipe(fmt, te_recipe)
 
 
@@ -74,7 +99,13 @@ class TELinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.fmt = linear.in_features, linear.out_features, fmt
         device = linear.weight.device if linear.weight.device.type == "cuda" else torch.device("cuda")
-        self.inner = te.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, params_dtype=torch.bfloat16, device=device)
+        self.inner = te.Linear(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            params_dtype=torch.bfloat16,
+            device=device,
+        )
         with torch.no_grad():
             self.inner.weight.copy_(linear.weight.to(torch.bfloat16))
             if linear.bias is not None:

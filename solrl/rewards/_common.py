@@ -24,6 +24,7 @@ EXTRA = "pip install 'sol-rl[rewards]'"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
 class RewardUnavailable(RuntimeError):
     """A learned reward cannot be built: a package (`kind="package"`) or weights (`kind="weights"`) are missing."""
 
@@ -85,7 +86,9 @@ def looks_like_repo_id(value: str) -> bool:
     return value.count("/") == 1 and not value.startswith(("/", ".", "~")) and not Path(value).exists()
 
 
-def missing_weights(reward: str, searched: Sequence[str], hint: str, cause: Exception | None = None) -> RewardUnavailable:
+def missing_weights(
+    reward: str, searched: Sequence[str], hint: str, cause: Exception | None = None
+) -> RewardUnavailable:
     tail = f" (last error: {type(cause).__name__}: {cause})" if cause is not None else ""
     offline = " with downloads off (HF_HUB_OFFLINE=1)" if hf_offline() else ""
     return RewardUnavailable(

@@ -72,7 +72,10 @@ HPSV2_REPO = "xswu/HPSv2"
 HPSV2_FILE = "HPS_v2.1_compressed.pt"
 HPSV2_ARCH = "ViT-H-14"
 
-MODEL_FILES = (("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+MODEL_FILES = (
+    ("config.json",),
+    ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
 TOKENIZER_FILES = (("tokenizer.json", "vocab.json"),)
 
 # Modules each reward imports (third-party boundary; tests point these at absent names).
@@ -194,7 +197,9 @@ def _describe(need: Sequence[Sequence[str]]) -> str:
     return " and ".join(" or ".join(g) for g in need)
 
 
-def locate_hf(reward: str, var: str, default_repo: str, need: Sequence[Sequence[str]], hint: str) -> tuple[Path | str, list[str]]:
+def locate_hf(
+    reward: str, var: str, default_repo: str, need: Sequence[Sequence[str]], hint: str
+) -> tuple[Path | str, list[str]]:
     """A local folder (env var, then HF cache) or, when downloads are allowed, the repo id to fetch.
 
     Raises `RewardUnavailable` naming every place searched when nothing is found offline, or when
@@ -236,7 +241,9 @@ def _image_settings(source: Path | str, vision_size: int) -> dict[str, Any]:
         else:
             from huggingface_hub import hf_hub_download
 
-            cfg = json.loads(Path(hf_hub_download(source, "preprocessor_config.json", cache_dir=str(hf_cache_dir()))).read_text())
+            cfg = json.loads(
+                Path(hf_hub_download(source, "preprocessor_config.json", cache_dir=str(hf_cache_dir()))).read_text()
+            )
     except Exception:
         cfg = {}
 
@@ -266,10 +273,16 @@ def _pretrained(cls: Any, source: Path | str, reward: str, searched: list[str], 
 
 
 # --- builders ------------------------------------------------------------------------------------------
-def _hf_clip(reward: str, model_src: Path | str, tok_src: Path | str, searched: list[str], hint: str, scale: str, quantize: bool) -> ClipScorer:
+def _hf_clip(
+    reward: str, model_src: Path | str, tok_src: Path | str, searched: list[str], hint: str, scale: str, quantize: bool
+) -> ClipScorer:
     from transformers import AutoTokenizer, CLIPModel
 
-    model = _pretrained(CLIPModel, model_src, reward, searched, hint).to(reward_device(), reward_dtype(reward_device())).eval()
+    model = (
+        _pretrained(CLIPModel, model_src, reward, searched, hint)
+        .to(reward_device(), reward_dtype(reward_device()))
+        .eval()
+    )
     tokenizer = _pretrained(AutoTokenizer, tok_src, reward, searched, hint)
     settings = _image_settings(tok_src, int(model.config.vision_config.image_size))
     return ClipScorer(model, tokenizer, scale=scale, quantize=quantize, **settings)
@@ -286,16 +299,24 @@ HINTS = {
 
 
 def locate_clipscore() -> tuple[Path | str, list[str]]:
-    return locate_hf("clipscore", "SOLRL_CLIPSCORE_PATH", CLIPSCORE_REPO, MODEL_FILES + TOKENIZER_FILES, HINTS["clipscore"])
+    return locate_hf(
+        "clipscore", "SOLRL_CLIPSCORE_PATH", CLIPSCORE_REPO, MODEL_FILES + TOKENIZER_FILES, HINTS["clipscore"]
+    )
 
 
 def locate_pickscore() -> tuple[Path | str, Path | str, list[str]]:
     """(model source, tokenizer/processor source, places searched)."""
     hint = HINTS["pickscore"]
     model_src, searched = locate_hf("pickscore", "SOLRL_PICKSCORE_PATH", PICKSCORE_REPO, MODEL_FILES, hint)
-    if env_path("SOLRL_PICKSCORE_PROCESSOR_PATH") is None and isinstance(model_src, Path) and _has(model_src, TOKENIZER_FILES):
+    if (
+        env_path("SOLRL_PICKSCORE_PROCESSOR_PATH") is None
+        and isinstance(model_src, Path)
+        and _has(model_src, TOKENIZER_FILES)
+    ):
         return model_src, model_src, searched
-    tok_src, more = locate_hf("pickscore", "SOLRL_PICKSCORE_PROCESSOR_PATH", PICKSCORE_PROCESSOR_REPO, TOKENIZER_FILES, hint)
+    tok_src, more = locate_hf(
+        "pickscore", "SOLRL_PICKSCORE_PROCESSOR_PATH", PICKSCORE_PROCESSOR_REPO, TOKENIZER_FILES, hint
+    )
     return model_src, tok_src, searched + more
 
 
@@ -357,12 +378,16 @@ def load_hpsv2() -> ClipScorer:
     missing, _unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("attn_mask")]
     if missing:
-        raise RuntimeError(f"{path} does not fit open_clip {HPSV2_ARCH}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        raise RuntimeError(
+            f"{path} does not fit open_clip {HPSV2_ARCH}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
     model = model.to(reward_device(), reward_dtype(reward_device())).eval()
     size = getattr(model.visual, "image_size", 224)
     mean = getattr(model.visual, "image_mean", None) or CLIP_MEAN
     std = getattr(model.visual, "image_std", None) or CLIP_STD
-    return ClipScorer(model, open_clip.get_tokenizer(HPSV2_ARCH), image_size=size, mean=mean, std=std, scale="cosine", quantize=True)
+    return ClipScorer(
+        model, open_clip.get_tokenizer(HPSV2_ARCH), image_size=size, mean=mean, std=std, scale="cosine", quantize=True
+    )
 
 
 LOADERS = {"clipscore": load_clipscore, "pickscore": load_pickscore, "hpsv2": load_hpsv2}

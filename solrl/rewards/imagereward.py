@@ -308,7 +308,9 @@ class ImageRewardScorer:
         return next(self.model.parameters()).device
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        return prepare_images(images, self.model.config.image_size, CLIP_MEAN, CLIP_STD, quantize=self.quantize, device=self.device)
+        return prepare_images(
+            images, self.model.config.image_size, CLIP_MEAN, CLIP_STD, quantize=self.quantize, device=self.device
+        )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -317,10 +319,16 @@ class ImageRewardScorer:
         for lo in range(0, images.shape[0], self.batch):
             hi = lo + self.batch
             tok = self.tokenizer(
-                prompts[lo:hi], padding="max_length", truncation=True, max_length=self.model.config.max_length, return_tensors="pt"
+                prompts[lo:hi],
+                padding="max_length",
+                truncation=True,
+                max_length=self.model.config.max_length,
+                return_tensors="pt",
             )
             out.append(
-                self.model(self.pixels(images[lo:hi]), tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)).double()
+                self.model(
+                    self.pixels(images[lo:hi]), tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+                ).double()
             )
         if not out:
             return torch.zeros(0, dtype=torch.float64)
@@ -357,7 +365,9 @@ def locate() -> tuple[Path | None, Path | str, list[str]]:
     if tvalue is not None:
         tok = Path(tvalue).expanduser()
         if not (tok.is_dir() and any((tok / f).is_file() for f in TOKENIZER_FILES[0])):
-            raise missing_weights("imagereward", [f"SOLRL_IMAGEREWARD_TOKENIZER={tvalue} (no tokenizer.json or vocab.txt there)"], HINT)
+            raise missing_weights(
+                "imagereward", [f"SOLRL_IMAGEREWARD_TOKENIZER={tvalue} (no tokenizer.json or vocab.txt there)"], HINT
+            )
         return ckpt, tok, searched
     searched.append("SOLRL_IMAGEREWARD_TOKENIZER (unset)")
     for repo in TOKENIZER_REPOS:
@@ -375,7 +385,7 @@ def check(name: str = "imagereward") -> None:
     locate()
 
 
-def build(name: str = "imagereward") -> "ImageRewardScorer":
+def build(name: str = "imagereward") -> ImageRewardScorer:
     """The scorer (the registry's entry point)."""
     return load_imagereward()
 
@@ -395,12 +405,16 @@ def build_tokenizer(source: Path | str) -> Any:
     return tok
 
 
-def load_state(model: ImageRewardModel, state: dict[str, torch.Tensor], source: str = "state dict", assign: bool = False) -> None:
+def load_state(
+    model: ImageRewardModel, state: dict[str, torch.Tensor], source: str = "state dict", assign: bool = False
+) -> None:
     """Load ImageReward weights; every tensor of the network must be there (extra keys are ignored).
     `assign` adopts the checkpoint's tensors (for a model built on the meta device)."""
     missing, _unexpected = model.load_state_dict(state, strict=False, assign=assign)
     if missing:
-        raise RuntimeError(f"{source} does not fit the ImageReward network: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        raise RuntimeError(
+            f"{source} does not fit the ImageReward network: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
 
 
 def load_imagereward(config: ImageRewardConfig | None = None) -> ImageRewardScorer:

@@ -107,7 +107,9 @@ def encode(text_encoder: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor,
     return text_encoder(ids)
 
 
-def velocity(transformer, x_tokens: torch.Tensor, t: torch.Tensor, enc: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+def velocity(
+    transformer, x_tokens: torch.Tensor, t: torch.Tensor, enc: torch.Tensor, pooled: torch.Tensor
+) -> torch.Tensor:
     """v = eps - x0 for x_t given as packed tokens; `t` in [0, 1] per sample (FLUX multiplies
     the timestep by 1000 internally, so the adapter passes t itself)."""
     return transformer(
@@ -125,13 +127,25 @@ def dit_init_(transformer) -> None:
     """DiT-style init: zero the adaLN modulations and the output head so the network starts
     as an identity-ish map and trains stably from scratch."""
     for name, mod in transformer.named_modules():
-        if isinstance(mod, nn.Linear) and (name.endswith("norm.linear") or name.endswith("norm1.linear") or name.endswith("norm1_context.linear") or name in ("norm_out.linear", "proj_out")):
+        if isinstance(mod, nn.Linear) and (
+            name.endswith("norm.linear")
+            or name.endswith("norm1.linear")
+            or name.endswith("norm1_context.linear")
+            or name in ("norm_out.linear", "proj_out")
+        ):
             nn.init.zeros_(mod.weight)
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
 
 
-def save(directory: Path, cfg: ShapesModelConfig, transformer, text_encoder, meta: dict | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
+def save(
+    directory: Path,
+    cfg: ShapesModelConfig,
+    transformer,
+    text_encoder,
+    meta: dict | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> None:
     """Write shapes.safetensors (weights stored in `dtype`, bf16 by default: half the size;
     `load` computes in float32 from them) and config.json."""
     from safetensors.torch import save_file
@@ -161,7 +175,9 @@ def load(directory: Path | str | None = None, dtype: torch.dtype = torch.float32
     transformer = build_transformer(cfg)
     text_encoder = TextEncoder(cfg.text_dim, cfg.text_heads)
     transformer.load_state_dict({k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")})
-    text_encoder.load_state_dict({k[len("text_encoder.") :]: v for k, v in state.items() if k.startswith("text_encoder.")})
+    text_encoder.load_state_dict(
+        {k[len("text_encoder.") :]: v for k, v in state.items() if k.startswith("text_encoder.")}
+    )
     if dtype != torch.float32:
         transformer.to(dtype)
         text_encoder.to(dtype)

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from . import model as M
-from .prompts import train_prompts
+from .prompts import parse, train_prompts
 from .render import layout, render_layout
-from .prompts import parse
 
 
 def _batch(g: torch.Generator, prompts: tuple[str, ...], n: int) -> tuple[torch.Tensor, list[str]]:
@@ -63,7 +62,15 @@ def pretrain(
     def loss_fn(x0, eps, t, ids):
         enc, pooled = text_encoder(ids)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-        v = transformer(hidden_states=xt, encoder_hidden_states=enc, pooled_projections=pooled, timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+        v = transformer(
+            hidden_states=xt,
+            encoder_hidden_states=enc,
+            pooled_projections=pooled,
+            timestep=t,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            return_dict=False,
+        )[0]
         return F.mse_loss(v, eps - x0)
 
     step_fn = torch.compile(loss_fn) if compile else loss_fn
@@ -93,7 +100,12 @@ def pretrain(
             history.append({"step": step, "loss": float(loss.detach()), "elapsed_s": round(elapsed, 1)})
             log(f"step {step:5d}/{steps}  loss {float(loss.detach()):.4f}  lr {lr_at(step):.2e}  {elapsed:7.1f}s")
     seconds = time.time() - t0
-    meta = {"recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "compile": compile}, "train_seconds": round(seconds, 1), "stored_dtype": "bfloat16", "history": history}
+    meta = {
+        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "compile": compile},
+        "train_seconds": round(seconds, 1),
+        "stored_dtype": "bfloat16",
+        "history": history,
+    }
     M.save(Path(out_dir), cfg, ema_t, ema_e, meta)
     return meta
 
@@ -122,12 +134,21 @@ def write_prompt_stats(weights_dir: Path, seeds: int = 8, steps: int = 10, log=p
     for lo in range(0, len(prompts), 12):
         chunk = prompts[lo : lo + 12]
         texts = [p for p in chunk for _ in range(seeds)]
-        seed_list = [stream_seed(0, j, int.from_bytes(hashlib.blake2b(p.encode(), digest_size=7).digest(), "little"), name="prompt-stats") for p in chunk for j in range(seeds)]
+        seed_list = [
+            stream_seed(
+                0, j, int.from_bytes(hashlib.blake2b(p.encode(), digest_size=7).digest(), "little"), name="prompt-stats"
+            )
+            for p in chunk
+            for j in range(seeds)
+        ]
         x0 = policy.sample(model, texts, seed_list, steps)
         r = reward(policy.decode(x0), texts).view(len(chunk), seeds).mean(1)
         out.update({p: round(float(v), 6) for p, v in zip(chunk, r)})
         if lo % 120 == 0:
             log(f"prompt stats {lo + len(chunk)}/{len(prompts)}  {time.time() - t0:6.1f}s")
     path = Path(weights_dir) / "prompt_stats.json"
-    path.write_text(json.dumps({"seeds": seeds, "steps": steps, "dtype": "float32", "mean_reward": out}, indent=1, sort_keys=True) + "\n")
+    path.write_text(
+        json.dumps({"seeds": seeds, "steps": steps, "dtype": "float32", "mean_reward": out}, indent=1, sort_keys=True)
+        + "\n"
+    )
     return path

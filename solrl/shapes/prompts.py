@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -117,7 +117,7 @@ def is_held_out(scene: Scene) -> bool:
     return scene.n_objects == 2 and _hash_fraction(pairing(scene)) < HELD_OUT_PAIR_FRACTION
 
 
-@lru_cache(maxsize=None)
+@cache
 def prompt_sets() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(training prompts, held-out evaluation prompts), each sorted, disjoint by pairing."""
     train, held = [], []

@@ -119,4 +119,15 @@ def render(prompts: list[str], generator: torch.Generator | None = None) -> torc
     return render_layout(layout([parse(p) for p in prompts], g))
 
 
-__all__ = ["PALETTE", "BACKGROUND", "RESOLUTION", "POSITIONS", "RELATIONS", "render", "render_layout", "layout", "palette_tensor", "shape_masks"]
+__all__ = [
+    "PALETTE",
+    "BACKGROUND",
+    "RESOLUTION",
+    "POSITIONS",
+    "RELATIONS",
+    "render",
+    "render_layout",
+    "layout",
+    "palette_tensor",
+    "shape_masks",
+]
