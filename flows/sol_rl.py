@@ -22,7 +22,7 @@ from flows import stops
 from flows.cluster import api_for_workers, dask_cluster, task_runner
 from tasks import prefect_tasks, steps
 from tasks.run import open_run, start_run
-from tasks.status import format_summary, iteration_summary
+from tasks.status import format_se, format_summary, iteration_summary
 
 
 def _artifacts(run, iteration: int) -> dict:
@@ -54,7 +54,7 @@ def _artifacts(run, iteration: int) -> dict:
     for name, g in summary.get("eval", {}).items():
         strict = f"; strict accuracy {g['strict_base']:.3f} → {g['strict']:.3f}" if g.get("strict") is not None else ""
         md.append(
-            f"* eval `{name}`: paired gain over the baseline **{g['gain']:+.4f} ± {g['se']:.4f}** (SE, n = {g['n']} prompt×seed pairs){strict}"
+            f"* eval `{name}`: paired gain over the baseline **{g['gain']:+.4f} ± {format_se(g['se'])}** (SE, n = {g['n']} prompt×seed pairs){strict}"
         )
     if "audit" in summary:
         a = summary["audit"]

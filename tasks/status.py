@@ -48,11 +48,16 @@ def iteration_summary(run: Run, iteration: int) -> dict:
     return out
 
 
+def format_se(se: float | None) -> str:
+    """A standard error for a summary line: "n/a" when one pair gives none."""
+    return "n/a" if se is None else f"{se:.4f}"
+
+
 def format_summary(s: dict) -> str:
     """The one line per iteration the CLI prints."""
     parts = [f"iteration {s['iteration']}", f"train reward {s['train_reward']:.4f}"]
     for name, g in s.get("eval", {}).items():
-        txt = f"{name} {g['gain']:+.4f} ± {g['se']:.4f} (n {g['n']})"
+        txt = f"{name} {g['gain']:+.4f} ± {format_se(g['se'])} (n {g['n']})"
         if g.get("strict") is not None:
             txt += f", strict {g['strict_base']:.2f}→{g['strict']:.2f}"
         parts.append(txt)
@@ -90,7 +95,9 @@ def status(run: Run) -> list[dict]:
                 row[name] = ("-", None, [])
         if row["update"][0] == "ok" and row["eval"][0] == "ok":
             s = iteration_summary(run, i)
-            row["headline"] = "; ".join(f"{k} {g['gain']:+.4f}±{g['se']:.4f}" for k, g in s.get("eval", {}).items())
+            row["headline"] = "; ".join(
+                f"{k} {g['gain']:+.4f}±{format_se(g['se'])}" for k, g in s.get("eval", {}).items()
+            )
             if "audit" in s:
                 row["headline"] += f"; audit ρ {s['audit']['spearman']:.2f}"
         rows.append(row)

@@ -161,3 +161,18 @@ def test_iteration_lines_reach_a_file_as_each_iteration_ends(tmp_path):
         "iteration 1",
         "iteration 2",
     ]
+
+
+def test_a_summary_line_with_a_single_evaluation_pair_has_no_standard_error():
+    """eval.seeds_per_prompt 1 with one prompt: one pair, no SE; the line still prints."""
+    from tasks.status import format_summary
+
+    line = format_summary(
+        {
+            "iteration": 0,
+            "train_reward": 0.5,
+            "eval": {"train": {"gain": 0.01, "se": None, "n": 1}},
+            "seconds": {"explore": 1.0},
+        }
+    )
+    assert line == "iteration 0 | train reward 0.5000 | train +0.0100 ± n/a (n 1) | stages explore 1.0s"
