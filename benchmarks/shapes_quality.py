@@ -87,7 +87,8 @@ def run(args) -> dict:
     from solrl.plan import primary_explore
     from solrl.stages import explore_quant, sample_batched, score
 
-    over = {"explore.n": args.seeds, "select.k": args.k}
+    # what the model card reports: the NVFP4 explore copy (whatever the preset explores with)
+    over = {"explore.n": args.seeds, "select.k": args.k, "explore.precision": "nvfp4"}
     if args.quick:
         over |= {"explore.steps": 2, "rollout.steps": 4}
     cfg = C.base_config(args, **over)
