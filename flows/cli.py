@@ -440,8 +440,9 @@ def pretrain_shapes(
     ),
 ):
     """Rebuild the embedded shapes model from a seed (the shipped weights are its output)."""
+    from solrl.models.shapes import write_prompt_stats
     from solrl.shapes import model as M
-    from solrl.shapes.pretrain import pretrain, write_prompt_stats
+    from solrl.shapes.pretrain import pretrain
 
     target = out or M.WEIGHTS_DIR
     console.print(f"pretraining hidden={hidden} for {steps} steps -> {target}")

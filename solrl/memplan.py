@@ -45,88 +45,22 @@ from torch import nn
 from .config import Resolved, RunConfig
 from .errors import ConfigError
 
+# The schedule the plan adds up (solrl/residency.py; the runtime moves modules by it too)
+from .residency import (
+    COMPONENTS,
+    STAGE_PHASES,
+    STAGES,
+    decode_chunk,
+    resident,
+    reward_names,
+)
+
 ARCH_DIR = Path(__file__).resolve().parent / "models" / "arch"
 ARCH_FILES = {"flux": "flux.json", "sd3": "sd3.json", "sana": "sana.json"}
 GB = 10**9
 # The common GPUs a plan is checked against: usable memory as torch reports it (total_memory).
 GPUS = {"80 GB (A100/H100)": 80 * GB, "141 GB (H200)": 141 * GB, "180 GB (B200)": 180 * GB}
 CUDA_CONTEXT = 1 * GB  # CUDA context + kernels loaded by torch: an allowance, not measured here
-DECODE_CHUNK = 4  # latents the VAE decodes at once (DiffusersPolicy.decode); 1 with model.low_memory
-
-
-def decode_chunk(cfg: RunConfig) -> int:
-    """How many latents the VAE decodes at once: the runtime's and the plan's figure."""
-    return 1 if cfg.model.low_memory else DECODE_CHUNK
-
-
-STAGES = ("baseline", "explore", "select", "regenerate", "audit", "update", "eval")
-COMPONENTS = (
-    "transformer",
-    "adapters",
-    "explore_copy",
-    "regenerate_copy",
-    "eval_copy",
-    "text_encoders",
-    "vae",
-    "rewards",
-    "activations",
-    "cuda_context",
-)
-SAMPLING_PHASES = ("encode", "sample", "decode", "score")
-STAGE_PHASES = {
-    "baseline": SAMPLING_PHASES,
-    "explore": SAMPLING_PHASES,
-    "select": ("idle",),
-    "regenerate": SAMPLING_PHASES,
-    "audit": SAMPLING_PHASES,
-    "update": ("encode", "train"),
-    "eval": SAMPLING_PHASES,
-}
-# The sampler copy a stage uses (select: the explore copy is still cached from explore).
-SAMPLER = {
-    "baseline": "eval_copy",
-    "eval": "eval_copy",
-    "explore": "explore_copy",
-    "select": "explore_copy",
-    "regenerate": "regenerate_copy",
-    "audit": "regenerate_copy",
-}
-
-
-# --- the residency schedule ---------------------------------------------------------------------
-def frozen_on_device(cfg: RunConfig, phase: str, device_type: str = "cuda") -> set[str]:
-    """Which frozen components (text_encoders, vae) are on the accelerator in `phase`. Off a GPU
-    everything stays where it is (there is one memory); with `model.offload` the text encoders
-    come for encoding only and the VAE for decoding only."""
-    if device_type != "cuda" or not cfg.model.offload:
-        return {"text_encoders", "vae"}
-    return {"encode": {"text_encoders"}, "decode": {"vae"}}.get(phase, set())
-
-
-def sampler_on_device(cfg: RunConfig, stage: str) -> set[str]:
-    """The sampler copies kept on the accelerator during `stage` (the cache drops the others)."""
-    on = set()
-    if stage in SAMPLER and (SAMPLER[stage] != "explore_copy" or cfg.mode.explores):
-        on.add(SAMPLER[stage])
-    if stage == "audit" and cfg.fidelity.guard.enabled:
-        on.add("explore_copy")  # the guard's fallback audit re-runs the configured proxy
-    return on
-
-
-def resident(cfg: RunConfig, stage: str, phase: str, device_type: str = "cuda") -> tuple[str, ...]:
-    """The components on the accelerator in (stage, phase): THE schedule."""
-    on = {"transformer", "adapters", "cuda_context"}
-    if any(r not in ("shapes", "shapes_strict") for r in reward_names(cfg)):
-        on.add("rewards")  # built once per process on the GPU, never moved
-    on |= sampler_on_device(cfg, stage)
-    on |= frozen_on_device(cfg, phase, device_type)
-    if phase != "idle":
-        on.add("activations")
-    return tuple(c for c in COMPONENTS if c in on)
-
-
-def reward_names(cfg: RunConfig) -> list[str]:
-    return list(dict.fromkeys([*cfg.reward.weights, *cfg.reward.report]))
 
 
 # --- the plan -----------------------------------------------------------------------------------

@@ -125,8 +125,8 @@ class PolicyCache:
 
     def _drop_samplers(self, run, stage: str) -> None:
         """Free the cached sampler copies the memory plan does not keep on the GPU in `stage`
-        (solrl.memplan.sampler_on_device: the schedule the plan adds up)."""
-        from solrl.memplan import sampler_on_device
+        (solrl.residency.sampler_on_device: the schedule the plan adds up)."""
+        from solrl.residency import sampler_on_device
 
         on = sampler_on_device(run.cfg, stage)
         kept = {

@@ -38,6 +38,7 @@ from solrl import interrupt
 from solrl import stages as S
 from solrl.checkpoint import state_files
 from solrl.ddp import Ranks, backend_for
+from solrl.nft import timesteps_per_sample
 from solrl.progress import progress_bar
 from storage.queries import read_stage
 
@@ -116,7 +117,7 @@ def rank_main(
 
     from storage.lease import Lease
 
-    from .steps import worker
+    from .run import worker
 
     pause = float(
         os.environ.get("SOLRL_UPDATE_PAUSE_S", "0")
@@ -228,23 +229,23 @@ def _gone(client, workers: list[str], futures) -> list[int]:
     return [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
 
 
-def distributed_update_step(run: Run, iteration: int) -> str:
-    """The update stage on `update_ranks` ranks: skip if committed, else launch, watch, commit."""
+def distributed_update_step(run: Run, iteration: int, lifecycle) -> str:
+    """The update stage on `update_ranks` ranks: skip if committed, else launch, watch, commit.
+    `lifecycle`: the stage lifecycle of tasks/steps.py (begin, commit, stage seconds), handed in
+    by its update step so that this module does not import the steps back."""
     from distributed import Client
 
-    from . import steps
-
-    started = steps.begin(run, iteration, "update")
+    started = lifecycle.begin(run, iteration, "update")
     h = run.stage(iteration, "update")
     if started is None:
         return h.url
     import torch.distributed as dist
 
     world = update_ranks(run)
-    seconds = steps._stage_seconds(run, iteration)
+    seconds = lifecycle.stage_seconds(run, iteration)
     lease = run.lease.owner if run.lease is not None else None
-    total = len(read_stage(run.store, iteration, "regenerate", "seed")) * max(
-        1, int(run.cfg.rollout.steps * run.cfg.nft.timestep_fraction)
+    total = len(read_stage(run.store, iteration, "regenerate", "seed")) * timesteps_per_sample(
+        run.cfg.rollout.steps, run.cfg.nft.timestep_fraction
     )
     with _scheduler(run, world) as address, Client(address) as client:
         workers = _rank_workers(client, world)
@@ -318,6 +319,6 @@ def distributed_update_step(run: Run, iteration: int) -> str:
             ACTIVE.clear()
     if not all(r["applied"] for r in rows):
         log.warning("iteration %d: non-finite loss or gradient, optimizer step(s) skipped", iteration)
-    return steps.commit(
+    return lifecycle.commit(
         run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers, "workers": computed_by}
     )

@@ -8,7 +8,9 @@ an existing run read-only (status, verify, inspect, report, export).
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from solrl import __version__
 from solrl.config import Resolved, RunConfig, diff_keys
 from solrl.errors import MissingInput
+from solrl.plan import IterationPlan
 from solrl.settings import settings
 from storage.lease import Lease
 from storage.stages import STAGES
@@ -169,6 +172,29 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
     return Run(store, cfg, resolved, run_id)
 
 
+def worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- what a run committed (read by the steps, status and the flow) ----------------------------------
+def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None, deep: bool = True) -> bool:
+    """Committed with this config, on the inputs committed now, and intact: every file re-hashed
+    (deep, what a resume does: cost grows with the run), or only their sizes (status, where a
+    stopped run will resume)."""
+    rec, _ = h.read_record()
+    if rec is None or rec["config_hash"] != run.hash:
+        return False
+    if rec.get("inputs") != (run.inputs(h.iteration, h.name) if inputs is None else inputs):
+        return False
+    return not h.problems(deep=deep)
+
+
+def plan_of(run: Run, iteration: int) -> IterationPlan:
+    """The committed plan of an iteration."""
+    h = run.stage(iteration, "plan")
+    return IterationPlan.from_json(run.store.read_bytes(h.file("plan.json")))
+
+
 def run_root(explicit: str | None = None, cfg: RunConfig | None = None) -> str:
     """Where runs live: --run-root, else $SOLRL_RUN_ROOT, else the config's storage.run_root, else ./runs."""
     return explicit or settings().run_root or (cfg.storage.run_root if cfg is not None else None) or "runs"
@@ -227,4 +253,16 @@ def start_run(
     return open_run(join(run_root(root, cfg), run_id or default_run_id(config)), cfg)
 
 
-__all__ = ["ConfigMismatch", "Run", "RunDamaged", "default_run_id", "join", "open_run", "run_root", "start_run"]
+__all__ = [
+    "ConfigMismatch",
+    "Run",
+    "RunDamaged",
+    "default_run_id",
+    "is_done",
+    "join",
+    "open_run",
+    "plan_of",
+    "run_root",
+    "start_run",
+    "worker",
+]

@@ -7,8 +7,7 @@ from solrl.fidelity import kept_set_metrics
 from storage.queries import paired_gains, read_stage, reselect
 from storage.stages import ITERATION_STAGES, STAGES
 
-from .run import Run
-from .steps import is_done, plan_of
+from .run import Run, is_done, plan_of
 
 
 def iteration_summary(run: Run, iteration: int) -> dict:

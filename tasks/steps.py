@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import time
+import types
 
 import pyarrow as pa
 import torch
@@ -23,7 +22,7 @@ from solrl import stages as compute
 from solrl.checkpoint import state_files
 from solrl.fidelity import audit_metrics
 from solrl.nft import timesteps_per_sample
-from solrl.plan import IterationPlan, next_guard, plan_iteration
+from solrl.plan import next_guard, plan_iteration
 from solrl.progress import progress_bar
 from solrl.registry import family_class
 from storage import schemas
@@ -33,28 +32,12 @@ from storage.stages import STAGES
 from storage.store import StageHandle
 
 from .cache import CACHE
-from .run import Run
+from .run import Run, is_done, plan_of, worker  # re-exported: the flow and tests read them here
 
 log = logging.getLogger("solrl")
 
 
-def worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 # --- the stage lifecycle ------------------------------------------------------------------------
-def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None, deep: bool = True) -> bool:
-    """Committed with this config, on the inputs committed now, and intact: every file re-hashed
-    (deep, what a resume does: cost grows with the run), or only their sizes (status, where a
-    stopped run will resume)."""
-    rec, _ = h.read_record()
-    if rec is None or rec["config_hash"] != run.hash:
-        return False
-    if rec.get("inputs") != (run.inputs(h.iteration, h.name) if inputs is None else inputs):
-        return False
-    return not h.problems(deep=deep)
-
-
 def begin(run: Run, iteration: int | None, name: str) -> float | None:
     """None if the stage is done; else empty its folder and return the start time."""
     h = run.stage(iteration, name)
@@ -119,12 +102,6 @@ def sharded_step(run: Run, iteration: int, name: str) -> str:
 
 
 # --- plan ---------------------------------------------------------------------------------------
-def plan_of(run: Run, iteration: int) -> IterationPlan:
-    """The committed plan of an iteration."""
-    h = run.stage(iteration, "plan")
-    return IterationPlan.from_json(run.store.read_bytes(h.file("plan.json")))
-
-
 def plan_step(run: Run, iteration: int) -> str:
     def body(h: StageHandle):
         cfg, guard = run.cfg, None
@@ -232,7 +209,8 @@ def update_step(run: Run, iteration: int) -> str:
     from .ddp import distributed_update_step, update_ranks
 
     if update_ranks(run) > 1:  # data parallel over Dask workers (tasks/ddp.py)
-        return distributed_update_step(run, iteration)
+        lifecycle = types.SimpleNamespace(begin=begin, commit=commit, stage_seconds=_stage_seconds)
+        return distributed_update_step(run, iteration, lifecycle)
     started = begin(run, iteration, "update")
     h = run.stage(iteration, "update")
     if started is None:

@@ -13,7 +13,7 @@ import torch
 from pipeline_helpers import REPO
 from tiny_pipelines import BUILDERS
 
-from solrl import memplan
+from solrl import memplan, residency
 from solrl.config import RunConfig, load_config
 from solrl.models import load_policy
 from solrl.stages import TrainState, train_micro_batch
@@ -152,14 +152,14 @@ def test_presets_plan_under_their_targets(case):
 
 def test_the_runtime_places_modules_by_the_plans_schedule():
     cfg = load_config("flux")
-    assert memplan.frozen_on_device(cfg, "encode") == {"text_encoders"}
-    assert memplan.frozen_on_device(cfg, "decode") == {"vae"}
-    assert memplan.frozen_on_device(cfg, "sample") == set()
-    assert memplan.sampler_on_device(cfg, "update") == set()
-    assert memplan.sampler_on_device(cfg, "regenerate") == {"regenerate_copy"}
+    assert residency.frozen_on_device(cfg, "encode") == {"text_encoders"}
+    assert residency.frozen_on_device(cfg, "decode") == {"vae"}
+    assert residency.frozen_on_device(cfg, "sample") == set()
+    assert residency.sampler_on_device(cfg, "update") == set()
+    assert residency.sampler_on_device(cfg, "regenerate") == {"regenerate_copy"}
     assert "text_encoders" not in memplan.resident(cfg, "explore", "decode")
     kept = cfg.with_overrides(**{"model.offload": False})
-    assert memplan.frozen_on_device(kept, "sample") == {"text_encoders", "vae"}
+    assert residency.frozen_on_device(kept, "sample") == {"text_encoders", "vae"}
 
 
 def test_sizes_parse():
@@ -254,5 +254,5 @@ def test_low_memory_samplers_share_the_base_weights_and_sample_as_the_merged_cop
 
 def test_a_mode_without_explore_plans_no_explore_copy():
     cfg = load_config("flux").with_overrides(**{"run.mode": "diffusionnft"})
-    assert memplan.sampler_on_device(cfg, "select") == set() and memplan.sampler_on_device(cfg, "explore") == set()
+    assert residency.sampler_on_device(cfg, "select") == set() and residency.sampler_on_device(cfg, "explore") == set()
     assert "explore_copy" not in memplan.resident(cfg, "select", "idle")

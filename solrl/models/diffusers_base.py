@@ -125,7 +125,7 @@ class DiffusersPolicy(Policy):
     def _place(self, phase: str) -> None:
         """Move the text encoders and the VAE where the memory plan's residency schedule puts
         them in `phase` (solrl/memplan.py: the same schedule the plan adds up)."""
-        from ..memplan import frozen_on_device
+        from ..residency import frozen_on_device
 
         wanted = frozen_on_device(self.cfg, phase, self.device.type)
         moved = False
@@ -174,7 +174,7 @@ class DiffusersPolicy(Policy):
     def decode(self, x0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Images in [-1, 1], float32 on the CPU; decoded a few at a time (VAE memory: the
         memory plan's decode_chunk, which it measures)."""
-        from ..memplan import decode_chunk
+        from ..residency import decode_chunk
 
         chunk = chunk or decode_chunk(self.cfg)
 

@@ -113,3 +113,47 @@ class ShapesPolicy(Policy):
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return M.unpack(x0.float()).clamp(-1, 1)
+
+
+def write_prompt_stats(weights_dir: Path, seeds: int = 8, steps: int = 10, log=print) -> Path:
+    """Every training prompt's mean base reward (float32, `steps` Euler steps, `seeds` seeds),
+    written next to the weights as prompt_stats.json: what a training pool's headroom rule reads
+    (ShapesPolicy). The seeds are keyed apart from the evaluation seeds, so choosing
+    prompts by these rewards does not bias the paired evaluation (no regression to the mean on
+    the very samples the baseline is measured on)."""
+    import hashlib
+    import json
+    import time
+
+    from ..rewards import get_reward
+    from ..seeds import stream_seed
+    from . import load_policy  # the package's constructor (solrl/models/__init__.py)
+
+    cfg = RunConfig.model_validate({"model": {"weights": str(weights_dir), "dtype": "float32", "device": "cpu"}})
+    policy = load_policy(cfg)
+    model, _ = policy.sampler_copy(None)
+    reward = get_reward("shapes")
+    prompts = policy.train_prompts()
+    out = {}
+    t0 = time.time()
+    for lo in range(0, len(prompts), 12):
+        chunk = prompts[lo : lo + 12]
+        texts = [p for p in chunk for _ in range(seeds)]
+        seed_list = [
+            stream_seed(
+                0, j, int.from_bytes(hashlib.blake2b(p.encode(), digest_size=7).digest(), "little"), name="prompt-stats"
+            )
+            for p in chunk
+            for j in range(seeds)
+        ]
+        x0 = policy.sample(model, texts, seed_list, steps)
+        r = reward(policy.decode(x0), texts).view(len(chunk), seeds).mean(1)
+        out.update({p: round(float(v), 6) for p, v in zip(chunk, r)})
+        if lo % 120 == 0:
+            log(f"prompt stats {lo + len(chunk)}/{len(prompts)}  {time.time() - t0:6.1f}s")
+    path = Path(weights_dir) / "prompt_stats.json"
+    path.write_text(
+        json.dumps({"seeds": seeds, "steps": steps, "dtype": "float32", "mean_reward": out}, indent=1, sort_keys=True)
+        + "\n"
+    )
+    return path
