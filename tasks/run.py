@@ -14,15 +14,18 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from solrl import __version__
 from solrl.config import Resolved, RunConfig, diff_keys
 from solrl.errors import MissingInput
-from solrl.plan import IterationPlan
 from solrl.settings import settings
 from storage.lease import Lease
 from storage.stages import STAGES
 from storage.store import RunStore, StageHandle, describe, join, remember_s3_options
+
+if TYPE_CHECKING:
+    from solrl.plan import IterationPlan
 
 
 class ConfigMismatch(ValueError):
@@ -191,6 +194,8 @@ def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None, deep
 
 def plan_of(run: Run, iteration: int) -> IterationPlan:
     """The committed plan of an iteration."""
+    from solrl.plan import IterationPlan  # imports torch: not at start-up (a config error stays torch-free)
+
     h = run.stage(iteration, "plan")
     return IterationPlan.from_json(run.store.read_bytes(h.file("plan.json")))
 
