@@ -85,7 +85,9 @@ def _dask_cluster(cluster, storage=None):
         yield cluster.address
         return
     import dask
-    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    from tasks.local_cluster import start_local_cluster
 
     threads = cluster.threads_per_worker
     # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
@@ -124,17 +126,8 @@ def _dask_cluster(cluster, storage=None):
             }
             c = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
         else:
-            c = LocalCluster(
-                n_workers=cluster.workers,
-                threads_per_worker=threads,
-                processes=True,
-                host="127.0.0.1",
-                scheduler_port=0,
-                dashboard_address=None,
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
-                preload=["flows.dask_worker"],
-            )
+            worker_env = {k.rsplit(".", 1)[-1]: v for k, v in spawn_env.items() if v is not None}
+            c = start_local_cluster(cluster.workers, threads, worker_env)
     try:
         yield c.scheduler_address
     finally:

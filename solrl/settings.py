@@ -19,6 +19,9 @@ are read by those tools themselves; the few we consult are named here with their
 | HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | weights only from disk (sol-rl never downloads at run time anyway) |
 | SOLRL_LEASE_TIMEOUT_S | a run lease whose heartbeat is older than this is stale (default 120) |
 | SOLRL_DEBUG=1 | full tracebacks instead of one-sentence errors (as --debug) |
+| SOLRL_UPDATE_TIMEOUT_S | a collective (or the rendezvous) of the multi-rank update waiting longer fails the rank (default 1800) |
+| SOLRL_UPDATE_STORE_HOST | the address the workers reach the flow's process at, for the multi-rank rendezvous |
+| SOLRL_UPDATE_PAUSE_S | test hook of the multi-rank update: each rank sleeps this long after each micro-batch (default 0) |
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Settings(BaseSettings):
     hps_root: str = Field("~/.cache/hpsv2", validation_alias=AliasChoices("HPS_ROOT", "SOLRL_HPS_ROOT"))
     lease_timeout_s: float = Field(120.0, gt=0)
     debug: bool = False
+    update_pause_s: float = Field(0.0, ge=0)
+    update_timeout_s: float = Field(1800.0, gt=0)
+    update_store_host: str | None = None
     clipscore_path: str | None = None
     pickscore_path: str | None = None
     pickscore_processor_path: str | None = None

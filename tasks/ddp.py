@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 
 from solrl import interrupt
-from solrl import stages as S
+from solrl import stages as compute
 from solrl.checkpoint import state_files
 from solrl.ddp import Ranks, backend_for
 from solrl.nft import timesteps_per_sample
@@ -52,7 +52,6 @@ log = logging.getLogger("solrl")
 _IN_USE: dict = {}
 # The launch in progress (rank -> worker address and pid, the rendezvous store): for logs and tests.
 ACTIVE: dict = {}
-TIMEOUT_S = float(os.environ.get("SOLRL_UPDATE_TIMEOUT_S", "1800"))  # a collective that waits longer fails the rank
 
 
 class UpdateRankFailed(RuntimeError):
@@ -76,14 +75,14 @@ def update_ranks(run: Run) -> int:
 
 
 # --- a rank (runs on a Dask worker) -------------------------------------------------------------
-def read_samples(run: Run, iteration: int) -> S.Samples:
+def read_samples(run: Run, iteration: int) -> compute.Samples:
     """What the update trains on: every committed regenerate row (each rank needs the rewards of
     all rows for the advantages; the x0 it does not own are not moved to its device)."""
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
-    return S.Samples(
+    return compute.Samples(
         t["prompt_id"],
         t["prompt"],
-        torch.stack([S.tensor_from_bytes(b) for b in t["x0"]]),
+        torch.stack([compute.tensor_from_bytes(b) for b in t["x0"]]),
         torch.tensor(t["reward"], dtype=torch.float64),
     )
 
@@ -115,18 +114,17 @@ def rank_main(
     """One rank of the update of `iteration`; rank 0 writes the stage's files and returns the metrics rows."""
     import torch.distributed as dist
 
+    from solrl.settings import settings
     from storage.lease import Lease
 
     from .run import worker
 
-    pause = float(
-        os.environ.get("SOLRL_UPDATE_PAUSE_S", "0")
-    )  # test hook: sleep after each micro-batch, so a test can kill a rank mid-update
+    pause = settings().update_pause_s  # a test's window to kill a rank mid-update (0 otherwise)
     run = open_run(run_uri)
     if lease:
         run.lease = Lease(run.store, owner=lease, held=True)
     host, port = rendezvous.rsplit(":", 1)
-    store = dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=TIMEOUT_S))
+    store = dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=_timeout_s()))
     store.set(f"worker/{rank}", worker())
     with CACHE.mutating(run, iteration) as (
         policy,
@@ -134,7 +132,11 @@ def rank_main(
     ):  # dirty: the launcher commits, this worker restores next time
         samples = read_samples(run, iteration)
         dist.init_process_group(
-            backend_for(policy.device), store=store, rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S)
+            backend_for(policy.device),
+            store=store,
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=_timeout_s()),
         )
         try:
 
@@ -143,7 +145,7 @@ def rank_main(
                 if pause:
                     time.sleep(pause)
 
-            rows = S.update(policy, state, run.cfg, iteration, samples, progress, Ranks(rank, world))
+            rows = compute.update(policy, state, run.cfg, iteration, samples, progress, Ranks(rank, world))
         finally:
             dist.destroy_process_group()
         if rank != 0:
@@ -154,11 +156,20 @@ def rank_main(
         return rows
 
 
+def _timeout_s() -> float:
+    """A collective (or the rendezvous) that waits longer fails the rank (SOLRL_UPDATE_TIMEOUT_S)."""
+    from solrl.settings import settings
+
+    return settings().update_timeout_s
+
+
 # --- the launcher (the update step) -------------------------------------------------------------
 def _reachable_host(scheduler: str) -> str:
     """This host's address as the scheduler's hosts reach it (the interface routing to it)."""
-    if os.environ.get("SOLRL_UPDATE_STORE_HOST"):
-        return os.environ["SOLRL_UPDATE_STORE_HOST"]
+    from solrl.settings import settings
+
+    if settings().update_store_host:
+        return settings().update_store_host
     host = scheduler.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     if host in ("127.0.0.1", "localhost", "::1"):
         return "127.0.0.1"
@@ -180,28 +191,14 @@ def _scheduler(run: Run, world: int):
             f"cluster.update_ranks ({world}) on GPUs needs the run's Dask workers, one per GPU: set cluster.workers and cluster.gpus_per_worker "
             "(local workers started for the update alone would all share GPU 0)"
         )
-    import dask
-    from distributed import LocalCluster
+    from .local_cluster import start_local_cluster
 
     log.info(
         "update on %d ranks without a Dask cluster: starting %d local workers for the stage (set cluster.workers to keep them across iterations)",
         world,
         world,
     )
-    with dask.config.set(
-        {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-    ):  # as flows/cluster.py: glibc's default thresholds
-        c = LocalCluster(
-            n_workers=world,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
-            preload=["flows.dask_worker"],
-        )
+    c = start_local_cluster(world)
     try:
         yield c.scheduler_address
     finally:
@@ -250,7 +247,7 @@ def distributed_update_step(run: Run, iteration: int, lifecycle) -> str:
     with _scheduler(run, world) as address, Client(address) as client:
         workers = _rank_workers(client, world)
         host = _reachable_host(address)
-        store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=TIMEOUT_S))
+        store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=_timeout_s()))
         rendezvous = f"{host}:{store.port}"
         pids = client.run(os.getpid, workers=workers)
         ACTIVE.clear()
