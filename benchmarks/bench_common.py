@@ -160,6 +160,23 @@ def timed(fn, *args, **kw) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def memory_iteration(run, iteration: int):
+    """(seconds, tasks.in_memory.IterationData) of one iteration of an in-memory run (the product's
+    stage steps over fsspec's memory file system), the baseline evaluation left out. The policy is
+    loaded and its committed adapters restored before the clock starts (the process's policy
+    cache holds one policy: interleaved configs would otherwise time its reload)."""
+    from tasks.cache import CACHE
+    from tasks.in_memory import iteration_data
+    from tasks.stages import plan_of, run_stage
+
+    CACHE.at(run, iteration)
+    t = time.perf_counter()
+    run_stage(run, iteration, "plan")
+    for name in plan_of(run, iteration).stages[1:]:
+        run_stage(run, iteration, name)
+    return time.perf_counter() - t, iteration_data(run, iteration)
+
+
 def rotated(items: list, k: int) -> list:
     """`items` rotated by k: the order of interleaved variants changes from repeat to repeat, so
     no variant always runs first (after a pause) or last."""

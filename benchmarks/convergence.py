@@ -701,7 +701,7 @@ def main(argv=None):
         )
         runs.update(L.open_runs(one, base, None))
     if args.replot:  # what is committed, nothing computed
-        from tasks.steps import is_done
+        from tasks.stages import is_done
 
         for r in runs.values():
             # at most --iterations (a study stopped mid-round: analyse the rounds every run completed)

@@ -13,7 +13,7 @@
    the bf16 rollout): the NVFP4 block product runs as a float32 GEMM (oneDNN, bf16 fpmath)
    because no CPU kernel takes bf16 inputs and returns a float32 result, plus the quantiser of
    every activation; with --layer-bench-repeats, solrl.quant.bench's per-layer timings too.
-2. One default iteration of the config end to end, in memory (solrl.stages.run_iteration with
+2. One default iteration of the config end to end, in memory (the stage steps over an in-memory store, with
    the DuckDB selection), model.dtype float32 vs bfloat16: interleaved repeats of iteration 0
    from the same fresh adapters, medians, per-repeat ratio float32 ÷ bf16 (goal ≥ 2).
 3. Explore-weight memory: packed NVFP4 / FP8 bytes from the QuantReport vs the same layers in bf16.
@@ -87,8 +87,8 @@ def eager_nvfp4():
 
 def explore_copies(policy, cfg, lowranks) -> dict:
     """name -> (explore copy, QuantReport): nvfp4, nvfp4-r<r>, fp8, high."""
+    from solrl.compute import explore_quant
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant
 
     spec = primary_explore(cfg)
     specs = {p: replace(spec, precision=p, lowrank=0) for p in PRECISIONS}
@@ -175,7 +175,7 @@ def time_sampling(args, cfg, policies, copies, prompt) -> dict:
         print(f"[cost] sampling repeat {r + 1}/{args.repeats} done", flush=True)
     C.set_threads(args.threads[0])
 
-    from solrl.stages import score  # decode + reward per candidate (the same for every variant)
+    from solrl.compute import score  # decode + reward per candidate (the same for every variant)
 
     pe = policies[args.explore_dtype]
     x0 = pe.sample(
@@ -387,19 +387,15 @@ def layer_bench(args) -> list[dict]:
 
 # --- 2. one iteration, float32 vs bf16 ---------------------------------------------------------------
 def time_iterations(args, cfg) -> dict:
-    from solrl.stages import TrainState, run_iteration
-    from storage.selection import select_seeds
+    from tasks.in_memory import discard, memory_run
 
     cfgs = {d: cfg.with_overrides(**{"model.dtype": C.DTYPES[d]}) for d in ("fp32", "bf16")}
-    pols = {d: C.load_policy(c) for d, c in cfgs.items()}
-    init = {d: p.adapter_state("default") for d, p in pols.items()}
+    pols = cfgs  # (each iteration a fresh in-memory run from the LoRA init)
 
     def once(d):
-        p = pols[d]
-        p.load_adapter("default", init[d])
-        p.load_adapter("old", init[d])
-        state = TrainState.fresh(p, cfgs[d])
-        t, res = C.timed(run_iteration, p, state, cfgs[d], 0, select_seeds)
+        run = memory_run(cfgs[d])
+        t, res = C.memory_iteration(run, 0)
+        discard(run)
         ev = res.eval["reward"] if res.eval else []
         return {
             "seconds": t,
@@ -687,7 +683,7 @@ def summary(res: dict) -> str:
         i = it["iteration"]
         lines += [
             "",
-            f"### One iteration in memory (run_iteration: {i['prompts']} prompts × N "
+            f"### One iteration in memory (the stage steps over an in-memory store: {i['prompts']} prompts × N "
             f"{i['explore_n']} {i['explore_precision']} {i['explore_steps']} steps, K {i['k']}, "
             f"rollout {i['rollout_steps']} steps, eval every {i['eval_every']}), float32 vs bf16, {len(it['repeats'])} interleaved repeat(s), medians",
             "",
@@ -1021,8 +1017,8 @@ def matmul_kernels(repeats: int = 7) -> dict:
 def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
     import torch
 
+    from solrl.compute import explore_quant
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant
 
     spec = primary_explore(cfg)
     copies = {
@@ -1075,24 +1071,20 @@ def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
 
 def cpu_explore_iterations(args, cfg) -> dict:
     """One iteration of each mode from the same fresh adapters, interleaved (rotated), medians."""
-    from solrl.stages import TrainState, run_iteration
-    from storage.selection import select_seeds
+    from solrl.models import resolve
+    from tasks.in_memory import discard, memory_run
 
-    base = cfg.with_overrides(**{"fidelity.audit_prompts": 0, "eval.every": 2})
+    base = cfg.with_overrides(**{"fidelity.audit_prompts": 0, "eval.every": 0})
     modes = {
         "sol_rl-int8": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "int8"}),
         "sol_rl-nvfp4": base.with_overrides(**{"run.mode": "sol_rl", "explore.precision": "nvfp4"}),
         "naive_scaling": base.with_overrides(**{"run.mode": "naive_scaling", "explore.precision": "high"}),
     }
-    policy = C.load_policy(base)
-    init = policy.adapter_state("default")
 
     def once(name):
-        c = modes[name]
-        policy.load_adapter("default", init)
-        policy.load_adapter("old", init)
-        state = TrainState.fresh(policy, c)
-        t, res = C.timed(run_iteration, policy, state, c, 1, select_seeds)  # iteration 1: no evaluation
+        run = memory_run(modes[name])  # iteration 0 of a fresh run (no evaluation: eval.every 0)
+        t, res = C.memory_iteration(run, 0)
+        discard(run)
         return {"seconds": t, "stages": dict(res.seconds)}
 
     if args.iteration_warmup:
@@ -1126,7 +1118,7 @@ def cpu_explore_iterations(args, cfg) -> dict:
             "explore_steps": base.explore.steps,
             "k": base.select.k,
             "rollout_steps": base.rollout.steps,
-            "dtype": str(policy.dtype).replace("torch.", ""),
+            "dtype": resolve(base).dtype,
         },
         "repeats": reps,
         "median": med,

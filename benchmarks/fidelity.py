@@ -76,8 +76,8 @@ def variant_list(lowranks: list[int]) -> list[dict]:
 
 def explore_models(policy, cfg, variants) -> dict:
     """variant name -> (explore copy, QuantReport) of `policy` (ExploreSpec -> stages.explore_quant)."""
+    from solrl.compute import explore_quant
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant
 
     spec = primary_explore(cfg)
     out = {}
@@ -98,7 +98,7 @@ def quant_info(report) -> dict:
 
 
 def sample(policy, model, text, seeds, steps, cfg, cond):
-    from solrl.stages import sample_batched
+    from solrl.compute import sample_batched
 
     return sample_batched(
         policy, model, [text] * len(seeds), seeds, steps, cfg.rollout.solver, cfg.explore.batch, cond
@@ -106,7 +106,7 @@ def sample(policy, model, text, seeds, steps, cfg, cond):
 
 
 def rewards(policy, cfg, x0, text):
-    from solrl.stages import score
+    from solrl.compute import score
 
     return score(policy, cfg, x0, [text] * x0.shape[0])[0].numpy()
 

@@ -1,6 +1,6 @@
 """Learning curves: paired evaluation gain over the base model vs iteration, for config variants × training seeds.
 
-Every run goes through the artifact store (tasks.steps.run_steps, the code `sol-rl run
+Every run goes through the artifact store (tasks.stages.run_steps, the code `sol-rl run
 --no-prefect` runs), under --runs-root/<variant>-seed<s>: a study that is stopped resumes every
 run at its last committed stage, and every number below can be re-derived from the committed
 Parquet. Runs advance in lock-step (one iteration of each in turn), so whatever else loads the
@@ -69,8 +69,8 @@ FP4_COST = [0.5]
 
 def run_point(run, i: int) -> dict:
     """What one committed iteration contributes to a curve."""
-    from tasks.status import iteration_summary
-    from tasks.steps import plan_of
+    from tasks.run import plan_of
+    from tasks.summary import iteration_summary
 
     s = iteration_summary(run, i)
     plan = plan_of(run, i)
@@ -115,7 +115,7 @@ def open_runs(args, base_cfg, names):
 
 def advance(runs: dict, iterations: int, on_round=None) -> None:
     """Every run to `iterations`, one iteration of each in turn (resuming what is committed)."""
-    from tasks.steps import run_steps
+    from tasks.stages import run_steps
 
     for i in range(iterations):
         for r in runs.values():
@@ -301,7 +301,7 @@ def main(argv=None):
         )
 
     if args.replot:  # what is committed, nothing computed
-        from tasks.steps import is_done
+        from tasks.stages import is_done
 
         for r in runs.values():
             r["points"] = [

@@ -1,29 +1,26 @@
-"""Orchestration and storage overhead (issue 7, item 3): one shapes iteration, Prefect flow vs direct.
+"""Orchestration and storage overhead: one shapes iteration through the Prefect flow, through
+the same stage steps without Prefect, and through those steps over an in-memory store.
 
-One default `shapes` iteration (--config, default configs/shapes.yaml; --weights another model)
-through the Prefect flow vs the same stage functions called directly.
-
-Three ways to run iteration 0 of a fresh run with the same config, in one process:
+One default `shapes` iteration (--config, default configs/shapes.yaml; --weights another model),
+iteration 0 of a fresh run with the same config, three ways in one process:
   flow    the Prefect flow `sol-rl` (ephemeral Prefect, a private temporary PREFECT_HOME), i.e.
           what `sol-rl run` does: subflow, tasks, per-prompt shards, artifacts, plus storage;
-  steps   tasks.steps.run_steps: the same stage steps with storage (Parquet, PNG and x0 bytes,
-          adapters, sha256 commits) but no Prefect, i.e. `sol-rl run --no-prefect`;
-  direct  solrl.stages.run_iteration: the stage functions in memory, no storage (plus the
-          baseline evaluation, solrl.stages.evaluate of the LoRA init, which the other two
-          run before iteration 0 when eval is on).
-All three do the same compute (same prompts, seeds, models; the train reward and the mean
-eval and baseline rewards per evaluation set are compared). One-time costs are measured first
-and reported apart: importing Prefect and the flow, starting the ephemeral Prefect server (a
-no-op flow), the first real flow run (loads the policy, compiles the NVFP4 activation
-quantiser) and loading the direct path's policy. Then --repeats rounds,
-each running the three in a rotated order. Per repeat:
-  orchestration share = (flow - steps) / flow,  storage share = (steps - direct) / flow,
-  together            = (flow - direct) / flow;
-medians over repeats. Per-stage times come from the commit records (flow, steps) and from
-run_iteration (direct). One asymmetry, small against an iteration (~0.2 s): run_iteration
-builds its explore and regenerate copies every call, while the flow and the steps take them
-from the process's policy cache (tasks/cache.py), which keeps them across these repeats of
-the same iteration 0 (same adapters); in a real run every iteration builds new copies.
+  steps   tasks.stages.run_steps on a run folder on disk: the same stage steps with storage
+          (Parquet, PNG and x0 bytes, adapters, sha256 commits) but no Prefect, i.e.
+          `sol-rl run --no-prefect`;
+  memory  the same steps over fsspec's in-memory file system (tasks/in_memory.py): what the
+          disk adds is gone, the serialisation (Parquet, PNG, safetensors, hashes) stays.
+Each includes the baseline evaluation before iteration 0 when eval is on. All three do the same
+compute (same prompts, seeds, models; the train reward and the mean eval and baseline rewards
+per evaluation set are compared). One-time costs are measured first and reported apart:
+importing Prefect and the flow, starting the ephemeral Prefect server (a no-op flow), the first
+real flow run (loads the policy, compiles the NVFP4 activation quantiser). Then --repeats
+rounds, each running the three in a rotated order. Per repeat:
+  orchestration share = (flow - steps) / flow,  disk share = (steps - memory) / flow,
+  together            = (flow - memory) / flow;
+medians over repeats. Per-stage times come from the commit records. (Before the in-memory store
+replaced it, the third way was an in-memory executor with no serialisation at all: the results
+committed from then call it "direct".)
 
     python benchmarks/overhead.py --threads 1 --out benchmarks/results/overhead    # full: default iteration, 5 repeats
     python benchmarks/overhead.py --quick --threads 1 --out /tmp/overhead          # smoke: a tiny iteration, 1 repeat
@@ -40,7 +37,7 @@ from pathlib import Path
 import bench_common as C
 
 STAGES = ("baseline", "plan", "explore", "select", "regenerate", "update", "eval")
-VARIANTS = ("flow", "steps", "direct")
+VARIANTS = ("flow", "steps", "memory")
 # --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY), eval on
 QUICK = {
     "prompts.per_iteration": 2,
@@ -114,12 +111,10 @@ def run(args) -> dict:
 
         from flows.sol_rl import sol_rl
         from solrl.config import load_config
-        from solrl.models import load_policy
-        from solrl.stages import TrainState, evaluate, run_iteration
-        from storage.selection import select_seeds
+        from storage.queries import read_stage
         from storage.store import join
         from tasks.run import open_run
-        from tasks.steps import run_steps
+        from tasks.stages import run_steps
 
         cfg = load_config(config_path)
         if overrides:
@@ -153,49 +148,45 @@ def run(args) -> dict:
         if not args.quick:  # (quick: the one repeat is the first flow run, cold)
             t, _ = C.timed(via_flow, "warmup-flow")
             one_time["first_flow_iteration_s"] = t
-        t, policy = C.timed(load_policy, cfg)
-        one_time["direct_policy_load_s"] = t
-        init = policy.adapter_state("default")
 
-        def via_direct(name):
-            policy.load_adapter("default", init)
-            policy.load_adapter("old", init)
-            t0 = time.perf_counter()
-            stages, rewards = {}, {}
-            if cfg.eval.every:  # the baseline the flow and the steps evaluate before iteration 0
-                stages["baseline"], base = C.timed(evaluate, policy, init, cfg, False)
-                rewards["baseline"] = set_means(base)
-            state = TrainState.fresh(policy, cfg)  # EMA = a copy of the adapter just reset
-            _, res = C.timed(run_iteration, policy, state, cfg, 0, select_seeds)
-            if res.eval:
-                rewards["eval"] = set_means(res.eval)
-            return (
-                time.perf_counter() - t0,
-                {"train_reward": res.metrics[-1]["reward_mean"], **rewards},
-                {**stages, **res.seconds},
-            )
+        def via_memory(name):
+            from tasks.in_memory import discard, iteration_data, memory_run
+
+            r = memory_run(cfg, name)
+            t, summary = C.timed(run_steps, r, 0)  # the baseline included, as in the other two ways
+            data = iteration_data(r, 0)
+            rewards = {}
+            if cfg.eval.every:
+                rewards["baseline"] = set_means(read_stage(r.store, None, "baseline").to_pydict())
+                rewards["eval"] = set_means(data.eval)
+            stages = {**data.seconds}
+            base = r.stage(None, "baseline").record
+            if base:
+                stages["baseline"] = base["finished_at"] - base["started_at"]
+            discard(r)
+            return t, {"train_reward": summary["train_reward"], **rewards}, stages
 
         if not args.quick:  # (after the flow's warm-up: every code path ran once)
-            t, _ = C.timed(via_direct, "warmup-direct")
-            one_time["first_direct_iteration_s"] = t
+            t, _ = C.timed(via_memory, "warmup-memory")
+            one_time["first_memory_iteration_s"] = t
 
-        fns = {"flow": via_flow, "steps": via_steps, "direct": via_direct}
+        fns = {"flow": via_flow, "steps": via_steps, "memory": via_memory}
         reps = []
         for r in range(args.repeats):
             rep = {}
             for v in C.rotated(list(VARIANTS), r):
                 t, rewards, stages = fns[v](f"{v}-{r}")
                 rep[v] = {"seconds": t, "stages": stages, "stage_sum": sum(stages.values()), **rewards}
-                if v != "direct":
+                if v != "memory":
                     rep[v]["bytes_written"] = dir_bytes(root / f"{v}-{r}")
-            f, s, d = rep["flow"]["seconds"], rep["steps"]["seconds"], rep["direct"]["seconds"]
+            f, s, d = rep["flow"]["seconds"], rep["steps"]["seconds"], rep["memory"]["seconds"]
             rep["orchestration_share"] = (f - s) / f
             rep["storage_share"] = (s - d) / f
             rep["overhead_share"] = (f - d) / f
             rep["flow_outside_stages_s"] = f - rep["flow"]["stage_sum"]
             reps.append(rep)
             print(
-                f"[overhead] repeat {r + 1}/{args.repeats}: flow {f:.1f} s, steps {s:.1f} s, direct {d:.1f} s",
+                f"[overhead] repeat {r + 1}/{args.repeats}: flow {f:.1f} s, steps {s:.1f} s, memory {d:.1f} s",
                 flush=True,
             )
     finally:
@@ -205,18 +196,18 @@ def run(args) -> dict:
     med, shares = aggregate(reps)
     same = {
         "train_reward": max(
-            abs(r[a]["train_reward"] - r["direct"]["train_reward"]) for r in reps for a in ("flow", "steps")
+            abs(r[a]["train_reward"] - r["memory"]["train_reward"]) for r in reps for a in ("flow", "steps")
         )
     }
     for key in ("eval", "baseline"):  # mean reward per evaluation set
         same[f"{key}_reward"] = (
             max(
-                abs(r[a][key][s] - r["direct"][key][s])
+                abs(r[a][key][s] - r["memory"][key][s])
                 for r in reps
                 for a in ("flow", "steps")
-                for s in r["direct"][key]
+                for s in r["memory"][key]
             )
-            if key in reps[0]["direct"]
+            if key in reps[0]["memory"]
             else None
         )
     return {
@@ -242,7 +233,7 @@ def run(args) -> dict:
         "repeats": reps,
         "median": med,
         "shares": shares,
-        "max_abs_reward_difference_vs_direct": same,
+        "max_abs_reward_difference_vs_memory": same,
         "machine": machine,
     }
 
@@ -269,8 +260,8 @@ def aggregate(reps: list[dict]) -> tuple[dict, dict]:
         xs = [r[k] for r in reps]
         shares[k], shares[k + "_min"], shares[k + "_max"] = C.median(xs), min(xs), max(xs)
     shares["orchestration_s"] = C.median([r["flow"]["seconds"] - r["steps"]["seconds"] for r in reps])
-    shares["storage_s"] = C.median([r["steps"]["seconds"] - r["direct"]["seconds"] for r in reps])
-    shares["overhead_s"] = C.median([r["flow"]["seconds"] - r["direct"]["seconds"] for r in reps])
+    shares["storage_s"] = C.median([r["steps"]["seconds"] - r["memory"]["seconds"] for r in reps])
+    shares["overhead_s"] = C.median([r["flow"]["seconds"] - r["memory"]["seconds"] for r in reps])
     shares["flow_outside_stages_s"] = C.median([r["flow_outside_stages_s"] for r in reps])
     return med, shares
 
@@ -288,12 +279,12 @@ def summary(res: dict) -> str:
     ]
     head = ["way", "wall s"] + [f"{s} s" for s in STAGES] + ["sum of stages s", "bytes written"]
     rows = []
-    for v in ("flow", "steps", "direct"):
+    for v in ("flow", "steps", "memory"):
         st = med[v]["stages"]
         rows.append(
             [v, med[v]["seconds"]]
             + [st.get(s, "") for s in STAGES]
-            + [sum(st.values()), f"{med[v].get('bytes_written', 0):,}" if v != "direct" else "0"]
+            + [sum(st.values()), f"{med[v].get('bytes_written', 0):,}" if v != "memory" else "0"]
         )
     lines.append(C.md_table(head, rows))
     lines += [
@@ -304,8 +295,8 @@ def summary(res: dict) -> str:
                 [label, f"{100 * sh[k]:.1f} %", f"{100 * sh[k + '_min']:.1f} .. {100 * sh[k + '_max']:.1f} %", sh[sec]]
                 for label, k, sec in (
                     ("orchestration (Prefect): (flow − steps) / flow", "orchestration_share", "orchestration_s"),
-                    ("storage (Parquet, PNG, commits): (steps − direct) / flow", "storage_share", "storage_s"),
-                    ("orchestration + storage: (flow − direct) / flow", "overhead_share", "overhead_s"),
+                    ("disk (the run folder vs memory): (steps − memory) / flow", "storage_share", "storage_s"),
+                    ("orchestration + storage: (flow − memory) / flow", "overhead_share", "overhead_s"),
                     (
                         "Prefect outside the committed stage spans / flow",
                         "outside_stages_share",
@@ -317,7 +308,7 @@ def summary(res: dict) -> str:
         "",
         "Per repeat (wall s): "
         + "; ".join(
-            f"#{i + 1} flow {r['flow']['seconds']:.1f}, steps {r['steps']['seconds']:.1f}, direct {r['direct']['seconds']:.1f}"
+            f"#{i + 1} flow {r['flow']['seconds']:.1f}, steps {r['steps']['seconds']:.1f}, memory {r['memory']['seconds']:.1f}"
             for i, r in enumerate(res["repeats"])
         ),
         "",
@@ -325,10 +316,10 @@ def summary(res: dict) -> str:
         "policy load + quantiser compile + first tasks): "
         + "; ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in res["one_time"].items()),
         "",
-        "Same compute check, max |reward difference| vs direct over repeats: "
+        "Same compute check, max |reward difference| vs memory over repeats: "
         + ", ".join(
             f"{k} {v:.2e}" if v is not None else f"{k} n/a"
-            for k, v in res["max_abs_reward_difference_vs_direct"].items()
+            for k, v in res["max_abs_reward_difference_vs_memory"].items()
         ),
     ]
     return "\n".join(lines)
@@ -348,7 +339,7 @@ def plot(res: dict, out: Path) -> list[Path]:
         "eval": "tab:olive",
         "other": "lightgrey",
     }
-    ways = ["direct", "steps", "flow"]
+    ways = ["memory", "steps", "flow"]
     for i, v in enumerate(ways):
         left = 0.0
         for s in STAGES:
@@ -359,7 +350,8 @@ def plot(res: dict, out: Path) -> list[Path]:
         axes[0].barh(i, other, left=left, color=colours["other"], label="outside stages" if i == 0 else None)
         axes[0].text(max(med[v]["seconds"], left), i, f" {med[v]['seconds']:.1f} s", va="center", fontsize=8)
     axes[0].set_yticks(
-        range(len(ways)), ["direct\n(run_iteration)", "steps\n(storage, no Prefect)", "flow\n(Prefect + storage)"]
+        range(len(ways)),
+        ["memory\n(steps, in-memory store)", "steps\n(storage, no Prefect)", "flow\n(Prefect + storage)"],
     )
     axes[0].set(xlabel="seconds (median)", title="one iteration, per stage")
     axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=6)

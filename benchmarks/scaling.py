@@ -501,7 +501,7 @@ def projection(shares: dict[str, float], units: dict[str, int], gpus: int, updat
 
 
 def run_update(args) -> dict:
-    """Upstream stages once in this process; then the update stage (tasks.steps.update_step) on
+    """Upstream stages once in this process; then the update stage (tasks.stages.run_stage(run, i, "update")) on
     1 rank (this process) and on 2 ranks (a 2-worker LocalCluster, gloo), interleaved, warm."""
     import math
 
@@ -513,7 +513,7 @@ def run_update(args) -> dict:
 
     from flows.cluster import dask_cluster
     from solrl.config import ClusterSection, load_config
-    from tasks import steps
+    from tasks import stages
     from tasks.ddp import cluster_in_use
     from tasks.run import open_run
 
@@ -532,13 +532,13 @@ def run_update(args) -> dict:
             not args.quick
         ):  # warm-up: a tiny run of the same model loads it and compiles the kernels, so the measured iteration is warm
             warm = open_run(str(root / "warm"), cfg.with_overrides(**UPDATE_QUICK))
-            steps.run_steps(warm, 0)
+            stages.run_steps(warm, 0)
         run = open_run(str(root / "up"), cfg)
         it = 0
         stage_s = {}
-        steps.plan_step(run, it)
-        for name in steps.plan_of(run, it).stages[1:]:  # in this process: the measured per-stage shares
-            t, _ = C.timed(steps.STEPS[name], run, it)
+        stages.run_stage(run, it, "plan")
+        for name in stages.plan_of(run, it).stages[1:]:  # in this process: the measured per-stage shares
+            t, _ = C.timed(stages.run_stage, run, it, name)
             stage_s[name] = t
         update_dir = root / "up" / f"iter={it:05d}" / "update"
         shutil.rmtree(
@@ -549,15 +549,15 @@ def run_update(args) -> dict:
             "explore": cfg.prompts.per_iteration,
             "regenerate": cfg.prompts.per_iteration,
             "select": 1,
-            "audit": max(1, steps.shard_count(run, it, "audit")) if "audit" in stage_s else 1,
-            "eval": steps.shard_count(run, it, "eval"),
+            "audit": max(1, stages.shard_count(run, it, "audit")) if "audit" in stage_s else 1,
+            "eval": stages.shard_count(run, it, "eval"),
             "update": math.ceil(n_samples / cfg.nft.steps_per_iteration / cfg.nft.micro_batch),
         }
 
         def once(ranks: int):
             shutil.rmtree(update_dir, ignore_errors=True)
             with cluster_in_use(address if ranks > 1 else None, ranks):
-                steps.update_step(run, it)
+                stages.run_stage(run, it, "update")
 
         with dask_cluster(ClusterSection(workers=2)) as address, Client(address):
             times = C.interleaved(

@@ -34,9 +34,9 @@ DTYPES = ("float32", "bfloat16")
 
 def prompt_stats(policy, model, cfg, prompts, seeds_per_prompt) -> list[dict]:
     """Per prompt: mean reward, population std, strict accuracy over `seeds_per_prompt` seeds."""
+    from solrl.compute import sample_batched, score
     from solrl.seeds import stream_seed
     from solrl.shapes.prompts import parse
-    from solrl.stages import sample_batched, score
 
     rows = []
     for i, p in enumerate(prompts):
@@ -84,8 +84,8 @@ def run(args) -> dict:
     import torch
 
     torch.set_flush_denormal(True)
+    from solrl.compute import explore_quant, sample_batched, score
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant, sample_batched, score
 
     # what the model card reports: the NVFP4 explore copy (whatever the preset explores with)
     over = {"explore.n": args.seeds, "select.k": args.k, "explore.precision": "nvfp4"}

@@ -4,7 +4,7 @@ For each model directory (default: --weights, i.e. the shipped model) and each m
 --dtypes (default: the config's, auto resolved): per-candidate sampling time of explore (the
 config's explore copy, NVFP4 emulated, explore.steps = 6) and of the high-precision rollout
 (rollout.steps = 10), batch explore.batch (96); the wall time of one default iteration in
-memory (solrl.stages.run_iteration with the DuckDB selection; eval off, as in training between
+memory (the stage steps over an in-memory store, with the DuckDB selection; eval off, as in training between
 evaluations) after one warm-up iteration; and optionally pretraining seconds per step (compiled;
 the first step, which compiles, excluded). Medians of --repeats.
 
@@ -33,10 +33,10 @@ def run(args) -> dict:
     import torch
 
     torch.set_flush_denormal(True)
+    from solrl.compute import explore_quant
     from solrl.models import resolve
     from solrl.plan import primary_explore
-    from solrl.stages import TrainState, explore_quant, run_iteration
-    from storage.selection import select_seeds
+    from tasks.in_memory import memory_run
 
     base = C.base_config(args, **{"eval.every": 0, **(QUICK_ITERATION if args.quick else {})})
     dtypes = args.dtypes or [resolve(base).dtype]
@@ -73,13 +73,13 @@ def run(args) -> dict:
 
     iters = {name: [] for name in combos}
     for c in combos.values():
-        c["state"] = TrainState.fresh(c["policy"], c["cfg"])
+        c["run"] = memory_run(c["cfg"])
     for i in range(args.repeats + 1):  # iteration 0 is the warm-up
         for name in C.rotated(list(combos), i):
             c = combos[name]
-            t, res = C.timed(run_iteration, c["policy"], c["state"], c["cfg"], i, select_seeds)
+            t, res = C.memory_iteration(c["run"], i)
             if i:
-                iters[name].append({"total": t, **res.seconds})
+                iters[name].append({"total": t, **{k: v for k, v in res.seconds.items() if k != "plan"}})
         print(f"[shapes_timing] iteration {i} done{' (warm-up)' if i == 0 else ''}", flush=True)
     out = {}
     for name, c in combos.items():

@@ -45,7 +45,7 @@ def micro_config(iterations: int):
 
 def attempt(uri: str, cfg, iterations: int) -> None:
     from tasks.run import open_run
-    from tasks.steps import run_steps
+    from tasks.stages import run_steps
 
     run = open_run(uri, cfg)
     run.acquire()

@@ -141,7 +141,7 @@ def run(
 
     log_to_stderr()
     from flows import stops
-    from tasks.status import format_summary
+    from tasks.summary import format_summary
 
     stops.install()  # SIGINT/SIGTERM: stop at the next safe point (flows/stops.py)
     stopped = None
@@ -152,7 +152,7 @@ def run(
     try:
         with _errors(resume):
             if no_prefect:
-                from tasks.steps import run_iterations
+                from tasks.stages import run_iterations
 
                 run_iterations(run_, n, take_over, show)
             else:
@@ -208,7 +208,7 @@ def status(
 ):
     """Iterations x stages: commit state, stage times and the worker that committed each; the
     GPU assignment of the run's cluster settings (which process owns which GPU)."""
-    from storage.stages import ITERATION_STAGES
+    from tasks.stages import ITERATION_STAGES
     from tasks.status import status as run_status
 
     r = _open(run_id, run_root)

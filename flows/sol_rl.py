@@ -20,9 +20,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stops
 from flows.cluster import api_for_workers, dask_cluster, task_runner
-from tasks import prefect_tasks, steps
-from tasks.run import open_run, start_run
-from tasks.status import format_se, format_summary, iteration_summary
+from tasks import prefect_tasks
+from tasks.run import open_run, plan_of, start_run
+from tasks.summary import format_se, format_summary, iteration_summary
 
 
 def _artifacts(run, iteration: int) -> dict:
@@ -110,7 +110,7 @@ def sol_rl_iteration(run_uri: str, iteration: int, lease: str | None = None) -> 
     prefect_tasks.run_stage(run_uri, iteration, "plan", lease)
     if iteration == 0 and run.cfg.eval.every:
         prefect_tasks.run_stage(run_uri, None, "baseline", lease)
-    for name in steps.plan_of(run, iteration).stages[1:]:
+    for name in plan_of(run, iteration).stages[1:]:
         prefect_tasks.run_stage(run_uri, iteration, name, lease)
     summary = {k: v for k, v in _artifacts(run, iteration).items() if k != "rows"}
     get_run_logger().info(format_summary(summary))

@@ -17,8 +17,8 @@ import json
 import torch
 from safetensors.torch import load, save
 
+from .compute import TrainState
 from .models.base import Policy
-from .stages import TrainState
 
 ADAPTER_FILES = {"policy": "default", "old": "old", "ema": None}
 

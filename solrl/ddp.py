@@ -1,7 +1,7 @@
 """Data-parallel training of the update over N ranks (torch.distributed: gloo on a CPU, nccl on
 GPUs); the launch is tasks/ddp.py's.
 
-The 1-rank update (solrl/stages.py `update`) accumulates, per optimizer step, the gradients of
+The 1-rank update (solrl/compute.py `update`) accumulates, per optimizer step, the gradients of
 micro-batches c = 0, 1, ... of its part, each loss scaled by 1 / (micro-batches × times). On N
 ranks the same micro-batches are formed from the same seeded split; rank r computes those with
 c mod N = r, and before the optimizer step the gradients and the loss terms are summed over the

@@ -11,7 +11,7 @@ component configs of `model.weights` when that is a local diffusers folder. It a
 the policy's own `setup_pipeline` (so `attach_lora`, gradient checkpointing and the bf16 LoRA
 path are the runtime's), and measures, on the meta device:
 
-  * the update: one micro-batch of `solrl.stages.train_micro_batch` (the function the update
+  * the update: one micro-batch of `solrl.compute.train_micro_batch` (the function the update
     runs) — bytes saved for backward (`torch.autograd.graph.saved_tensors_hooks`) and the peak of
     live tensors over forward and backward (a dispatch mode that follows every tensor storage
     created until it is freed, recomputation under checkpointing included);
@@ -283,9 +283,9 @@ def explore_copy_bytes(policy, cfg: RunConfig, device_type: str = "cuda") -> int
     """The explore copy: the merged transformer with the selected layers replaced by the
     backend's layers, plus the largest replaced layer (it is built layer by layer, so the dense
     layer and its replacement coexist for one layer at a time)."""
+    from .compute import explore_quant
     from .plan import primary_explore
     from .quant import select_linears
-    from .stages import explore_quant
 
     arch = architecture(cfg)
     with torch.device("meta"):  # the merged copy's module tree: the transformer without peft's wrappers
@@ -510,7 +510,7 @@ def meta_condition(policy, batch: int):
 
 def measure_update(policy, cfg: RunConfig) -> tuple[int, int]:
     """(bytes saved for backward, peak transient bytes) of one update micro-batch."""
-    from .stages import train_micro_batch
+    from .compute import train_micro_batch
 
     n = cfg.nft.micro_batch
     with torch.device("meta"):

@@ -3,9 +3,9 @@
     plan -> explore -> select -> regenerate -> audit -> update -> eval
 
 `plan_iteration` is the only place that turns a config (its mode, the iteration's prompt draw,
-the fidelity guard's decision) into the stages of iteration i. The in-memory loop
-(`solrl.stages.run_iteration`), the storage-backed steps (`tasks.steps.run_steps`) and the
-Prefect flow all execute the plan it returns. The plan is committed with the iteration
+the fidelity guard's decision) into the stages of iteration i, applying each stage's `when`
+rule from the stage table (tasks/stages.py). The steps without Prefect (`tasks.stages.run_steps`)
+and the Prefect flow both execute the plan it returns. The plan is committed with the iteration
 (iter=i/plan/plan.json), so a resumed run replays exactly the same decisions.
 
 The fidelity guard (docs/algorithm.md, "The audit and the fidelity guard"): the audit measures how well the primary
@@ -17,6 +17,7 @@ steps), and back when the primary proxy's audits rise above `recover`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .config import RunConfig
@@ -140,9 +141,11 @@ def plan_iteration(
     train: tuple[str, ...],
     pool: tuple[str, ...] | None = None,
     guard: GuardState | None = None,
+    rules: Sequence[tuple[str, Callable[[RunConfig, int], bool]]] = (),
 ) -> IterationPlan:
     """The stages of iteration i and what they work on. `guard` is this iteration's guard state
-    (from `next_guard`); None when the guard is off."""
+    (from `next_guard`); None when the guard is off. `rules`: (stage, when) in execution order,
+    the stage table's (tasks/stages.py `plan_rules`)."""
     m = cfg.mode
     primary = primary_explore(cfg)
     explore = primary
@@ -154,15 +157,7 @@ def plan_iteration(
             steps=g.fallback_steps or primary.steps,
             lowrank=0 if g.fallback_precision not in (None, "nvfp4") else primary.lowrank,
         )
-    stages = ["plan"]
-    if m.explores:
-        stages.append("explore")
-    stages += ["select", "regenerate"]
-    if audits(cfg, iteration):
-        stages.append("audit")
-    stages.append("update")
-    if evaluates(cfg, iteration):
-        stages.append("eval")
+    stages = [name for name, when in rules if when(cfg, iteration)]
     return IterationPlan(
         iteration, m.name, iteration_prompts(cfg, iteration, train, pool), explore, primary, tuple(stages), guard
     )

@@ -34,13 +34,20 @@ import pyarrow.parquet as pq
 
 from solrl.settings import settings
 
-from .stages import STAGES, Stage
-
 COMMIT = "_COMMITTED.json"
 TMP_PREFIX = ".tmp-"
 # Columns that name the run rather than describe its content: kept out of content ids, so two
 # runs that computed the same thing have the same ids (what the policy cache keys on).
 IDENTITY_COLUMNS = ("run_id",)
+# Columns that differ between identical recomputations (who computed a row, how long it took, the
+# update's per-stage timings): kept out of content ids too, so a resumed or re-run stage that
+# computed the same rows has the same id. A new stage that names its columns so needs no declaration.
+VOLATILE_COLUMNS = ("duration_ms", "worker")
+VOLATILE_PREFIX = "seconds_"
+
+
+def volatile_columns(names: list[str]) -> tuple[str, ...]:
+    return tuple(c for c in names if c in VOLATILE_COLUMNS or c.startswith(VOLATILE_PREFIX))
 
 
 class StoreError(RuntimeError):
@@ -212,6 +219,13 @@ class RunStore:
                 out.append(int(name[5:]))
         return sorted(out)
 
+    def stage_names(self, iteration: int) -> list[str]:
+        """The stage folders present in an iteration (committed or not)."""
+        path = self.path(iter_dir(iteration))
+        if not self.fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False) if self.fs.isdir(p))
+
 
 @dataclass
 class StageHandle:
@@ -220,10 +234,6 @@ class StageHandle:
     store: RunStore
     iteration: int | None
     name: str
-
-    @property
-    def spec(self) -> Stage:
-        return STAGES[self.name]
 
     @property
     def label(self) -> str:
@@ -320,7 +330,7 @@ class StageHandle:
                 entry["rows"] = table.num_rows
                 if "worker" in table.column_names:
                     workers.update(w for w in table.column("worker").unique().to_pylist() if w)
-                ignored = self.spec.volatile + IDENTITY_COLUMNS
+                ignored = volatile_columns(table.column_names) + IDENTITY_COLUMNS
                 if any(c in table.column_names for c in ignored):
                     entry["content"] = content_digest(table, ignored)
             files[name] = entry

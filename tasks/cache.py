@@ -28,9 +28,9 @@ import threading
 from contextlib import contextmanager
 
 from solrl.checkpoint import restore
+from solrl.compute import TrainState, explore_quant
 from solrl.models import load_policy
 from solrl.plan import ExploreSpec
-from solrl.stages import TrainState, explore_quant
 
 INIT = "init"
 log = logging.getLogger("solrl")

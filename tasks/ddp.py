@@ -34,8 +34,7 @@ from datetime import timedelta
 import pyarrow as pa
 import torch
 
-from solrl import interrupt
-from solrl import stages as compute
+from solrl import compute, interrupt
 from solrl.checkpoint import state_files
 from solrl.ddp import Ranks, backend_for
 from solrl.nft import timesteps_per_sample
@@ -88,7 +87,7 @@ def read_samples(run: Run, iteration: int) -> compute.Samples:
 
 
 def write_update(run: Run, iteration: int, policy, state, rows: list[dict], seconds: dict) -> None:
-    """The update stage's files (as tasks/steps.py update_step writes them)."""
+    """The update stage's files (as tasks/steps.py write_update writes them)."""
     h = run.stage(iteration, "update")
     for name, data in state_files(policy, state).items():
         h.write_bytes(f"state/{name}", data)
@@ -226,20 +225,14 @@ def _gone(client, workers: list[str], futures) -> list[int]:
     return [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
 
 
-def distributed_update_step(run: Run, iteration: int, lifecycle) -> str:
-    """The update stage on `update_ranks` ranks: skip if committed, else launch, watch, commit.
-    `lifecycle`: the stage lifecycle of tasks/steps.py (begin, commit, stage seconds), handed in
-    by its update step so that this module does not import the steps back."""
+def distributed_update(run: Run, iteration: int, started: float, seconds: dict[str, float]) -> dict:
+    """The update stage's files computed on `update_ranks` ranks (launch, watch; rank 0 writes);
+    returns what the commit records (the lifecycle in tasks/stages.py begins and commits).
+    `seconds`: the iteration's earlier stage times, written into metrics.parquet."""
+    import torch.distributed as dist
     from distributed import Client
 
-    started = lifecycle.begin(run, iteration, "update")
-    h = run.stage(iteration, "update")
-    if started is None:
-        return h.url
-    import torch.distributed as dist
-
     world = update_ranks(run)
-    seconds = lifecycle.stage_seconds(run, iteration)
     lease = run.lease.owner if run.lease is not None else None
     total = len(read_stage(run.store, iteration, "regenerate", "seed")) * timesteps_per_sample(
         run.cfg.rollout.steps, run.cfg.nft.timestep_fraction
@@ -316,6 +309,4 @@ def distributed_update_step(run: Run, iteration: int, lifecycle) -> str:
             ACTIVE.clear()
     if not all(r["applied"] for r in rows):
         log.warning("iteration %d: non-finite loss or gradient, optimizer step(s) skipped", iteration)
-    return lifecycle.commit(
-        run, iteration, "update", started, {"update_ranks": world, "rank_workers": workers, "workers": computed_by}
-    )
+    return {"update_ranks": world, "rank_workers": workers, "workers": computed_by}

@@ -1,4 +1,5 @@
-"""Thin Prefect tasks: each opens the run by URI, calls one step of `tasks.steps`, returns a URI.
+"""Thin Prefect tasks: each opens the run by URI, runs one stage (or one shard) of the stage table
+(tasks/stages.py), returns a URI.
 
 Retries are for transient storage I/O only (network/S3 errors, a full disk that may clear);
 bad input, compute errors and requested stops fail at once. A retried attempt is equivalent to
@@ -14,9 +15,8 @@ from prefect.futures import wait
 
 from solrl import interrupt
 from storage.lease import Lease
-from storage.stages import STAGES
 
-from . import steps
+from . import stages
 from .run import open_run
 
 
@@ -43,34 +43,34 @@ def _open(run_uri: str, lease: str | None):
 @task(name="stage", task_run_name="{name}-{iteration}", **RETRY)
 def stage(run_uri: str, iteration: int | None, name: str, lease: str | None = None) -> str:
     """A whole non-sharded stage (plan, select, audit, update, eval, baseline)."""
-    return steps.STEPS[name](_open(run_uri, lease), iteration)
+    return stages.run_stage(_open(run_uri, lease), iteration, name)
 
 
 @task(name="begin-stage", task_run_name="begin-{name}-{iteration}", **RETRY)
 def begin(run_uri: str, iteration: int, name: str, lease: str | None = None) -> float | None:
     """Clear a stage's leftovers; None if it is already committed (skip it)."""
-    return steps.begin(_open(run_uri, lease), iteration, name)
+    return stages.begin(_open(run_uri, lease), iteration, name)
 
 
 @task(name="shard", task_run_name="{name}-{iteration}-{shard}", **RETRY)
 def shard(run_uri: str, iteration: int, name: str, shard: int, lease: str | None = None) -> str:
-    return steps.SHARDS[name](_open(run_uri, lease), iteration, shard)
+    return stages.STAGES[name].shard(_open(run_uri, lease), iteration, shard)
 
 
 @task(name="commit-stage", task_run_name="commit-{name}-{iteration}", **RETRY)
 def commit(run_uri: str, iteration: int, name: str, started: float, lease: str | None = None) -> str:
-    return steps.commit(_open(run_uri, lease), iteration, name, started)
+    return stages.commit(_open(run_uri, lease), iteration, name, started)
 
 
 def run_stage(run_uri: str, iteration: int | None, name: str, lease: str | None = None) -> None:
     """One stage from a flow: a single task, or begin -> one task per shard (mapped) -> commit."""
-    if not STAGES[name].sharded:
+    if not stages.STAGES[name].sharded:
         stage(run_uri, iteration, name, lease)
         return
     started = begin(run_uri, iteration, name, lease)
     if started is None:
         return
-    n = steps.shard_count(open_run(run_uri), iteration, name)
+    n = stages.shard_count(open_run(run_uri), iteration, name)
     futures = shard.map(run_uri, iteration, name, list(range(n)), lease)
     while wait(futures, timeout=0.5).not_done:  # shards may run on Dask workers, which never see our signals:
         interrupt.check()  # a requested stop ends the wait (the cluster is closed on the way out)

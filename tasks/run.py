@@ -21,7 +21,6 @@ from solrl.config import Resolved, RunConfig, diff_keys
 from solrl.errors import MissingInput
 from solrl.settings import settings
 from storage.lease import Lease
-from storage.stages import STAGES
 from storage.store import RunStore, StageHandle, describe, join, remember_s3_options
 
 if TYPE_CHECKING:
@@ -57,20 +56,8 @@ class Run:
         return list(dict.fromkeys([*self.cfg.reward.weights, *self.cfg.reward.report]))
 
     def stage(self, iteration: int | None, name: str) -> StageHandle:
-        return self.store.stage(None if STAGES[name].scope == "run" else iteration, name)
-
-    def inputs(self, iteration: int | None, name: str) -> dict[str, str]:
-        """Content ids of the committed inputs of a stage (the stage table: storage/stages.py, docs/design.md)."""
-        out = {}
-        for dep, offset in STAGES[name].inputs:
-            i = iteration + offset
-            if i < 0:
-                continue
-            h = self.stage(i, dep)
-            cid = h.content_id()
-            if cid is not None:
-                out[h.label] = cid
-        return out
+        """A stage of an iteration (iteration None: a run-scoped stage, the baseline)."""
+        return self.store.stage(iteration, name)
 
     def acquire(self, take_over: bool = False) -> Lease:
         """Hold the run's lease (released by `release()`, on every exit path of the caller)."""
@@ -118,11 +105,10 @@ def _read_meta(store: RunStore, run_id: str) -> tuple[dict | None, str | None]:
 def _committed_hashes(store: RunStore) -> set[str]:
     hashes = set()
     for i in store.iterations():
-        for name, spec in STAGES.items():
-            if spec.scope == "iteration":
-                rec = store.stage(i, name).record
-                if rec:
-                    hashes.add(rec["config_hash"])
+        for name in store.stage_names(i):
+            rec = store.stage(i, name).record
+            if rec:
+                hashes.add(rec["config_hash"])
     rec = store.stage(None, "baseline").record
     if rec:
         hashes.add(rec["config_hash"])
@@ -180,18 +166,6 @@ def worker() -> str:
 
 
 # --- what a run committed (read by the steps, status and the flow) ----------------------------------
-def is_done(run: Run, h: StageHandle, inputs: dict[str, str] | None = None, deep: bool = True) -> bool:
-    """Committed with this config, on the inputs committed now, and intact: every file re-hashed
-    (deep, what a resume does: cost grows with the run), or only their sizes (status, where a
-    stopped run will resume)."""
-    rec, _ = h.read_record()
-    if rec is None or rec["config_hash"] != run.hash:
-        return False
-    if rec.get("inputs") != (run.inputs(h.iteration, h.name) if inputs is None else inputs):
-        return False
-    return not h.problems(deep=deep)
-
-
 def plan_of(run: Run, iteration: int) -> IterationPlan:
     """The committed plan of an iteration."""
     from solrl.plan import IterationPlan  # imports torch: not at start-up (a config error stays torch-free)
@@ -263,7 +237,6 @@ __all__ = [
     "Run",
     "RunDamaged",
     "default_run_id",
-    "is_done",
     "join",
     "open_run",
     "plan_of",

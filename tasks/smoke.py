@@ -87,20 +87,20 @@ def measure(stage: str, fn: Callable[[], object], record: Callable[[dict], None]
 
 
 def run_measured(run, iteration: int, record: Callable[[dict], None]) -> None:
-    """The iteration's plan as tasks.steps.run_steps runs it, each stage measured; stages already
+    """The iteration's plan as tasks.stages.run_steps runs it, each stage measured; stages already
     committed (a resume) are skipped and not recorded."""
-    from .steps import STEPS, baseline_step, is_done, plan_of, plan_step
+    from .stages import is_done, plan_of, run_stage
 
-    def step(name: str, fn: Callable[[], object], iteration_of_stage: int | None) -> None:
+    def step(name: str, iteration_of_stage: int | None) -> None:
         if is_done(run, run.stage(iteration_of_stage, name)):
             return
-        measure(name, fn, record)
+        measure(name, lambda: run_stage(run, iteration_of_stage, name), record)
 
-    step("plan", lambda: plan_step(run, iteration), iteration)
+    step("plan", iteration)
     if iteration == 0 and run.cfg.eval.every:
-        step("baseline", lambda: baseline_step(run), None)
+        step("baseline", None)
     for name in plan_of(run, iteration).stages[1:]:
-        step(name, lambda name=name: STEPS[name](run, iteration), iteration)
+        step(name, iteration)
 
 
 def _appender(path: Path) -> Callable[[dict], None]:

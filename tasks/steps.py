@@ -1,11 +1,11 @@
-"""Stage steps with storage: read a stage's inputs from the run store, call the solrl stage
-function, write its files, commit. Plain functions (no Prefect): the Prefect tasks in
-`tasks.prefect_tasks` wrap them, `run_steps` runs an iteration without Prefect, tests call them.
+"""The step functions of the stage table (tasks/stages.py): read a stage's inputs from the run
+store, call its compute function (solrl/compute.py), write its files. Plain functions (no
+Prefect, no commit): the lifecycle in tasks/stages.py begins and commits around them, the
+Prefect tasks in `tasks.prefect_tasks` map the shard functions over the Dask workers.
 
-Every step is idempotent: a stage whose commit verifies, was made with this config and
-consumed the inputs committed now is skipped; otherwise its folder is emptied and it is
-recomputed from the committed inputs (never from state a failed attempt left in memory: see
-tasks/cache.py).
+A stage is recomputed from the committed inputs only, never from state a failed attempt left in
+memory (tasks/cache.py); a shard's part file written by an earlier attempt of the same stage run
+is kept (parts are written atomically).
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import types
 
 import pyarrow as pa
 import torch
 
-from solrl import stages as compute
+from solrl import compute
 from solrl.checkpoint import state_files
 from solrl.fidelity import audit_metrics
 from solrl.nft import timesteps_per_sample
@@ -28,97 +27,54 @@ from solrl.registry import family_class
 from storage import schemas
 from storage.queries import read_stage
 from storage.selection import select_seeds
-from storage.stages import STAGES
 from storage.store import StageHandle
 
 from .cache import CACHE
-from .run import Run, is_done, plan_of, worker  # re-exported: the flow and tests read them here
+from .run import Run, plan_of, worker
 
 log = logging.getLogger("solrl")
-
-
-# --- the stage lifecycle ------------------------------------------------------------------------
-def begin(run: Run, iteration: int | None, name: str) -> float | None:
-    """None if the stage is done; else empty its folder and return the start time."""
-    h = run.stage(iteration, name)
-    if is_done(run, h):
-        return None
-    if run.lease is not None:
-        run.lease.check()  # never clear a stage of a run another process took over
-    removed = h.clear()
-    if removed:
-        log.warning("%s: removed %d uncommitted or invalid file(s) before re-running", h.label, len(removed))
-    return time.time()
-
-
-def commit(run: Run, iteration: int | None, name: str, started: float, extra: dict | None = None) -> str:
-    """Commit a stage once all its files are written (for a sharded stage: every shard's part)."""
-    h = run.stage(iteration, name)
-    if STAGES[name].sharded:
-        missing = [s for s in range(shard_count(run, iteration, name)) if not h.exists(part(s))]
-        if missing:
-            raise RuntimeError(f"{h.label} is missing shard(s) {missing}; not committing")
-    if extra is None and name in COMMIT_RECORDS:
-        extra = COMMIT_RECORDS[name](run, iteration)
-    if run.lease is not None:
-        run.lease.check()  # taken over meanwhile: stop before overwriting anything
-    h.commit(run.hash, run.inputs(iteration, name), extra={**(extra or {}), "worker": worker()}, started_at=started)
-    return h.url
-
-
-def stage_step(run: Run, iteration: int | None, name: str, body) -> str:
-    """A whole non-sharded stage: skip if done, else clear, `body(handle)` writes, commit."""
-    started = begin(run, iteration, name)
-    h = run.stage(iteration, name)
-    if started is None:
-        return h.url
-    extra = body(h)
-    return commit(run, iteration, name, started, extra)
 
 
 def part(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
-def shard_count(run: Run, iteration: int | None, name: str) -> int:
-    """One shard per prompt explored, kept (regenerate) or audited; per sampling batch of the evaluation rows (eval, baseline)."""
-    if name == "explore":
-        return len(plan_of(run, iteration).prompts)
-    if name == "audit":
-        return len(plan_of(run, iteration).prompts[: run.cfg.fidelity.audit_prompts])
-    if name in ("eval", "baseline"):  # sampling batches of the evaluation rows
-        return -(-len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt // run.cfg.rollout.batch)
+# --- shard counts: one shard per prompt explored, kept (regenerate) or audited; per sampling batch
+# of the evaluation rows (eval, baseline) -----------------------------------------------------------
+def planned_prompts(run: Run, iteration: int) -> int:
+    return len(plan_of(run, iteration).prompts)
+
+
+def audited_prompts(run: Run, iteration: int) -> int:
+    return len(plan_of(run, iteration).prompts[: run.cfg.fidelity.audit_prompts])
+
+
+def selected_prompts(run: Run, iteration: int) -> int:
     return len(_selected_prompt_ids(run, iteration))
 
 
-def sharded_step(run: Run, iteration: int, name: str) -> str:
-    """A sharded stage in this process: begin, every shard in turn, commit."""
-    started = begin(run, iteration, name)
-    if started is None:
-        return run.stage(iteration, name).url
-    for s in range(shard_count(run, iteration, name)):
-        SHARDS[name](run, iteration, s)
-    return commit(run, iteration, name, started)
+def eval_shards(run: Run, iteration: int | None) -> int:
+    return -(-len(eval_sets(run)) * run.cfg.eval.seeds_per_prompt // run.cfg.rollout.batch)
 
 
 # --- plan ---------------------------------------------------------------------------------------
-def plan_step(run: Run, iteration: int) -> str:
-    def body(h: StageHandle):
-        cfg, guard = run.cfg, None
-        if cfg.fidelity.guard.enabled:
-            prev = plan_of(run, iteration - 1).guard if iteration > 0 else None
-            audited = None
-            if iteration > 0 and run.stage(iteration - 1, "audit").record is not None:
-                audited = audit_metrics(
-                    read_stage(run.store, iteration - 1, "audit").to_pydict(), cfg.select.k, primary=True
-                )[cfg.fidelity.guard.metric]
-            guard = next_guard(cfg, prev, audited)
-            if guard.decision:
-                log.warning("iteration %d: fidelity guard: %s", iteration, guard.decision)
-        train, _ = family_class(cfg.model.family).prompt_sets(cfg)  # no model load: the plan needs only prompts
-        h.write_bytes("plan.json", plan_iteration(cfg, iteration, train, run.resolved.pool, guard).to_json())
-
-    return stage_step(run, iteration, "plan", body)
+def write_plan(run: Run, iteration: int, h: StageHandle, rules) -> None:
+    """plan.json: the iteration's prompts, explore settings, stages (`rules`: the stage table's
+    (stage, when) pairs) and the fidelity guard's decision."""
+    cfg, guard = run.cfg, None
+    if cfg.fidelity.guard.enabled:
+        prev = plan_of(run, iteration - 1).guard if iteration > 0 else None
+        audited = None
+        if iteration > 0 and run.stage(iteration - 1, "audit").record is not None:
+            audited = audit_metrics(
+                read_stage(run.store, iteration - 1, "audit").to_pydict(), cfg.select.k, primary=True
+            )[cfg.fidelity.guard.metric]
+        guard = next_guard(cfg, prev, audited)
+        if guard.decision:
+            log.warning("iteration %d: fidelity guard: %s", iteration, guard.decision)
+    train, _ = family_class(cfg.model.family).prompt_sets(cfg)  # no model load: the plan needs only prompts
+    plan = plan_iteration(cfg, iteration, train, run.resolved.pool, guard, rules)
+    h.write_bytes("plan.json", plan.to_json())
 
 
 # --- explore ------------------------------------------------------------------------------------
@@ -142,25 +98,23 @@ def explore_shard(run: Run, iteration: int, shard: int) -> str:
 
 
 # --- select -------------------------------------------------------------------------------------
-def select_step(run: Run, iteration: int) -> str:
-    def body(h: StageHandle):
-        plan = plan_of(run, iteration)
-        explore = (
-            read_stage(run.store, iteration, "explore", "prompt_id, prompt, seed, reward").to_pydict()
-            if plan.runs("explore")
-            else None
+def write_selection(run: Run, iteration: int, h: StageHandle, started: float) -> dict:
+    """selected.parquet: the kept seeds (DuckDB over the explore rows); the commit records the stats."""
+    plan = plan_of(run, iteration)
+    explore = (
+        read_stage(run.store, iteration, "explore", "prompt_id, prompt, seed, reward").to_pydict()
+        if plan.runs("explore")
+        else None
+    )
+    selected, stats = compute.select(run.cfg, plan, explore, select_seeds)
+    if stats["non_finite"]:
+        log.warning(
+            "iteration %d: %d candidates with a non-finite proxy reward were excluded from selection",
+            iteration,
+            stats["non_finite"],
         )
-        selected, stats = compute.select(run.cfg, plan, explore, select_seeds)
-        if stats["non_finite"]:
-            log.warning(
-                "iteration %d: %d candidates with a non-finite proxy reward were excluded from selection",
-                iteration,
-                stats["non_finite"],
-            )
-        h.write_table("selected.parquet", schemas.to_table(selected, schemas.selected_schema(), run.run_id, iteration))
-        return {"selection": stats}
-
-    return stage_step(run, iteration, "select", body)
+    h.write_table("selected.parquet", schemas.to_table(selected, schemas.selected_schema(), run.run_id, iteration))
+    return {"selection": stats}
 
 
 def _selected_prompt_ids(run: Run, iteration: int) -> list[int]:
@@ -205,16 +159,13 @@ def _stage_seconds(run: Run, iteration: int) -> dict[str, float]:
     return out
 
 
-def update_step(run: Run, iteration: int) -> str:
-    from .ddp import distributed_update_step, update_ranks
+def write_update(run: Run, iteration: int, h: StageHandle, started: float) -> dict | None:
+    """metrics.parquet and the adapters, EMA and optimizer state after this iteration's update; on
+    several ranks (`cluster.update_ranks`) data parallel over Dask workers (tasks/ddp.py)."""
+    from .ddp import distributed_update, update_ranks
 
-    if update_ranks(run) > 1:  # data parallel over Dask workers (tasks/ddp.py)
-        lifecycle = types.SimpleNamespace(begin=begin, commit=commit, stage_seconds=_stage_seconds)
-        return distributed_update_step(run, iteration, lifecycle)
-    started = begin(run, iteration, "update")
-    h = run.stage(iteration, "update")
-    if started is None:
-        return h.url
+    if update_ranks(run) > 1:
+        return distributed_update(run, iteration, started, _stage_seconds(run, iteration))
     t = read_stage(run.store, iteration, "regenerate", "prompt_id, prompt, seed, reward, x0").to_pydict()
     samples = compute.Samples(
         t["prompt_id"],
@@ -223,7 +174,8 @@ def update_step(run: Run, iteration: int) -> str:
         torch.tensor(t["reward"], dtype=torch.float64),
     )
     n_times = timesteps_per_sample(run.cfg.rollout.steps, run.cfg.nft.timestep_fraction)
-    with CACHE.mutating(run, iteration) as (policy, state):  # dirty until committed: a retry restores from the store
+    # dirty until committed (update_committed): a retry restores (policy, state) from the store
+    with CACHE.mutating(run, iteration) as (policy, state):
         with progress_bar(f"iter {iteration} update", samples.x0.shape[0] * n_times) as advance:
             rows = compute.update(policy, state, run.cfg, iteration, samples, advance)
         if not all(r["applied"] for r in rows):
@@ -238,9 +190,16 @@ def update_step(run: Run, iteration: int) -> str:
             ]
         )
         h.write_table("metrics.parquet", table)
-        url = commit(run, iteration, "update", started)
+    return None
+
+
+def update_committed(run: Run, iteration: int) -> None:
+    """After the update's commit: this process's policy holds the committed adapters (when it
+    computed them; the ranks of a multi-rank update hold their own)."""
+    from .ddp import update_ranks
+
+    if update_ranks(run) <= 1:
         CACHE.committed(run, iteration)
-    return url
 
 
 # --- evaluate -----------------------------------------------------------------------------------
@@ -309,16 +268,6 @@ def baseline_shard(run: Run, iteration: None, shard: int) -> str:
     return _eval_shard(run, None, "baseline", shard)
 
 
-def eval_step(run: Run, iteration: int) -> str:
-    """The EMA adapter after this iteration's update on the evaluation sets."""
-    return sharded_step(run, iteration, "eval")
-
-
-def baseline_step(run: Run) -> str:
-    """The base model (the LoRA init, B = 0) on the evaluation sets, once per run."""
-    return sharded_step(run, None, "baseline")
-
-
 # --- audit --------------------------------------------------------------------------------------
 def audit_shard(run: Run, iteration: int, shard: int) -> str:
     """Every explored seed of the shard-th audited prompt in high precision (the audited prompts
@@ -349,62 +298,10 @@ def audit_shard(run: Run, iteration: int, shard: int) -> str:
     return h.file(part(shard))
 
 
-def _audit_record(run: Run, iteration: int) -> dict:
+def audit_record(run: Run, iteration: int) -> dict:
     """What the audit's commit records beside its files: the fidelity metrics over every shard."""
     h = run.stage(iteration, "audit")
     cols = pa.concat_tables(
-        [run.store.read_table(h.file(part(s))) for s in range(shard_count(run, iteration, "audit"))]
+        [run.store.read_table(h.file(part(s))) for s in range(audited_prompts(run, iteration))]
     ).to_pydict()
     return {"fidelity": audit_metrics(cols, run.cfg.select.k)}
-
-
-def audit_step(run: Run, iteration: int) -> str:
-    """Every explored seed of the first `fidelity.audit_prompts` prompts in high precision."""
-    return sharded_step(run, iteration, "audit")
-
-
-# --- an iteration -------------------------------------------------------------------------------
-SHARDS = {
-    "explore": explore_shard,
-    "regenerate": regenerate_shard,
-    "audit": audit_shard,
-    "eval": eval_shard,
-    "baseline": baseline_shard,
-}
-STEPS = {
-    "baseline": lambda run, _: baseline_step(run),
-    "plan": plan_step,
-    "select": select_step,
-    "audit": audit_step,
-    "update": update_step,
-    "eval": eval_step,
-    "explore": lambda run, i: sharded_step(run, i, "explore"),
-    "regenerate": lambda run, i: sharded_step(run, i, "regenerate"),
-}
-COMMIT_RECORDS = {"audit": _audit_record}  # sharded stages whose commit records more than their files
-
-
-def run_steps(run: Run, iteration: int) -> dict:
-    """One iteration without Prefect: its plan, in order (the flow runs the same plan)."""
-    from .status import iteration_summary
-
-    plan_step(run, iteration)
-    if iteration == 0 and run.cfg.eval.every:
-        baseline_step(run)
-    for name in plan_of(run, iteration).stages[1:]:
-        STEPS[name](run, iteration)
-    return iteration_summary(run, iteration)
-
-
-def run_iterations(run: Run, iterations: int, take_over: bool = False, on_iteration=None) -> list[dict]:
-    """`sol-rl run --no-prefect`: every iteration in this process, holding the run's lease."""
-    run.acquire(take_over)
-    try:
-        out = []
-        for i in range(iterations):
-            out.append(run_steps(run, i))
-            if on_iteration:
-                on_iteration(out[-1])
-        return out
-    finally:
-        run.release()

@@ -14,7 +14,7 @@ from test_reliability import micro, run_all
 from solrl.fidelity import audit_metrics
 from storage import faults
 from storage.queries import read_stage
-from tasks import steps
+from tasks import stages
 from tasks.run import open_run
 from tasks.status import verify
 
@@ -39,7 +39,7 @@ def test_audit_rows_are_committed_verified_and_their_metrics_match(tmp_path):
     run_all(uri, cfg)
     run = open_run(uri)
     rows = read_stage(run.store, 0, "audit").to_pydict()
-    plan = steps.plan_of(run, 0)
+    plan = stages.plan_of(run, 0)
     assert sorted(set(rows["prompt_id"])) == sorted(pid for pid, _ in plan.prompts[:2]) and len(rows["seed"]) == 2 * 6
     regen = dict(zip(*read_stage(run.store, 0, "regenerate", "seed, reward").to_pydict().values()))
     kept = [i for i, s in enumerate(rows["selected"]) if s]
@@ -60,7 +60,7 @@ def test_guard_falls_back_on_a_bad_proxy_and_resume_replays_its_decisions(tmp_pa
     cfg = micro(**GUARD)
     run_all(str(tmp_path / "g"), cfg, iterations=3)
     run = open_run(str(tmp_path / "g"))
-    plans = [steps.plan_of(run, i) for i in range(3)]
+    plans = [stages.plan_of(run, i) for i in range(3)]
     assert not plans[0].guard.fallback and plans[0].explore.precision == "nvfp4"
     assert plans[1].guard.fallback and "fallback" in plans[1].guard.decision and plans[1].explore.precision == "fp8"
     assert plans[1].primary.precision == "nvfp4"
@@ -80,7 +80,7 @@ def test_guard_falls_back_on_a_bad_proxy_and_resume_replays_its_decisions(tmp_pa
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     run_all(str(tmp_path / "k"), cfg, iterations=3)
     resumed = open_run(str(tmp_path / "k"))
-    assert [steps.plan_of(resumed, i) for i in range(3)] == plans
+    assert [stages.plan_of(resumed, i) for i in range(3)] == plans
     for i in range(3):
         for name in ("plan", "explore", "audit", "update"):
             assert resumed.stage(i, name).content_id() == run.stage(i, name).content_id(), (i, name)

@@ -256,11 +256,9 @@ def test_overhead_quick(quick):
     d = load(out, "overhead")
     assert d["pngs"] == ["overhead.png"]
     stages = {"baseline", "explore", "select", "regenerate", "update", "eval"}
-    for v in ("flow", "steps", "direct"):
+    for v in ("flow", "steps", "memory"):
         assert d["median"][v]["seconds"] > 0
-        assert set(d["median"][v]["stages"]) == (
-            stages | {"plan"} if v != "direct" else stages
-        )  # commit records vs run_iteration
+        assert set(d["median"][v]["stages"]) == stages | {"plan"}  # from the commit records
     assert d["median"]["flow"]["bytes_written"] > 0
     sh = d["shares"]
     assert all_finite(sh)
@@ -268,7 +266,7 @@ def test_overhead_quick(quick):
     assert sh["overhead_share"] < 1
     assert all_finite(d["one_time"])
     # the three ways did the same compute
-    diff = d["max_abs_reward_difference_vs_direct"]
+    diff = d["max_abs_reward_difference_vs_memory"]
     assert diff["train_reward"] < 1e-9 and diff["eval_reward"] < 1e-9 and diff["baseline_reward"] < 1e-9
 
 

@@ -165,7 +165,7 @@ def test_iteration_lines_reach_a_file_as_each_iteration_ends(tmp_path):
 
 def test_a_summary_line_with_a_single_evaluation_pair_has_no_standard_error():
     """eval.seeds_per_prompt 1 with one prompt: one pair, no SE; the line still prints."""
-    from tasks.status import format_summary
+    from tasks.summary import format_summary
 
     line = format_summary(
         {

@@ -38,14 +38,14 @@ def _cfg(update_ranks: int = 1):
 
 
 def _upstream(uri: str, update_ranks: int):
-    from tasks import steps
+    from tasks import stages
     from tasks.run import open_run
 
     run = open_run(uri, _cfg(update_ranks))
-    steps.plan_step(run, 0)
-    for name in steps.plan_of(run, 0).stages[1:]:
+    stages.run_stage(run, 0, "plan")
+    for name in stages.plan_of(run, 0).stages[1:]:
         if name != "update":
-            steps.STEPS[name](run, 0)
+            stages.run_stage(run, 0, name)
     return run
 
 
@@ -75,7 +75,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory, cluster):
-    from tasks import steps
+    from tasks import stages
     from tasks.ddp import cluster_in_use
     from tasks.run import open_run
     from tasks.status import fingerprint
@@ -83,10 +83,10 @@ def one_and_two(tmp_path_factory, cluster):
     root = tmp_path_factory.mktemp("ddp")
     with cluster_in_use(None, 1):
         one = _upstream(str(root / "one"), 1)
-        steps.update_step(one, 0)
+        stages.run_stage(one, 0, "update")
     two = _upstream(str(root / "two"), 2)
     t0 = time.perf_counter()
-    steps.update_step(two, 0)
+    stages.run_stage(two, 0, "update")
     seconds = time.perf_counter() - t0
     return root, fingerprint(open_run(str(root / "one"))), fingerprint(open_run(str(root / "two"))), seconds
 
@@ -126,7 +126,7 @@ def test_two_ranks_equal_one_rank(one_and_two):
 
 
 def test_a_killed_rank_fails_the_stage_and_the_resume_equals_the_uninterrupted_run(one_and_two, cluster, tmp_path):
-    from tasks import ddp, steps
+    from tasks import ddp, stages
 
     root = one_and_two[0]
     run = _upstream(str(tmp_path / "killed"), 2)
@@ -134,7 +134,7 @@ def test_a_killed_rank_fails_the_stage_and_the_resume_equals_the_uninterrupted_r
 
     def update():
         try:
-            steps.update_step(run, 0)
+            stages.run_stage(run, 0, "update")
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             failure.append(e)
 
@@ -152,6 +152,6 @@ def test_a_killed_rank_fails_the_stage_and_the_resume_equals_the_uninterrupted_r
     assert "rank 1" in str(failure[0]) and "resume" in str(failure[0])
     assert run.stage(0, "update").record is None  # nothing committed
     cluster.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
-    steps.update_step(run, 0)  # the resume
+    stages.run_stage(run, 0, "update")  # the resume
     killed, uninterrupted = _state(tmp_path / "killed"), _state(root / "two")
     assert killed.keys() == uninterrupted.keys() and all(np.array_equal(killed[k], uninterrupted[k]) for k in killed)

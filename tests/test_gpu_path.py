@@ -183,8 +183,8 @@ def test_transformer_engine_unavailable_mid_run_is_one_sentence_with_exit_code_2
 
 # --- quantisation configs and the emulated layer's accelerator layout ----------------------------------------
 def test_one_config_class_per_scheme(shapes_policy_factory):
+    from solrl.compute import explore_quant
     from solrl.plan import ExploreSpec
-    from solrl.stages import explore_quant
 
     policy = shapes_policy_factory()
     cfg = policy.cfg
@@ -300,7 +300,7 @@ def test_restore_puts_adapters_ema_and_moments_on_the_parameters_device(shapes_p
     """safetensors loads onto the CPU: restored state must land where the parameters live (on a
     GPU the first update after a resume lerps the EMA into a CUDA tensor). Here they live on meta."""
     from solrl.checkpoint import restore, state_files
-    from solrl.stages import TrainState
+    from solrl.compute import TrainState
 
     policy = shapes_policy_factory()
     state = TrainState.fresh(policy, policy.cfg)

@@ -1,11 +1,12 @@
-"""One in-memory iteration (issue: core §7): every mode runs; runs are bit-identical."""
+"""Iterations of a run kept in memory (the product's stage steps over fsspec's memory file
+system): every mode runs; runs are bit-identical."""
 
 import pytest
 import torch
 
 from solrl.config import RunConfig
-from solrl.stages import TrainState, run_iteration
-from storage.selection import select_seeds
+from tasks.in_memory import discard, iteration_data, memory_run, trained
+from tasks.stages import run_steps
 
 TINY = {
     "prompts.per_iteration": 2,
@@ -19,9 +20,14 @@ TINY = {
 
 
 def _run(factory, cfg, iterations):
-    policy = factory(cfg)
-    state = TrainState.fresh(policy, cfg)
-    results = [run_iteration(policy, state, cfg, i, select_seeds) for i in range(iterations)]
+    """(policy, train state, per-iteration data) of a fresh in-memory run. The policy is the
+    process's cached one (tasks/cache.py): read what you keep before the next run."""
+    run = memory_run(cfg)
+    for i in range(iterations):
+        run_steps(run, i)
+    results = [iteration_data(run, i) for i in range(iterations)]
+    policy, state = trained(run, iterations)
+    discard(run)
     return policy, state, results
 
 
@@ -62,14 +68,14 @@ def test_other_modes_one_iteration(shapes_policy_factory, mode):
     _, state, (res,) = _run(shapes_policy_factory, cfg, 1)
     assert state.step == 1 and torch.isfinite(torch.tensor(res.metrics[0]["loss"]))
     if mode == "diffusionnft":
-        assert res.explore is None and len(res.samples.prompts) == 2 * 4
+        assert res.explore is None and len(res.samples["prompt"]) == 2 * 4
     else:
         steps = set(res.explore["steps"])
         assert steps == {10}  # naive modes explore at the rollout step count and train on it
         assert set(res.explore["precision"]) == ({"high"} if mode == "naive_scaling" else {"nvfp4"})
         # the training rewards are the explore rewards of the selected seeds
         by_seed = dict(zip(res.explore["seed"], res.explore["reward"]))
-        assert res.samples.rewards.tolist() == [by_seed[s] for s in res.selected["seed"]]
+        assert res.samples["reward"] == [by_seed[s] for s in res.selected["seed"]]
 
 
 def test_several_optimizer_steps_per_iteration(shapes_policy_factory):

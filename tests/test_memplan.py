@@ -14,9 +14,9 @@ from pipeline_helpers import REPO
 from tiny_pipelines import BUILDERS
 
 from solrl import memplan, residency
+from solrl.compute import TrainState, train_micro_batch
 from solrl.config import RunConfig, load_config
 from solrl.models import load_policy
-from solrl.stages import TrainState, train_micro_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GB = memplan.GB

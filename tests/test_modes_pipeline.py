@@ -5,7 +5,7 @@ from pipeline_helpers import TINY
 
 from solrl.config import RunConfig
 from storage.queries import read_stage
-from tasks import steps
+from tasks import stages
 from tasks.run import open_run
 
 
@@ -18,7 +18,7 @@ def test_mode_commits(tmp_path, mode):
         data["explore"]["precision"] = "high"
     cfg = RunConfig.model_validate(data)
     run = open_run(str(tmp_path / mode), cfg)
-    summary = steps.run_steps(run, 0)
+    summary = stages.run_steps(run, 0)
     regen = read_stage(run.store, 0, "regenerate", "seed, precision, steps, reward, x0").to_pydict()
     assert len(regen["seed"]) == 2 * 4 and all(regen["x0"])
     if mode == "diffusionnft":
@@ -31,4 +31,4 @@ def test_mode_commits(tmp_path, mode):
         assert regen["reward"] == [by_seed[s] for s in regen["seed"]]  # trained on the explore samples
         assert set(regen["precision"]) == ({"high"} if mode == "naive_scaling" else {"nvfp4"})
     assert summary["loss"] == summary["loss"]  # finite, not NaN
-    assert steps.is_done(run, run.stage(0, "update"))
+    assert stages.is_done(run, run.stage(0, "update"))

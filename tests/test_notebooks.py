@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 from pipeline_helpers import REPO, TINY, cli
 
 from solrl.config import RunConfig
-from tasks import steps
+from tasks import stages
 from tasks.run import open_run
 
 pytestmark = pytest.mark.timeout(900)
@@ -25,7 +25,7 @@ def small_run(tmp_path_factory):
     data["fidelity"] = {"audit_prompts": 1}
     run = open_run(str(root / "nb"), RunConfig.model_validate(data))
     for i in range(2):
-        steps.run_steps(run, i)
+        stages.run_steps(run, i)
     return root
 
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from solrl.compute import explore_quant
 from solrl.config import RunConfig
 from solrl.plan import ExploreSpec
 from solrl.quant import Int8Config, Int8Linear, int8_engine, quantize_
 from solrl.quant.int8 import quantize_weight_int8
-from solrl.stages import explore_quant
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 from tiny_pipelines import BUILDERS
 
+from solrl.compute import explore_quant
 from solrl.config import ConfigError, RunConfig, load_config
 from solrl.models import check_model, load_policy
 from solrl.plan import primary_explore
 from solrl.quant import NVFP4Config, select_linears
-from solrl.stages import TrainState, explore_quant, run_iteration
-from storage.selection import select_seeds
+from tasks.in_memory import discard, iteration_data, memory_run, trained
+from tasks.stages import run_steps
 
 FAMILIES = ("flux", "sd3", "sana")
 
@@ -80,24 +81,27 @@ def _policy(cfg):
 def test_iterations_are_deterministic_and_finite(family, pipelines, prompt_file):
     cfg = tiny_config(family, pipelines[family], prompt_file)
     results = []
-    for _ in range(2):
-        policy = _policy(cfg)
-        state = TrainState.fresh(policy, cfg)
-        its = [run_iteration(policy, state, cfg, i, select_seeds) for i in range(2)]
-        results.append((its, policy.adapter_state("default"), state.ema))
+    for _ in range(2):  # two in-memory runs: the product's stage steps over fsspec's memory file system
+        run = memory_run(cfg)
+        for i in range(2):
+            run_steps(run, i)
+        its = [iteration_data(run, i) for i in range(2)]
+        policy, state = trained(run, 2)
+        results.append((its, policy.adapter_state("default"), {k: v.clone() for k, v in state.ema.items()}))
+        discard(run)
     (a, theta_a, ema_a), (b, theta_b, ema_b) = results
     for ia, ib in zip(a, b):
         assert ia.explore["reward"] == ib.explore["reward"]
         assert ia.selected["seed"] == ib.selected["seed"]
-        assert torch.equal(ia.samples.x0, ib.samples.x0)
+        assert torch.equal(ia.x0, ib.x0)
         assert ia.metrics == ib.metrics
         assert ia.eval["reward"] == ib.eval["reward"]
     assert all(torch.equal(theta_a[k], theta_b[k]) for k in theta_a) and all(
         torch.equal(ema_a[k], ema_b[k]) for k in ema_a
     )
     first = a[0]
-    assert len(first.explore["reward"]) == 2 * 8 and len(first.samples.prompts) == 2 * 4
-    assert first.samples.x0.shape == (8, *policy.latent_shape)
+    assert len(first.explore["reward"]) == 2 * 8 and len(first.samples["prompt"]) == 2 * 4
+    assert first.x0.shape == (8, *policy.latent_shape)
     for it in a:
         (m,) = it.metrics
         assert m["applied"] == 1.0
@@ -136,10 +140,10 @@ def test_lora_export_loads_into_the_pipeline_as_the_merged_weights_predict(famil
     import diffusers
 
     cfg = tiny_config(family, pipelines[family], prompt_file, eval__every=0)
-    policy = _policy(cfg)
-    state = TrainState.fresh(policy, cfg)
+    run = memory_run(cfg)
     for i in range(2):
-        run_iteration(policy, state, cfg, i, select_seeds)
+        run_steps(run, i)
+    policy, state = trained(run, 2)
     x = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.7, 0.3])
     cond = policy.encode(["a red circle on the left", "a blue square on the top"])

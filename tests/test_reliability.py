@@ -22,7 +22,8 @@ from pipeline_helpers import fingerprint
 from solrl.config import RunConfig
 from storage import faults
 from storage.lease import Lease, LeaseHeld
-from tasks import steps
+from storage.queries import read_stage
+from tasks import stages
 from tasks.errors import explain
 from tasks.run import ConfigMismatch, RunDamaged, open_run
 from tasks.status import verify
@@ -54,7 +55,7 @@ def run_all(uri: str, cfg: RunConfig, iterations: int = 1) -> None:
     run.acquire()
     try:
         for i in range(iterations):
-            steps.run_steps(run, i)
+            stages.run_steps(run, i)
     finally:
         run.release()
 
@@ -168,16 +169,16 @@ def test_a_retried_update_never_trains_twice(reference, tmp_path, monkeypatch):
     uri = str(tmp_path / "retry")
     run = open_run(uri, micro())
     for name in ("plan", "explore", "select", "regenerate", "audit"):
-        steps.STEPS[name](run, 0)
-    steps.baseline_step(run)
+        stages.run_stage(run, 0, name)
+    stages.run_stage(run, None, "baseline")
     _with_fault(monkeypatch, "write@iter=00000/update/_COMMITTED:1:eio")
     run = open_run(uri, micro())
     with pytest.raises(OSError):
-        steps.update_step(run, 0)
+        stages.run_stage(run, 0, "update")
     _without_fault(monkeypatch)
-    steps.update_step(run, 0)  # the retry, same process, same cache
-    steps.eval_step(run, 0)
-    metrics = steps.read_stage(run.store, 0, "update").to_pylist()
+    stages.run_stage(run, 0, "update")  # the retry, same process, same cache
+    stages.run_stage(run, 0, "eval")
+    metrics = read_stage(run.store, 0, "update").to_pylist()
     assert metrics[-1]["optimizer_step"] == 1.0  # not 2: the failed attempt's step was not kept
     assert fingerprint(uri) == fp
 
@@ -316,8 +317,8 @@ def test_shapes_prompt_file_is_honoured_and_checked(tmp_path):
     cfg = micro(**{"prompts.file": str(f), "run.iterations": 1})
     check_model(cfg)
     run = open_run(str(tmp_path / "pf"), cfg)
-    steps.plan_step(run, 0)
-    assert [p for _, p in steps.plan_of(run, 0).prompts] == [
+    stages.run_stage(run, 0, "plan")
+    assert [p for _, p in stages.plan_of(run, 0).prompts] == [
         "a red circle on the left",
         "a blue square above a yellow triangle",
     ]
@@ -383,12 +384,10 @@ def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_t
     assert fingerprint(str(tmp_path / "b")) == fp
     assert open_run(str(tmp_path / "a")).resolved.dtype == "bfloat16"
     store_a = open_run(str(tmp_path / "a")).store
-    precision = steps.read_stage(store_a, 0, "explore", "precision").to_pydict()["precision"]
+    precision = read_stage(store_a, 0, "explore", "precision").to_pydict()["precision"]
     assert set(precision) == {over.get("explore.precision", "nvfp4")}
     # the fidelity audit measures the proxy that explored
-    assert set(steps.read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(
-        precision
-    )
+    assert set(read_stage(store_a, 0, "audit", "proxy_precision").to_pydict()["proxy_precision"]) == set(precision)
     assert torch.get_num_threads() == 1
     pid = os.fork()
     if pid == 0:

@@ -8,8 +8,9 @@
     evaluate   -> fixed (prompt, seed) pairs, EMA weights: `train` and `held_out` sets "Evaluation"
 
 Each takes the policy, the config and plain data, and returns columns (dict of lists) plus,
-where later stages need them, tensors. `run_iteration` executes an iteration's plan
-(solrl/plan.py) in memory; tasks/steps.py executes the same plan through the artifact store.
+where later stages need them, tensors. The step functions of the stage table (tasks/steps.py,
+tasks/stages.py) call them with what the artifact store holds; a run kept in memory uses the
+same steps over an in-memory store (tasks/in_memory.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import nft
 from .config import RunConfig
 from .interrupt import check as check_stop
 from .models.base import Policy
-from .plan import ExploreSpec, IterationPlan, plan_iteration
+from .plan import ExploreSpec, IterationPlan
 from .quant import FP8Config, Int8Config, NVFP4Config, QuantConfig
 from .rewards import score_all, weighted_sum
 from .seeds import eval_seed, stream_seed
@@ -587,82 +588,3 @@ def evaluate(
     if with_media:
         cols["image"] = [png_bytes(im) for im in images]
     return cols
-
-
-# --- one iteration in memory ----------------------------------------------------------------------
-@dataclass
-class IterationResult:
-    plan: IterationPlan
-    explore: dict[str, list] | None
-    selected: dict[str, list]
-    samples: Samples
-    metrics: list[dict[str, float]]
-    eval: dict[str, list] | None
-    seconds: dict[str, float]
-    audit: dict[str, list] | None = None
-
-    @property
-    def iteration(self) -> int:
-        return self.plan.iteration
-
-
-def run_iteration(
-    policy: Policy,
-    state: TrainState,
-    cfg: RunConfig,
-    iteration: int,
-    select_fn: SelectFn,
-    with_media: bool = False,
-    progress: Progress | None = None,
-) -> IterationResult:
-    """The iteration's plan executed in memory, any mode: explore -> select -> regenerate
-    (-> audit) -> update (-> evaluate). `select_fn` is the DuckDB selection
-    (storage.selection.select_seeds). The run's baseline evaluation is the caller's (it is not
-    part of an iteration): `evaluate(policy, TrainState.fresh(policy, cfg).ema, cfg)`."""
-    if cfg.fidelity.guard.enabled:
-        from .errors import ConfigError
-
-        raise ConfigError(
-            "fidelity.guard commits its decisions with the run: run it through the store (tasks.steps.run_steps, `sol-rl run`), not in memory"
-        )
-    plan = plan_iteration(cfg, iteration, policy.train_prompts(), policy.resolved.pool)
-    seconds: dict[str, float] = {}
-    ex = None
-    t = time.perf_counter()
-    if plan.runs("explore"):
-        ex = explore(policy, cfg, plan.explore, iteration, plan.prompts, progress=progress)
-        seconds["explore"] = time.perf_counter() - t
-    t = time.perf_counter()
-    selected, _ = select(cfg, plan, ex.columns if ex else None, select_fn)
-    seconds["select"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if cfg.mode.trains_on == "explored":
-        samples = samples_from_explore(policy, cfg, ex.columns, ex.x0, selected, with_media)
-    else:
-        samples = regenerate(policy, cfg, selected, progress=progress, with_media=with_media)
-    seconds["regenerate"] = time.perf_counter() - t
-    audited = None
-    if plan.runs("audit"):
-        t = time.perf_counter()
-        primary = (
-            policy.sampler_copy(explore_quant(policy, cfg, plan.primary))[0] if plan.primary != plan.explore else None
-        )
-        audited = audit(
-            policy,
-            cfg,
-            plan,
-            ex.columns,
-            dict(zip(samples.columns["seed"], samples.columns["reward"])),
-            primary_model=primary,
-            progress=progress,
-        )
-        seconds["audit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    metrics = update(policy, state, cfg, iteration, samples, progress)
-    seconds["update"] = time.perf_counter() - t
-    ev = None
-    if plan.runs("eval"):
-        t = time.perf_counter()
-        ev = evaluate(policy, state.ema, cfg, with_media=with_media)
-        seconds["eval"] = time.perf_counter() - t
-    return IterationResult(plan, ex.columns if ex else None, selected, samples, metrics, ev, seconds, audited)
