@@ -15,16 +15,16 @@ Torch-free: `sol-rl status` and `sol-rl plan` print it without loading anything.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .settings import settings
 
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use: its own CUDA_VISIBLE_DEVICES (e.g. a scheduler's
     allocation "4,5,6,7"), else all of them (torch is imported only then)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = settings().cuda_visible_devices
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip()]
     import torch

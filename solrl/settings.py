@@ -22,6 +22,10 @@ are read by those tools themselves; the few we consult are named here with their
 | SOLRL_UPDATE_TIMEOUT_S | a collective (or the rendezvous) of the multi-rank update waiting longer fails the rank (default 1800) |
 | SOLRL_UPDATE_STORE_HOST | the address the workers reach the flow's process at, for the multi-rank rendezvous |
 | SOLRL_UPDATE_PAUSE_S | test hook of the multi-rank update: each rank sleeps this long after each micro-batch (default 0) |
+| CUDA_VISIBLE_DEVICES | the GPUs this process may use (a scheduler's allocation; `sol-rl status --gpus`) |
+| ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA | a process held to a lower CPU capability (the AVX2 kind on a larger CPU): |
+| | `model.dtype: auto`, the int8 engine and the compiled NVFP4 kernels' cache follow them |
+| TORCHINDUCTOR_CACHE_DIR | torch's compiled-kernel cache; a process held to another CPU capability gets its own |
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class Settings(BaseSettings):
     hf_home: str | None = Field(None, validation_alias=AliasChoices("HF_HOME"))
     xdg_cache_home: str | None = Field(None, validation_alias=AliasChoices("XDG_CACHE_HOME"))
     hf_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    cuda_visible_devices: str | None = Field(None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES"))
+    aten_cpu_capability: str | None = Field(None, validation_alias=AliasChoices("ATEN_CPU_CAPABILITY"))
+    onednn_max_cpu_isa: str | None = Field(None, validation_alias=AliasChoices("ONEDNN_MAX_CPU_ISA"))
+    torchinductor_cache_dir: str | None = Field(None, validation_alias=AliasChoices("TORCHINDUCTOR_CACHE_DIR"))
 
     @property
     def hub_cache(self) -> Path:
@@ -73,7 +81,19 @@ class Settings(BaseSettings):
         return Path(home).expanduser() / "hub"
 
 
-_PREFIXES = ("SOLRL_", "AWS_", "HF_", "HUGGINGFACE_", "XDG_", "HPS_", "TRANSFORMERS_")
+_PREFIXES = (
+    "SOLRL_",
+    "AWS_",
+    "HF_",
+    "HUGGINGFACE_",
+    "XDG_",
+    "HPS_",
+    "TRANSFORMERS_",
+    "CUDA_VISIBLE_DEVICES",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "TORCHINDUCTOR_CACHE_DIR",
+)
 
 
 def settings() -> Settings:
