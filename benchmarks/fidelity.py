@@ -5,6 +5,8 @@ reward of every seed under each explore variant
 
     nvfp4-r0, nvfp4-r8, nvfp4-r16, nvfp4-r32   W4A4 NVFP4 emulated, with an SVDQuant low-rank
                                                high-precision branch of rank r (0 = plain NVFP4)
+    nvfp4-bf16out                              plain NVFP4 whose GEMM emits bf16 (explore.emulation_output:
+                                               bfloat16; the others: float32, the exact block product)
     fp8                                        E4M3 per-tensor
     int8                                       W8A8 on the CPU's integer GEMMs (per-channel weights,
                                                dynamic per-tensor activations; solrl/quant/int8.py)
@@ -39,6 +41,11 @@ top-12 hit 93 %, best explore steps 6.
     python benchmarks/fidelity.py --weights /path/to/model --threads 1 --out DIR           # another shapes model
     python benchmarks/fidelity.py --quick --threads 1 --out /tmp/fid                       # smoke (seconds)
     python benchmarks/fidelity.py --variants int8 --threads 1 --out benchmarks/results/fidelity-int8   # one variant beside the same truths
+    python benchmarks/fidelity.py --variants nvfp4-r0 nvfp4-bf16out --steps 6 --threads 1 --out benchmarks/results/fidelity-bf16out
+
+With both nvfp4-r0 and nvfp4-bf16out, the summary also compares them paired (same prompts, seeds
+and truths): the per-prompt difference of every metric, mean ± SE over prompts, and how the two
+proxies' rewards agree seed by seed.
 
 Writes fidelity.json, fidelity.md, fidelity.png (rho, tau, mean true ranks, regret vs steps per
 variant, one row per truth), fidelity_heatmap.png (rho per prompt vs the bf16 truth) and
@@ -68,6 +75,7 @@ ANCHORS = {
 def variant_list(lowranks: list[int]) -> list[dict]:
     out = [{"name": f"nvfp4-r{r}", "precision": "nvfp4", "lowrank": r} for r in lowranks]
     return out + [
+        {"name": "nvfp4-bf16out", "precision": "nvfp4", "lowrank": 0, "output": "bfloat16"},
         {"name": "fp8", "precision": "fp8", "lowrank": 0},
         {"name": "int8", "precision": "int8", "lowrank": 0},
         {"name": "high", "precision": "high", "lowrank": 0},
@@ -82,7 +90,8 @@ def explore_models(policy, cfg, variants) -> dict:
     spec = primary_explore(cfg)
     out = {}
     for v in variants:
-        quant = explore_quant(policy, cfg, replace(spec, precision=v["precision"], lowrank=v["lowrank"]))
+        c = cfg.with_overrides(**{"explore.emulation_output": v.get("output", "float32")})
+        quant = explore_quant(policy, c, replace(spec, precision=v["precision"], lowrank=v["lowrank"]))
         out[v["name"]] = policy.sampler_copy(quant)
     return out
 
@@ -246,6 +255,8 @@ def run(args) -> dict:
         "sampling_wall_seconds": sampling_wall,
         "paper_anchors": ANCHORS,
     }
+    if {v["name"] for v in variants} >= set(PAIRED):
+        res["paired"] = paired(res)
     res["best_steps"] = {
         d: {
             v["name"]: int(max(args.steps, key=lambda s: (res["overall"][d][v["name"]][str(s)]["spearman"], -s)))
@@ -354,6 +365,7 @@ def summary(res: dict) -> str:
                 for v in cfg["variants"]
             )
         )
+    lines += paired_summary(res)
     c = res["cost"]
     lines += [
         "",
@@ -394,6 +406,65 @@ def summary(res: dict) -> str:
     ]
     lines.append(C.md_table(head2, rows2))
     return "\n".join(lines)
+
+
+PAIRED = ("nvfp4-r0", "nvfp4-bf16out")  # the emulation's float32 and bf16 output, compared paired
+
+
+def paired(res: dict, a: str = PAIRED[0], b: str = PAIRED[1]) -> dict:
+    """Per metric, truth and step count: the mean over prompts of (b − a) on the same prompts,
+    seeds and truths, its standard error, and the per-prompt differences; plus the two proxies'
+    agreement seed by seed (Spearman ρ between their rewards, mean |Δ reward|)."""
+    import math
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    out = {"a": a, "b": b, "prompts": len(res["per_prompt"]), "metrics": {}, "proxy_agreement": {}}
+    for d in TRUTHS:
+        out["metrics"][d] = {}
+        for s in res["config"]["explore_steps"]:
+            out["metrics"][d][str(s)] = {}
+            for key in METRICS:
+                diff = [r["metrics"][d][f"{b}/{s}"][key] - r["metrics"][d][f"{a}/{s}"][key] for r in res["per_prompt"]]
+                sem = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+                out["metrics"][d][str(s)][key] = {"mean": float(np.mean(diff)), "sem": sem, "per_prompt": diff}
+    for s in res["config"]["explore_steps"]:
+        pa = [np.asarray(r["proxy"][f"{a}/{s}"]) for r in res["per_prompt"]]
+        pb = [np.asarray(r["proxy"][f"{b}/{s}"]) for r in res["per_prompt"]]
+        out["proxy_agreement"][str(s)] = {
+            "spearman_mean": float(np.mean([spearmanr(x, y).statistic for x, y in zip(pa, pb)])),
+            "spearman_min": float(np.min([spearmanr(x, y).statistic for x, y in zip(pa, pb)])),
+            "mean_abs_reward_diff": float(np.mean([np.abs(x - y).mean() for x, y in zip(pa, pb)])),
+            "identical_seeds": float(np.mean([(x == y).mean() for x, y in zip(pa, pb)])),
+        }
+    return out
+
+
+def paired_summary(res: dict) -> list[str]:
+    names = {v["name"] for v in res["config"]["variants"]}
+    if not set(PAIRED) <= names:
+        return []
+    p = res.get("paired") or paired(res)
+    a, b = p["a"], p["b"]
+    lines = [
+        "",
+        f"### {b} − {a}, paired (same {p['prompts']} prompts, seeds and truths): mean ± SE over prompts, "
+        "vs the fp32 truth / vs the bf16 truth",
+        "",
+    ]
+    rows = []
+    for s in res["config"]["explore_steps"]:
+        m = {d: p["metrics"][d][str(s)] for d in TRUTHS}
+        ag = p["proxy_agreement"][str(s)]
+        rows.append(
+            [s]
+            + [" / ".join(f"{m[d][k]['mean']:+.3f} ± {m[d][k]['sem']:.3f}" for d in TRUTHS) for k in METRICS]
+            + [f"{ag['spearman_mean']:.3f} (min {ag['spearman_min']:.3f})", f"{ag['mean_abs_reward_diff']:.4f}"]
+        )
+    head = ["steps", "Δ ρ", "Δ τ", "Δ top hit", "Δ bottom hit", "Δ mean true rank top", "Δ bottom", "Δ regret"]
+    lines.append(C.md_table(head + [f"ρ({a}, {b}) per prompt", "mean |Δ reward|"], rows))
+    return lines
 
 
 def plot(res: dict, out: Path) -> list[Path]:

@@ -51,7 +51,7 @@ def explore_quant(policy: Policy, cfg: RunConfig, spec: ExploreSpec) -> QuantCon
         return FP8Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend)
     if spec.precision == "int8":
         return Int8Config(skip=skip, min_dim=min_dim)
-    kw = {"lowrank": spec.lowrank} if spec.lowrank else {}
+    kw = ({"lowrank": spec.lowrank} if spec.lowrank else {}) | {"output": cfg.explore.emulation_output}
     return NVFP4Config(skip=skip, min_dim=min_dim, backend=cfg.explore.backend, **kw)
 
 

@@ -23,6 +23,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Keys that never change what a run computes: a resumed run may change them freely
 # (extend a run, move it, scale it out).
 NOT_HASHED = {"run": ("iterations",), "model": ("memory_check",), "storage": "*", "cluster": "*"}
+# Keys added after runs existed: hashed only when set away from this default, so a run made
+# before the key existed keeps its hash (and resumes).
+HASHED_UNLESS_DEFAULT = {"explore": {"emulation_output": "float32"}}
 
 
 def _one_of(v: str, known, what: str) -> str:
@@ -108,6 +111,12 @@ class ExploreSection(_Strict):
     # SVDQuant-style low-rank high-precision branch of rank r beside the 4-bit residual (nvfp4
     # only; 0 = plain NVFP4).
     lowrank: int = Field(0, ge=0)
+    # What the emulated NVFP4 layer's GEMM emits (backend emulated): float32 = the exact block
+    # product, bfloat16 = a bf16 GEMM rounded to bf16 as a real NVFP4 GEMM does (faster on a CPU
+    # with AMX / avx512_bf16), auto = bfloat16 where the model runs in bf16 on a GPU or on such
+    # a CPU, float32 elsewhere. The value used is in run.json (explore_engine);
+    # docs/cpu-explore.md has the measurements.
+    emulation_output: Literal["float32", "bfloat16", "auto"] = "float32"
     # A Linear is quantised unless a skip pattern is a substring of its name, or max(in, out) <= min_dim.
     skip: tuple[str, ...] | None = None  # None = the family's default skip patterns
     min_dim: int | None = None
@@ -325,6 +334,10 @@ class RunConfig(_Strict):
             else:
                 for k in keys:
                     data[section].pop(k, None)
+        for section, defaults in HASHED_UNLESS_DEFAULT.items():
+            for k, default in defaults.items():
+                if data[section].get(k) == default:
+                    data[section].pop(k)
         return data
 
     def hash(self, resolved: Resolved | None = None) -> str:

@@ -76,10 +76,13 @@ class Run:
 def _meta(run_id: str, cfg: RunConfig, resolved: Resolved) -> dict:
     import torch
 
+    from solrl.quant import explore_engine
+
     return {
         "run_id": run_id,
         "config": cfg.model_dump(mode="json"),
         "resolved": resolved.model_dump(mode="json"),
+        "explore_engine": explore_engine(cfg, resolved),  # a record, not hashed (solrl/quant/engines.py)
         "config_hash": cfg.hash(resolved),
         "code_version": __version__,
         "torch": torch.__version__,

@@ -128,7 +128,7 @@ def test_fidelity_quick(quick):
     assert d["pngs"] == ["fidelity.png", "fidelity_heatmap.png", "fidelity_cost.png"]
     cfg = d["config"]
     steps, n, k = cfg["explore_steps"], cfg["seeds_per_prompt"], cfg["k"]
-    variants = {"nvfp4-r0", "nvfp4-r8", "fp8", "int8", "high"}
+    variants = {"nvfp4-r0", "nvfp4-r8", "nvfp4-bf16out", "fp8", "int8", "high"}
     assert set(d["overall"]) == {"fp32", "bf16"}  # the two truths side by side
     for by_variant in d["overall"].values():
         assert set(by_variant) == variants
@@ -154,6 +154,14 @@ def test_fidelity_quick(quick):
         "int8 ("
     )  # codes + a float32 scale per output channel
     assert q["high"]["weights"] == 0
+    assert "(bfloat16 output)" in q["nvfp4-bf16out"]["summary"]
+    # the emulation's bf16 output against its float32 output, paired per prompt
+    p = d["paired"]
+    assert (p["a"], p["b"], p["prompts"]) == ("nvfp4-r0", "nvfp4-bf16out", 2)
+    for s in steps:
+        diff = p["metrics"]["bf16"][str(s)]["spearman"]
+        assert len(diff["per_prompt"]) == 2 and math.isfinite(diff["mean"]) and diff["sem"] >= 0
+        assert -1 <= p["proxy_agreement"][str(s)]["spearman_mean"] <= 1
     rows = d["cost"]["rows"]
     assert set(rows) == {f"{v}/{cfg['cost_steps']}" for v in variants} | {
         f"rollout-{t}/{cfg['truth_steps']}" for t in ("fp32", "bf16")

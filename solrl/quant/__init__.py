@@ -9,13 +9,15 @@ tests), computed as a block-scaled MMA: y = (S_a·S_w)·(A′ @ W′ᵀ) + b wit
 bfloat16 and float32 accumulation (W′ held in bfloat16 on a GPU, bf16 GEMMs);
 `transformer_engine` (TE's kernels: NVFP4 on Blackwell, FP8 on Ada/Hopper/Blackwell, with the
 recipe flags that match the emulation, see solrl/accelerator.py); `none` (ablations).
-`NVFP4Config(lowrank=r)` adds SVDQuant's rank-r bfloat16 branch to `emulated`. `Int8Config`: W8A8
+`NVFP4Config(lowrank=r)` adds SVDQuant's rank-r bfloat16 branch to `emulated`;
+`NVFP4Config(output="bfloat16")` makes its GEMM emit bf16 as a real NVFP4 GEMM does. `Int8Config`: W8A8
 on the CPU's integer GEMM kernels (torch's dynamic quantised Linear, fbgemm or oneDNN;
 solrl/quant/int8.py). See docs/algorithm.md, "NVFP4 numerics"; backends per GPU generation:
 docs/gpus-hopper-blackwell.md; int8: docs/cpu-explore.md.
 """
 
-from .config import FP8Config, Int8Config, NVFP4Config, QuantConfig, QuantReport, select_linears
+from .config import FP8Config, Int8Config, NVFP4Config, QuantConfig, QuantReport, emulation_output, select_linears
+from .engines import explore_engine
 from .int8 import Int8Linear, int8_engine
 from .linear import EmulatedLinear, quantize_
 from .lowrank import lowrank_split
@@ -38,6 +40,8 @@ __all__ = [
     "EmulatedLinear",
     "Int8Linear",
     "int8_engine",
+    "emulation_output",
+    "explore_engine",
     "quantize_",
     "select_linears",
     "fake_quantize_nvfp4",

@@ -11,6 +11,8 @@ from torch import nn
 
 Backend = Literal["emulated", "transformer_engine", "none"]
 BACKENDS = ("emulated", "transformer_engine", "none")
+Output = Literal["float32", "bfloat16", "auto"]
+OUTPUT_CHOICES = ("float32", "bfloat16", "auto")
 
 
 def _check_filter(cfg) -> None:
@@ -31,15 +33,22 @@ class NVFP4Config:
     (TE's NVFP4BlockScaling kernels, Blackwell), `none` (nothing is quantised: ablations).
     `lowrank` = r > 0 (backend `emulated` only) keeps a rank-r bfloat16 branch W ≈ L₁L₂ from the
     SVD of each weight and quantises the residual W − L₁L₂ to NVFP4 (SVDQuant); 0 = plain NVFP4.
+    `output` (backend `emulated`): `float32` = the exact block product in float32 (default),
+    `bfloat16` = a bf16 GEMM emitting bf16 as Blackwell's NVFP4 GEMM does (EmulatedLinear),
+    `auto` = bfloat16 where the model runs in bf16 on a GPU or on a CPU with bf16 matrix
+    instructions, float32 elsewhere (`emulation_output`).
     FP8 is its own config, `FP8Config`."""
 
     skip: tuple[str, ...] = ()
     min_dim: int = 0
     backend: Backend = "emulated"
     lowrank: int = 0
+    output: Output = "float32"
     fmt = "nvfp4"  # the format (a class constant, not a field)
 
     def __post_init__(self):
+        if self.output not in OUTPUT_CHOICES:
+            raise ValueError(f"unknown emulation output {self.output!r}: use {', '.join(OUTPUT_CHOICES)}")
         if isinstance(self.lowrank, bool) or not isinstance(self.lowrank, numbers.Integral) or self.lowrank < 0:
             raise ValueError(f"lowrank must be a non-negative integer rank, got {self.lowrank!r}")
         object.__setattr__(self, "lowrank", int(self.lowrank))
@@ -65,6 +74,7 @@ class FP8Config:
     backend: Backend = "emulated"
     fmt = "fp8"
     lowrank = 0  # no low-rank branch beside FP8 weights (a class constant, not a field)
+    output = "float32"  # the exact block product (a class constant, not a field)
 
     def __post_init__(self):
         _check_filter(self)
@@ -92,6 +102,34 @@ class Int8Config:
 
 
 QuantConfig = NVFP4Config | FP8Config | Int8Config
+
+
+def emulation_output(setting: str, dtype: str, device: str) -> str:
+    """What an emulated layer's `output` setting resolves to for a model in `dtype` ("bfloat16" /
+    "float32") on `device` ("cpu", "cuda", ...): `auto` is bfloat16 when the model runs in bf16 on
+    a GPU, or on a CPU with bf16 matrix instructions that torch may use (`cpu_has_bf16_matmul`,
+    which honours ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA, like `model.dtype: auto`); float32
+    elsewhere (a float32 model, or bf16 on a CPU without bf16 kernels, where a bf16 GEMM is slow)."""
+    if setting != "auto":
+        return setting
+    if dtype != "bfloat16":
+        return "float32"
+    if device.split(":")[0] != "cpu":
+        return "bfloat16"
+    from ..models.base import cpu_has_bf16_matmul  # lazy: models imports this package
+
+    return "bfloat16" if cpu_has_bf16_matmul() else "float32"
+
+
+def resolve_output(cfg: QuantConfig, model: nn.Module) -> str:
+    """`cfg.output` resolved for `model` (its first parameter's dtype and device)."""
+    setting = getattr(cfg, "output", "float32")
+    if setting != "auto":
+        return setting
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        return "float32"
+    return emulation_output(setting, str(p.dtype).removeprefix("torch."), p.device.type)
 
 
 def is_pointwise_conv(mod: nn.Module) -> bool:

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import QuantConfig, QuantReport, select_linears
+from .config import QuantConfig, QuantReport, resolve_output, select_linears
 from .lowrank import lowrank_split
-from .numerics import block_mm, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack_factors
+from .numerics import bf16_epilogue, block_mm, fp8_factors, nvfp4_factors, nvfp4_pack, nvfp4_unpack_factors
+
+OUTPUTS = ("float32", "bfloat16")
 
 
 def factor_dtype_for(device: torch.device) -> torch.dtype:
@@ -37,13 +39,31 @@ class EmulatedLinear(nn.Module):
     containers give the same products; on the CPU the result is bit-identical either way.
     `lowrank` = r > 0 adds SVDQuant's high-precision branch: W = L₁L₂ + R with L₁ [out, r],
     L₂ [r, in] in bfloat16 from the SVD of W, and the 4-bit factors quantise the residual R.
-    r = 0 is the plain layer (no SVD, no extra buffers)."""
+    r = 0 is the plain layer (no SVD, no extra buffers).
+
+    `output` = "bfloat16" (NVFP4Config.output; the explore's `explore.emulation_output`) is the
+    GEMM of a real NVFP4 MMA that emits bf16: A′ and W′ in bfloat16 containers, a bf16 GEMM with
+    float32 accumulation whose result is rounded to bf16 (on an AMX CPU: oneDNN's bf16 kernel, no
+    float32 copies of the operands), then (S_a·S_w)·y + b in float32 rounded once more to bf16
+    (`bf16_epilogue`). Two roundings of a float32 result instead of none before the final cast:
+    within 2 bf16 ulps of the "float32" layer (tests), and measured for ranking fidelity in
+    docs/cpu-explore.md. "float32" (default) is the exact block product described above."""
 
     def __init__(
-        self, linear: nn.Linear, fmt: str = "nvfp4", lowrank: int = 0, factor_dtype: torch.dtype | None = None
+        self,
+        linear: nn.Linear,
+        fmt: str = "nvfp4",
+        lowrank: int = 0,
+        factor_dtype: torch.dtype | None = None,
+        output: str = "float32",
     ):
         super().__init__()
         self.in_features, self.out_features, self.fmt = linear.in_features, linear.out_features, fmt
+        if output not in OUTPUTS:
+            raise ValueError(f"the emulated layer's output is float32 or bfloat16, not {output!r}")
+        self.output = output
+        if output == "bfloat16":
+            factor_dtype = torch.bfloat16  # the operands of the bf16 GEMM (exact: <= 6 significant bits)
         factor_dtype = factor_dtype or factor_dtype_for(linear.weight.device)
         if factor_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the weight factor is held in float32 or bfloat16, not {factor_dtype}")
@@ -81,6 +101,8 @@ class EmulatedLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "bfloat16":
+            return self._forward_bf16(x)
         dtype = x.dtype  # bf16 on a GPU: quantise, multiply, accumulate in float32, hand back bf16
         a, s_a = self._act(x, self.weight_qs.dtype)  # the factor in W′'s container (see block_mm)
         y = block_mm(a, self.weight_qs)
@@ -91,9 +113,23 @@ class EmulatedLinear(nn.Module):
             y = y.add_(self.bias)
         return y.to(dtype)
 
+    def _forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        a, s_a = self._act(x, torch.bfloat16)
+        y = F.linear(a, self.weight_qs)  # bf16 GEMM, float32 accumulation, bf16 result
+        scale = s_a * self.tensor_scale
+        if self.rank:  # the low-rank branch joins in float32, as in the float32 layer
+            y = y.float().mul_(scale)
+            y = y.add_(F.linear(F.linear(x.float(), self.lowrank_down.float()), self.lowrank_up.float()))
+            if self.bias is not None:
+                y = y.add_(self.bias)
+            return y.to(torch.bfloat16).to(x.dtype)
+        return bf16_epilogue(y, scale, self.bias).to(x.dtype)
+
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}" + (
-            f", lowrank={self.rank}" if self.rank else ""
+        return (
+            f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}"
+            + (f", lowrank={self.rank}" if self.rank else "")
+            + (f", output={self.output}" if self.output != "float32" else "")
         )
 
 
@@ -184,7 +220,10 @@ def quantize_(model: nn.Module, config: QuantConfig) -> QuantReport:
         report.backend = f"int8 ({engine})"
         factory = lambda lin: Int8Linear(lin, engine)  # noqa: E731
     else:
-        factory = lambda lin: EmulatedLinear(lin, config.fmt, lowrank=config.lowrank)  # noqa: E731
+        output = resolve_output(config, model)
+        if output != "float32":
+            report.backend += f" ({output} output)"
+        factory = lambda lin: EmulatedLinear(lin, config.fmt, lowrank=config.lowrank, output=output)  # noqa: E731
     for new in _swap(model, names, _pointwise_aware(factory), atomic=False):
         report.packed_bytes += getattr(new, "packed_bytes", 0)
         report.dense_bytes += getattr(new, "dense_bytes", 0)

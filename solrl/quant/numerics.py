@@ -146,20 +146,22 @@ def _fp8_factors(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tor
 _compiled: dict = {}
 
 
-def _kernel(fn, compiled: bool | None):
-    """`fn` itself, or its torch.compile'd form (default: unless SOLRL_NO_COMPILE=1)."""
+def _kernel(fn, compiled: bool | None, dtype: torch.dtype = torch.float32):
+    """`fn` itself, or its torch.compile'd form (default: unless SOLRL_NO_COMPILE=1), one per
+    factor container `dtype` (each compiles its own graph and is checked on its own)."""
     if compiled is None:
         from ..settings import settings
 
         compiled = not settings().no_compile
     if not compiled:
         return fn
-    if fn not in _compiled:
+    key = (fn, dtype)
+    if key not in _compiled:
         _own_cache_per_capability()
         # One fused kernel instead of ~12 elementwise passes: ~7x faster activation quantisation
         # on the CPU, and the same bits (checked by tests against torchao and the eager twin).
-        _compiled[fn] = _checked(fn, torch.compile(fn, dynamic=True))
-    return _compiled[fn]
+        _compiled[key] = _checked(fn, torch.compile(fn, dynamic=True), dtype)
+    return _compiled[key]
 
 
 def _own_cache_per_capability() -> None:
@@ -181,21 +183,31 @@ def _own_cache_per_capability() -> None:
         clear_caches()
 
 
-def _probe_args(fn, x: torch.Tensor) -> tuple:
-    return (x,) if fn is _fake_nvfp4_blocks else (x, torch.float32)
+def _bf16_epilogue(y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(S_a·S_w)·y + b of a bfloat16 GEMM output y [..., N], computed in float32 and rounded once
+    to bfloat16: the epilogue of a block-scaled MMA that emits bf16 (Blackwell's NVFP4 GEMM). One
+    fused pass compiled; in eager bf16 ops each op would round again (and run ~10x slower)."""
+    return (y.float() * scale + bias).to(torch.bfloat16)
 
 
-def _checked(fn, cfn):
+def _probe_args(fn, x: torch.Tensor, dtype: torch.dtype) -> tuple:
+    if fn is _bf16_epilogue:  # y [M, N] in bf16, a scalar scale, a bias [N]
+        return (x.bfloat16(), torch.tensor(0.37), torch.linspace(-2.0, 3.0, x.shape[-1]))
+    return (x,) if fn is _fake_nvfp4_blocks else (x, dtype)
+
+
+def _checked(fn, cfn, dtype: torch.dtype = torch.float32):
     """`cfn` when it gives `fn`'s bits on probe inputs (blocked [M, K/16, 16] for the NVFP4
-    kernels, [M, K] for FP8; a small odd M and a model-sized one), else `fn` with a warning.
+    kernels, [M, K] for FP8 and the epilogue; a small odd M and a model-sized one; the factor
+    kernels asked for `dtype` factors), else `fn` with a warning.
     A defence: a compiled kernel served from a cache made under another CPU capability gave
     wrong scales and NaNs (see _own_cache_per_capability); the eager kernel is always right."""
     g = torch.Generator().manual_seed(0)
     for m, k in ((7, 48), (1000, 192)):
         x = torch.randn(m, k, generator=g) * 3
-        if fn is not _fp8_factors:
+        if fn not in (_fp8_factors, _bf16_epilogue):
             x = x.reshape(m, k // BLOCK, BLOCK)
-        want, got = fn(*_probe_args(fn, x)), cfn(*_probe_args(fn, x))
+        want, got = fn(*_probe_args(fn, x, dtype)), cfn(*_probe_args(fn, x, dtype))
         want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
         if not all(torch.equal(a, b) for a, b in zip(want, got)):
             warnings.warn(
@@ -230,7 +242,7 @@ def nvfp4_factors(
     (A′ = q·s of x's shape, exact in bfloat16, held in `dtype`; S float32 scalar), so that
     A′·S = fake_quantize_nvfp4(x) up to the one rounding of the product. All-zero x: (0, 0).
     `compiled` as for fake_quantize_nvfp4 (the eager and compiled kernels are bit-identical)."""
-    a, s = _kernel(_nvfp4_factors, compiled)(_blocks(x), dtype)
+    a, s = _kernel(_nvfp4_factors, compiled, dtype)(_blocks(x), dtype)
     return a.reshape(x.shape), s
 
 
@@ -240,8 +252,18 @@ def fp8_factors(
     """FP8 E4M3 with per-tensor current scaling as block-product factors: (the e4m3 values of
     x/S, exact in bfloat16, held in `dtype`; S = amax / 448), A′·S = fake_quantize_fp8(x).
     All-zero x: (0, 0). `compiled` as for fake_quantize_nvfp4."""
-    a, s = _kernel(_fp8_factors, compiled)(x.reshape(-1, x.shape[-1]), dtype)
+    a, s = _kernel(_fp8_factors, compiled, dtype)(x.reshape(-1, x.shape[-1]), dtype)
     return a.reshape(x.shape), s
+
+
+def bf16_epilogue(
+    y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, compiled: bool | None = None
+) -> torch.Tensor:
+    """scale·y (+ bias) of a bfloat16 GEMM output, in float32 and rounded once to bfloat16
+    (`compiled` as for fake_quantize_nvfp4; checked against the eager form like the quantisers)."""
+    if bias is None:
+        return (y.float() * scale).to(torch.bfloat16)
+    return _kernel(_bf16_epilogue, compiled)(y, scale, bias.float())
 
 
 def fake_quantize_fp8(x: torch.Tensor) -> torch.Tensor:
