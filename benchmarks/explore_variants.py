@@ -47,8 +47,8 @@ def host_kind() -> str:
 
 
 def sampling(args, cfg, policy, prompt) -> dict:
+    from solrl.compute import explore_quant
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant
 
     spec = primary_explore(cfg)
     copies = {}

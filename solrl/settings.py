@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         return Path(home).expanduser() / "hub"
 
 
+def set_inductor_cache_dir(path: str) -> None:
+    """Point torch's compiled-kernel cache (inductor reads this variable whenever it looks for the
+    cache, and has no other setting for it) at `path`, for this process and its children."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+
+
 _PREFIXES = (
     "SOLRL_",
     "AWS_",

@@ -147,8 +147,8 @@ def test_run_json_names_the_explore_engine_and_the_default_keeps_the_hash(tmp_pa
 
 
 def test_the_explore_copy_takes_the_configured_output(shapes_policy_factory):
+    from solrl.compute import explore_quant
     from solrl.plan import primary_explore
-    from solrl.stages import explore_quant
 
     cfg = RunConfig().with_overrides(**{"model.dtype": "bfloat16", "explore.emulation_output": "bfloat16"})
     policy = shapes_policy_factory(cfg)

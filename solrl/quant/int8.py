@@ -28,7 +28,6 @@ engine (and activation range): its numbers differ, as float kernels do across ma
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 from functools import cache
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..settings import settings
 
 QMAX = 127
 
@@ -53,7 +54,7 @@ def int8_engine() -> str:
     engines = set(torch.backends.quantized.supported_engines)
     flags = _cpu_flags()
     aten_avx512 = torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
-    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    isa_cap = (settings().onednn_max_cpu_isa or "ALL").upper()
     onednn_avx512 = isa_cap in ("ALL", "DEFAULT") or isa_cap.startswith(("AVX512", "AVX10", "AMX"))
     if "onednn" in engines and aten_avx512 and onednn_avx512 and ("avx512_vnni" in flags or "amx_int8" in flags):
         return "onednn"

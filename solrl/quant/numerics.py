@@ -169,7 +169,9 @@ def _own_cache_per_capability() -> None:
     the AVX2 kind is measured) compiles its kernels into a cache of its own. Measured with torch
     2.13: inductor's on-disk cache does not key on that variable, so such a process and a normal
     one on the same machine served each other's kernels: NaNs, wrong scales, heap corruption."""
-    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    from ..settings import set_inductor_cache_dir, settings
+
+    cap = settings().aten_cpu_capability
     if not cap:
         return
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -177,9 +179,9 @@ def _own_cache_per_capability() -> None:
 
     default = os.path.abspath(default_cache_dir())
     if (
-        os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default
-    ):  # not chosen by the user (torch sets it on first use)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{cap.lower()}"
+        settings().torchinductor_cache_dir or default
+    ) == default:  # not chosen by the user (torch sets it on first use)
+        set_inductor_cache_dir(f"{default}-{cap.lower()}")
         clear_caches()
 
 
