@@ -60,7 +60,7 @@ def stage_seconds(run_uri: str) -> dict[str, float]:
     run = open_run(run_uri)
     out = {}
     for s in STAGES:
-        rec = run.stage(0, s).record
+        rec = run.stage(None if s == "baseline" else 0, s).record  # the baseline is run-scoped
         if rec:
             out[s] = rec["finished_at"] - rec["started_at"]
     return out

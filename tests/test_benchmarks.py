@@ -205,6 +205,7 @@ def test_cost_quick(quick):
     it = d["iteration"]  # one iteration, float32 vs bf16
     assert set(it["median"]) == {"fp32", "bf16"}
     assert set(it["median"]["fp32"]["stages"]) == {
+        "plan",
         "explore",
         "select",
         "regenerate",
