@@ -1,0 +1,252 @@
+"""benchmarks/study.py: the two-level bootstrap, the equivalence margin, the parity levels and
+clocks on a synthetic study with known effects (written through the script's own Parquet writer),
+and the replot of the committed study data reproducing its committed outputs byte for byte."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import study as S  # noqa: E402
+
+COMMITTED = REPO / "benchmarks" / "results" / "study"
+SLOPE = {"sol_rl": 0.01, "naive_scaling": 0.01, "diffusionnft": 0.01, "naive_quant": 0.004}
+SECONDS = {"sol_rl": 2.0, "naive_scaling": 6.0, "diffusionnft": 3.0, "naive_quant": 1.5}  # explore stage, per iteration
+FORWARDS = {  # (high, low) of the explore stage
+    "sol_rl": (0.0, 1000.0),
+    "naive_scaling": (2000.0, 0.0),
+    "diffusionnft": (0.0, 0.0),
+    "naive_quant": (0.0, 2000.0),
+}
+SEEDS, ITERATIONS, EVALS = (0, 1, 2, 3), 9, (0, 4, 8)
+SETS = {"train": (4, 4), "held_out": (6, 3)}  # prompts, eval seeds per prompt
+
+
+def synthetic(folder: Path) -> Path:
+    """Runs whose gain grows linearly with the iteration at SLOPE[variant]; naive_scaling's rewards
+    are sol_rl's (same training seed) exactly; diffusionnft has the same mean curve with its own
+    noise; one naive_scaling iteration stalls (100 s)."""
+    rng = np.random.default_rng(7)
+    base = {s: rng.uniform(0.3, 0.7, size=p * e) for s, (p, e) in SETS.items()}
+    prompt_effect = {s: rng.normal(0, 0.01, size=p) for s, (p, e) in SETS.items()}
+    pairs, timings, audit, meta = [], [], [], {}
+    noise: dict = {}
+    for v in S.MODES:
+        for seed in SEEDS:
+            run = f"{v}-seed{seed}"
+            src = "sol_rl" if v == "naive_scaling" else v  # naive_scaling: the very same rewards as sol_rl
+            meta[run] = {
+                "variant": v,
+                "mode": v,
+                "training_seed": seed,
+                "config_hash": "x",
+                "explore_n": 16,
+                "select_k": 8,
+                "prompts_pool": 4,
+                "iterations_complete": ITERATIONS,
+                "evaluated": list(EVALS),
+            }
+            for s, (n_p, n_e) in SETS.items():
+                for it in (-1, *EVALS):
+                    key = (src, seed, s, it)
+                    if key not in noise:
+                        seed_shift = rng.normal(0, 0.003)
+                        noise[key] = (
+                            seed_shift + np.repeat(prompt_effect[s], n_e) * (it >= 0) + rng.normal(0, 0.02, n_p * n_e)
+                        )
+                    r = base[s] + (0.0 if it < 0 else SLOPE[v] * (it + 1) + noise[key])
+                    for j in range(n_p * n_e):
+                        pairs.append(
+                            {
+                                "run": run,
+                                "variant": v,
+                                "mode": v,
+                                "training_seed": seed,
+                                "iteration": it,
+                                "set": s,
+                                "prompt_id": 100 + j // n_e,
+                                "eval_seed": 1000 * (j // n_e) + j % n_e,
+                                "reward": float(np.float32(r[j])),
+                                "strict": float(r[j] > 0.6),
+                            }
+                        )
+            for it in range(ITERATIONS):
+                stall = 100.0 if (v == "naive_scaling" and seed == 1 and it == 3) else 0.0
+                hi, lo = FORWARDS[v]
+                for st, sec, fh, fl in (
+                    ("explore", SECONDS[v] + stall, hi, lo),
+                    ("update", 1.0, 500.0, 0.0),
+                    ("eval", 50.0, 0.0, 0.0),
+                ):
+                    timings.append(
+                        {
+                            "run": run,
+                            "iteration": it,
+                            "stage": st,
+                            "seconds": sec,
+                            "started_at": 1.0e9 + it,
+                            "worker": "vm:1",
+                            "forwards_high": fh,
+                            "forwards_low": fl,
+                        }
+                    )
+                if v == "sol_rl":
+                    truth = rng.permutation(16)
+                    for c in range(16):
+                        t = int(truth[c]) + 1  # true rank
+                        proxy_rank = t if t <= 12 else 29 - t  # the proxy orders the bottom 4 backwards
+                        audit.append(
+                            {
+                                "run": run,
+                                "iteration": it,
+                                "prompt_id": 100,
+                                "candidate": c,
+                                "seed": c,
+                                "proxy": "explore",
+                                "proxy_precision": "nvfp4",
+                                "proxy_steps": 6,
+                                "proxy_reward": 1.0 - proxy_rank / 20,
+                                "proxy_rank": proxy_rank,
+                                "selected": proxy_rank <= 4 or proxy_rank > 12,
+                                "reward": 1.0 - t / 20,
+                            }
+                        )
+    S.write_tables(str(folder), pairs, audit, timings, {"runs_root": "synthetic", "host": {}, "runs": meta})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    folder = synthetic(tmp_path_factory.mktemp("study"))
+    return folder, S.analyse(str(folder), n_boot=2000, seed=0)
+
+
+def row_at(rows, it):
+    return next(r for r in rows if r["iteration"] == it)
+
+
+def test_bootstrap_covers_a_known_effect_and_zero(result):
+    folder, res = result
+    # naive_quant − sol_rl: −0.006 per completed iteration, −0.054 after 9
+    d = row_at(res["differences"]["train"]["naive_quant - sol_rl"], 8)
+    assert d["ci95"][0] < -0.054 < d["ci95"][1] and d["ci95"][1] < 0 and d["resolved"]
+    assert d["seeds"] == len(SEEDS) and d["prompts"] == SETS["train"][0] and d["pairs"] == 16
+    # the same true curve, independent noise: the interval holds 0
+    data, boot = S.Data(str(folder)), S.Bootstrap(2000, 0)
+    z = row_at(S.paired_difference(data, boot, "diffusionnft", "naive_scaling", "held_out"), 8)
+    assert z["ci95"][0] < 0 < z["ci95"][1] and not z["resolved"]
+    # per-variant gain: 0.09 after 9 iterations, covered; strict accuracy carried along
+    g = row_at(res["curves"]["train"]["sol_rl"], 8)
+    assert g["ci95"][0] < 0.09 < g["ci95"][1] and "strict_gain" in g
+    # deterministic: the same seed gives the same replicates
+    assert S.analyse(str(folder), n_boot=2000, seed=0)["differences"] == res["differences"]
+
+
+def test_bootstrap_resamples_both_levels():
+    boot = S.Bootstrap(3000, 1)
+    spp = np.array([4, 4, 2])
+    w = boot.pair_weights("x", spp)
+    assert w.shape == (3000, 10) and np.allclose(w.sum(axis=1), 1.0)
+    # prompt-level resampling: some replicates leave a whole prompt out
+    per_prompt = np.stack([w[:, :4].sum(1), w[:, 4:8].sum(1), w[:, 8:].sum(1)], axis=1)
+    assert (per_prompt == 0).any(axis=1).mean() > 0.5
+    # seed-level: within a drawn prompt, its seeds are not all weighted alike
+    assert (w[:, :4].std(axis=1) > 0).mean() > 0.5
+    idx = boot.runs(5)
+    assert idx.shape == (3000, 5) and idx.min() == 0 and idx.max() == 4
+    assert np.array_equal(idx, S.Bootstrap(3000, 1).runs(5))
+
+
+def test_equivalence_margin_is_the_larger_end_of_the_90_percent_interval(result):
+    rows = [{"iteration": 3, "mean": 0.01, "ci90": [-0.01, 0.03], "b_gain": 0.1, "seeds": 5, "prompts": 8}]
+    (e,) = S.equivalence(rows)
+    assert e["margin"] == pytest.approx(0.03) and e["margin_share_of_reference_gain"] == pytest.approx(0.3)
+    rows[0]["ci90"] = [-0.05, 0.02]
+    assert S.equivalence(rows)[0]["margin"] == pytest.approx(0.05)
+    rows[0]["b_gain"] = -0.01
+    assert S.equivalence(rows)[0]["margin_share_of_reference_gain"] is None
+    _, res = result  # identical rewards: margin 0
+    assert row_at(res["equivalence"]["sol_rl - naive_scaling"]["train"], 8)["margin"] == 0.0
+
+
+def test_parity_levels_come_from_the_smallest_resolved_final_gain():
+    lv = S.parity_levels(
+        {
+            "a": {"mean": 0.10, "ci95": [0.05, 0.15]},
+            "b": {"mean": 0.08, "ci95": [0.01, 0.12]},
+            "c": {"mean": 0.02, "ci95": [-0.01, 0.05]},  # not resolved above 0: not compared
+        }
+    )
+    assert lv["compared"] == ["a", "b"] and lv["base"] == 0.08
+    assert lv["levels"] == pytest.approx([0.02, 0.04, 0.06])
+    assert S.parity_levels({"c": {"mean": 0.02, "ci95": [-0.01, 0.05]}})["levels"] == []
+    x = np.array([0.0, 1.0, 5.0])
+    assert S.first_crossing(x, np.array([0.0, 0.1, 0.5]), 0.3) == pytest.approx(3.0)
+    assert S.first_crossing(x, np.array([0.0, 0.1, 0.2]), 0.3) == np.inf
+    reps = S.first_crossing(x, np.array([[0.0, 0.1, 0.5], [0.0, 0.4, 0.5]]), 0.2)
+    assert reps == pytest.approx([2.0, 0.5])
+
+
+def test_parity_speedup_is_the_cost_ratio_when_curves_coincide(result):
+    _, res = result
+    p = res["parity"]
+    assert set(p["compared"]) == set(S.MODES)
+    per_it = {v: SECONDS[v] + 1.0 for v in S.MODES}  # explore + update; eval is measurement; the stall is a median away
+    for row in p["rows"]:
+        cell = row["modes"]["sol_rl"]
+        assert cell["wall_seconds"]["speedup"] == pytest.approx(per_it["naive_scaling"] / per_it["sol_rl"], rel=1e-5)
+        assert cell["iterations"]["speedup"] == pytest.approx(1.0)
+        for c in S.LOW_COSTS:
+            assert cell[f"gpu_{c:g}"]["speedup"] == pytest.approx(2500.0 / (500.0 + c * 1000.0), rel=1e-5)
+        lo, hi = cell["wall_seconds"]["speedup_ci95"]
+        assert lo == pytest.approx(7.0 / 3.0, rel=1e-5) and hi == pytest.approx(7.0 / 3.0, rel=1e-5)  # paired replicates: the same crossing
+    assert p["cost"]["naive_scaling"]["seconds_per_iteration_max"] == pytest.approx(107.0)
+
+
+def test_winners_curse_from_the_audit_rows(result):
+    _, res = result
+    wc = res["winners_curse"]["sol_rl"]
+    assert wc["n"] == 16 and wc["k"] == 8 and wc["chance_false_top"] == pytest.approx(0.75)
+    # proxy ranks 1..4 are the true ranks: no rank error, no false top seed
+    assert wc["rank_error_top"]["mean"] == 0.0 and wc["false_top"]["mean"] == 0.0
+    assert 0.0 < wc["spearman"]["mean"] < 1.0
+    assert wc["seeds"] == len(SEEDS) and wc["audited_iterations"] == ITERATIONS
+
+
+def test_replot_writes_json_md_and_plots(tmp_path, result):
+    folder, _ = result
+    out = tmp_path / "out"
+    assert S.main(["analyse", "--data", str(folder), "--out", str(out), "--bootstrap", "500"]) == 0
+    for f in ("study.json", "study.md", "study_gain.png", "study_differences.png", "study_parity.png"):
+        assert (out / f).is_file(), f
+    text = (out / "study.md").read_text()
+    assert "not resolved" in text and "c = 0.41" in text
+
+
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
+    assert S.main(["analyse", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.parquet" in err and "export" in err and err.count("\n") == 1
+    assert S.main(["export", "--runs-root", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+
+
+def test_help():
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "study.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "export" in r.stdout and "analyse" in r.stdout
+
+
+@pytest.mark.skipif(not (COMMITTED / "pairs.parquet").is_file(), reason="no committed study data")
+def test_committed_replot_reproduces_committed_outputs(tmp_path):
+    """The committed study.json and study.md come from the committed Parquet alone, deterministically."""
+    out = tmp_path / "replot"
+    assert S.main(["analyse", "--data", str(COMMITTED), "--out", str(out), "--no-plots"]) == 0
+    for f in ("study.json", "study.md"):
+        assert filecmp.cmp(out / f, COMMITTED / f, shallow=False), f"{f} differs from the committed one: re-run the replot"
