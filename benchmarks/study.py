@@ -108,7 +108,9 @@ def export(runs_root: str, out: str) -> dict:
 
     root = Path(runs_root)
     if not root.is_dir():
-        raise BadInput(f"--runs-root {runs_root} is not a folder: give the folder that holds the <variant>-seed<s> runs")
+        raise BadInput(
+            f"--runs-root {runs_root} is not a folder: give the folder that holds the <variant>-seed<s> runs"
+        )
     names = sorted(d.name for d in root.iterdir() if (d / "run.json").is_file() and RUN_NAME.match(d.name))
     if not names:
         raise BadInput(f"no runs named <variant>-seed<s> with a run.json under {runs_root}: give the study's runs root")
@@ -278,7 +280,13 @@ def write_tables(out: str, pairs: list[dict], audit: list[dict], timings: list[d
         f"exported {len(info['runs'])} runs: {len(pairs)} pair rows, {len(audit)} audit rows, {len(timings)} stage rows -> {out_dir} "
         + ", ".join(f"{f} {s / 1024:.0f} KiB" for f, s in sizes.items())
     )
-    return {"runs": len(info["runs"]), "pairs": len(pairs), "audit": len(audit), "timings": len(timings), "sizes": sizes}
+    return {
+        "runs": len(info["runs"]),
+        "pairs": len(pairs),
+        "audit": len(audit),
+        "timings": len(timings),
+        "sizes": sizes,
+    }
 
 
 # --- the bootstrap -------------------------------------------------------------------------------------
@@ -416,13 +424,16 @@ class Data:
             key = list(zip(g["prompt_id"].tolist(), g["eval_seed"].tolist(), strict=True))
             if key != self.order[s]:
                 raise BadInput(
-                    f"pairs.parquet: run {run} iteration {it} set {s} does not hold the same (prompt, eval seed) pairs as {first}'s baseline: re-export the study"
+                    f"pairs.parquet: run {run} iteration {it} set {s} does not hold the same (prompt, eval seed) "
+                    f"pairs as {first}'s baseline: re-export the study"
                 )
             self.reward[(run, int(it), s)] = g["reward"].to_numpy(np.float64)
             self.strict[(run, int(it), s)] = g["strict"].to_numpy(np.float64)
         base_runs = sorted({k[0] for k in self.reward if k[1] == -1})
         self.baseline_identical = all(
-            np.array_equal(self.reward[(r, -1, s)], self.reward[(base_runs[0], -1, s)]) for r in base_runs for s in self.sets
+            np.array_equal(self.reward[(r, -1, s)], self.reward[(base_runs[0], -1, s)])
+            for r in base_runs
+            for s in self.sets
         )
         self.runs_of: dict[str, list[str]] = {}
         for run in base_runs:
@@ -515,7 +526,11 @@ def unpaired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> 
         point = float(ga.mean() - gb.mean())
         lo95, hi95, lo90, hi90 = np.quantile(reps, [0.025, 0.975, 0.05, 0.95])
         va, vb = ga.mean(axis=1), gb.mean(axis=1)
-        se = float(np.sqrt(np.var(va, ddof=1) / len(va) + np.var(vb, ddof=1) / len(vb))) if min(len(va), len(vb)) > 1 else float("nan")
+        se = (
+            float(np.sqrt(np.var(va, ddof=1) / len(va) + np.var(vb, ddof=1) / len(vb)))
+            if min(len(va), len(vb)) > 1
+            else float("nan")
+        )
         rows.append(
             {
                 "iteration": it,
@@ -581,7 +596,12 @@ def parity_levels(final_gains: dict[str, dict], fractions=LEVEL_FRACTIONS) -> di
     if not compared:
         return {"compared": [], "levels": [], "base": None}
     base = min(final_gains[m]["mean"] for m in compared)
-    return {"compared": compared, "base": base, "levels": [rnd(f * base) for f in fractions], "fractions": list(fractions)}
+    return {
+        "compared": compared,
+        "base": base,
+        "levels": [rnd(f * base) for f in fractions],
+        "fractions": list(fractions),
+    }
 
 
 def iteration_costs(data: Data, runs: list[str], iterations: int) -> dict[str, np.ndarray]:
@@ -690,7 +710,9 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
             row["modes"][m] = cell
         rows.append(row)
     out["rows"] = rows
-    out["cost"] = {m: {k: v for k, v in pm_.items() if k not in ("curve", "curve_b", "clocks")} for m, pm_ in per_mode.items()}
+    out["cost"] = {
+        m: {k: v for k, v in pm_.items() if k not in ("curve", "curve_b", "clocks")} for m, pm_ in per_mode.items()
+    }
     out["curves"] = {
         m: {
             "completed_iterations": rnd(list(x_it)),
@@ -718,7 +740,13 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
         runs = [r for r in runs if (a["run"] == r).any()]
         if not runs:
             continue
-        metrics: dict[str, list] = {"rank_error_top": [], "false_top": [], "spearman": [], "true_reward_mean": [], "true_reward_sd": []}
+        metrics: dict[str, list] = {
+            "rank_error_top": [],
+            "false_top": [],
+            "spearman": [],
+            "true_reward_mean": [],
+            "true_reward_sd": [],
+        }
         units = None
         for r in runs:
             ar = a[a["run"] == r]
@@ -767,32 +795,58 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
     boot = Bootstrap(n_boot, seed)
     crv = curves(data, boot)
     res: dict = {
-        "bootstrap": {"replicates": n_boot, "seed": seed, "levels": "training seeds; prompts, then eval seeds within prompt"},
+        "bootstrap": {
+            "replicates": n_boot,
+            "seed": seed,
+            "levels": "training seeds; prompts, then eval seeds within prompt",
+        },
         "host": data.info.get("host"),
         "baseline_identical_across_runs": data.baseline_identical,
         "runs": {
             r: {
                 k: data.meta[r][k]
-                for k in ("variant", "mode", "training_seed", "explore_n", "prompts_pool", "config_hash", "iterations_complete", "evaluated")
+                for k in (
+                    "variant",
+                    "mode",
+                    "training_seed",
+                    "explore_n",
+                    "prompts_pool",
+                    "config_hash",
+                    "iterations_complete",
+                    "evaluated",
+                )
             }
             for r in sorted(data.meta)
         },
         "processes": processes(data),
-        "sets": {s: {"prompts": len(data.seeds_per_prompt[s]), "pairs": int(data.seeds_per_prompt[s].sum())} for s in data.sets},
+        "sets": {
+            s: {"prompts": len(data.seeds_per_prompt[s]), "pairs": int(data.seeds_per_prompt[s].sum())}
+            for s in data.sets
+        },
         "curves": crv,
     }
     res["differences"] = {
-        s: {f"{a} - {b}": paired_difference(data, boot, a, b, s) for a, b in DIFFS if a in data.runs_of and b in data.runs_of}
+        s: {
+            f"{a} - {b}": paired_difference(data, boot, a, b, s)
+            for a, b in DIFFS
+            if a in data.runs_of and b in data.runs_of
+        }
         for s in data.sets
     }
     if "train" in res["differences"] and "sol_rl - naive_scaling" in res["differences"]["train"]:
         res["equivalence"] = {
             "sol_rl - naive_scaling": {
-                s: equivalence(res["differences"][s]["sol_rl - naive_scaling"]) for s in data.sets if "sol_rl - naive_scaling" in res["differences"][s]
+                s: equivalence(res["differences"][s]["sol_rl - naive_scaling"])
+                for s in data.sets
+                if "sol_rl - naive_scaling" in res["differences"][s]
             }
         }
     # pool size N: sol_rl (its own N) and sol_rl_N<n>, paired by training seed
-    ns = {int(data.meta[data.runs_of[v][0]]["explore_n"]): v for v in data.runs_of if v == "sol_rl" or re.fullmatch(r"sol_rl_N\d+", v)}
+    ns = {
+        int(data.meta[data.runs_of[v][0]]["explore_n"]): v
+        for v in data.runs_of
+        if v == "sol_rl" or re.fullmatch(r"sol_rl_N\d+", v)
+    }
     if len(ns) > 1:
         keys = sorted(ns)
         res["pool_size_n"] = {
@@ -803,7 +857,11 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
             }
             for s in data.sets
         }
-    pools = {int(data.meta[data.runs_of[v][0]]["prompts_pool"]): v for v in data.runs_of if v == "sol_rl" or re.fullmatch(r"sol_rl_pool\d+", v)}
+    pools = {
+        int(data.meta[data.runs_of[v][0]]["prompts_pool"]): v
+        for v in data.runs_of
+        if v == "sol_rl" or re.fullmatch(r"sol_rl_pool\d+", v)
+    }
     if len(pools) > 1 and "held_out" in data.sets:
         keys = sorted(pools)
         res["training_pool"] = {
@@ -888,7 +946,16 @@ def report(res: dict) -> str:
         L.append(f"### Last common evaluation, `{s}`: bootstrap vs the plain SE over seeds\n")
         L += [
             C.md_table(
-                ["variant", "iteration", "gain", "bootstrap 95 %", "mean ± SE over seeds", "t 95 %", "strict: base → run, gain [95 %]", "gain > 0"],
+                [
+                    "variant",
+                    "iteration",
+                    "gain",
+                    "bootstrap 95 %",
+                    "mean ± SE over seeds",
+                    "t 95 %",
+                    "strict: base → run, gain [95 %]",
+                    "gain > 0",
+                ],
                 rows,
             ),
             "",
@@ -900,10 +967,23 @@ def report(res: dict) -> str:
             a, bb = name.split(" - ")
             for r in rs:
                 rows.append(
-                    [name, r["iteration"], f"{r['mean']:+.4f}", ci(r["ci95"]), f"± {r['se_seeds']:.4f}" if r["se_seeds"] is not None else "–",
-                     f"{r['seeds']} / {r['prompts']}", verdict(r, a, bb)]
+                    [
+                        name,
+                        r["iteration"],
+                        f"{r['mean']:+.4f}",
+                        ci(r["ci95"]),
+                        f"± {r['se_seeds']:.4f}" if r["se_seeds"] is not None else "–",
+                        f"{r['seeds']} / {r['prompts']}",
+                        verdict(r, a, bb),
+                    ]
                 )
-        L += [C.md_table(["difference", "iteration", "mean", "bootstrap 95 %", "SE over seeds", "seeds / prompts", "verdict"], rows), ""]
+        L += [
+            C.md_table(
+                ["difference", "iteration", "mean", "bootstrap 95 %", "SE over seeds", "seeds / prompts", "verdict"],
+                rows,
+            ),
+            "",
+        ]
     for name, per_set in (res.get("equivalence") or {}).items():
         L.append(f"## Equivalence, {name} (TOST at α = 0.05: the 90 % interval inside ±δ)\n")
         rows = []
@@ -911,11 +991,31 @@ def report(res: dict) -> str:
             for r in rs:
                 share = r["margin_share_of_reference_gain"]
                 rows.append(
-                    [s, r["iteration"], f"{r['difference']:+.4f}", ci(r["ci90"]), f"{r['margin']:.4f}",
-                     f"{share:.0%}" if share is not None else "– (reference gain ≤ 0)", f"{r['reference_gain']:+.4f}", f"{r['seeds']} / {r['prompts']}"]
+                    [
+                        s,
+                        r["iteration"],
+                        f"{r['difference']:+.4f}",
+                        ci(r["ci90"]),
+                        f"{r['margin']:.4f}",
+                        f"{share:.0%}" if share is not None else "– (reference gain ≤ 0)",
+                        f"{r['reference_gain']:+.4f}",
+                        f"{r['seeds']} / {r['prompts']}",
+                    ]
                 )
         L += [
-            C.md_table(["set", "iteration", "difference", "90 % interval", "smallest margin δ", "δ / naive_scaling's gain", "naive_scaling's gain", "seeds / prompts"], rows),
+            C.md_table(
+                [
+                    "set",
+                    "iteration",
+                    "difference",
+                    "90 % interval",
+                    "smallest margin δ",
+                    "δ / naive_scaling's gain",
+                    "naive_scaling's gain",
+                    "seeds / prompts",
+                ],
+                rows,
+            ),
             "",
             "Read: at each iteration the data support 'within ±δ of naive_scaling's gain', and no narrower margin.\n",
         ]
@@ -927,33 +1027,87 @@ def report(res: dict) -> str:
                 if rs:
                     r = rs[-1]
                     a, bb = name.split(" - ")
-                    rows.append([s, name, r["iteration"], f"{r['mean']:+.4f}", ci(r["ci95"]), f"{r['seeds']} / {r['prompts']}", verdict(r, a, bb)])
-        L += [C.md_table(["set", "difference", "iteration", "mean", "bootstrap 95 %", "seeds / prompts", "verdict"], rows), ""]
+                    rows.append(
+                        [
+                            s,
+                            name,
+                            r["iteration"],
+                            f"{r['mean']:+.4f}",
+                            ci(r["ci95"]),
+                            f"{r['seeds']} / {r['prompts']}",
+                            verdict(r, a, bb),
+                        ]
+                    )
+        L += [
+            C.md_table(
+                ["set", "difference", "iteration", "mean", "bootstrap 95 %", "seeds / prompts", "verdict"], rows
+            ),
+            "",
+        ]
     if res.get("training_pool"):
         L.append("## Training pool size, held-out gain (not paired by training seed; the held-out pairs are shared)\n")
         rows = []
         for name, rs in res["training_pool"].items():
             for r in rs[-1:]:
                 a, bb = name.split(" - ")
-                rows.append([name, r["iteration"], f"{r['a_gain']:+.4f} vs {r['b_gain']:+.4f}", f"{r['mean']:+.4f}", ci(r["ci95"]),
-                             f"{r['seeds'][0]} + {r['seeds'][1]} (df {r['df']}) / {r['prompts']}", verdict(r, a, bb)])
-        L += [C.md_table(["difference", "iteration", "held-out gains", "difference", "bootstrap 95 %", "seeds / prompts", "verdict"], rows), ""]
+                rows.append(
+                    [
+                        name,
+                        r["iteration"],
+                        f"{r['a_gain']:+.4f} vs {r['b_gain']:+.4f}",
+                        f"{r['mean']:+.4f}",
+                        ci(r["ci95"]),
+                        f"{r['seeds'][0]} + {r['seeds'][1]} (df {r['df']}) / {r['prompts']}",
+                        verdict(r, a, bb),
+                    ]
+                )
+        L += [
+            C.md_table(
+                [
+                    "difference",
+                    "iteration",
+                    "held-out gains",
+                    "difference",
+                    "bootstrap 95 %",
+                    "seeds / prompts",
+                    "verdict",
+                ],
+                rows,
+            ),
+            "",
+        ]
     L += parity_report(res.get("parity") or {})
     wc = res.get("winners_curse") or {}
     if wc:
-        L.append("## Winner's curse and proxy fidelity (audit rows; bootstrap over training seeds, then audited iterations)\n")
+        L.append(
+            "## Winner's curse and proxy fidelity (audit rows; bootstrap over training seeds, then audited iterations)\n"
+        )
         rows = []
         for v, r in wc.items():
             rows.append(
-                [v, r["n"], f"{r['seeds']} × {r['audited_iterations']}",
-                 f"{r['rank_error_top']['mean']:.3f} {ci(r['rank_error_top']['ci95'])}",
-                 f"{r['false_top']['mean']:.3f} {ci(r['false_top']['ci95'])}", f"{r['chance_false_top']:.3f}",
-                 f"{r['false_top_over_chance']['mean']:.2f} {ci(r['false_top_over_chance']['ci95'])}",
-                 f"{r['spearman']['mean']:.3f} {ci(r['spearman']['ci95'])}"]
+                [
+                    v,
+                    r["n"],
+                    f"{r['seeds']} × {r['audited_iterations']}",
+                    f"{r['rank_error_top']['mean']:.3f} {ci(r['rank_error_top']['ci95'])}",
+                    f"{r['false_top']['mean']:.3f} {ci(r['false_top']['ci95'])}",
+                    f"{r['chance_false_top']:.3f}",
+                    f"{r['false_top_over_chance']['mean']:.2f} {ci(r['false_top_over_chance']['ci95'])}",
+                    f"{r['spearman']['mean']:.3f} {ci(r['spearman']['ci95'])}",
+                ]
             )
         L += [
             C.md_table(
-                ["variant", "N", "seeds × audits", "mean abs(proxy rank − true rank)/N, top", "top seeds not in the true top K/2", "chance", "ratio to chance", "Spearman ρ"],
+                [
+                    "variant",
+                    "N",
+                    "seeds × audits",
+                    "mean abs(proxy rank − true rank)/N, top",
+                    "top seeds not in the true top K/2",
+                    "chance",
+                    "ratio to chance",
+                    "Spearman ρ",
+                ],
                 rows,
             ),
             "",
@@ -970,7 +1124,8 @@ def parity_report(p: dict) -> list[str]:
         f"{p['last_iteration']}) among the modes resolved above 0 ({', '.join(p['compared'])}); every mode's mean curve is "
         "interpolated between evaluations (x = completed iterations; the eval at iteration t follows t + 1 updates). Clocks: "
         "completed iterations × the mean over training seeds of each run's median cost per iteration (a stall moves no "
-        "clock; every iteration does the same work by design); wall = stage seconds (eval and audit excluded) on the export's host, one torch thread per process; GPU "
+        "clock; every iteration does the same work by design); wall = stage seconds (eval and audit excluded) on "
+        "the export's host, one torch thread per process; GPU "
         "projection = transformer forwards, a low-precision forward priced at c high-precision forwards. Speed-up = "
         "naive_scaling's time / the mode's; bootstrap over training seeds and evaluation pairs ('never' when a replicate's "
         "curve does not reach the level within the run).\n"
@@ -980,12 +1135,29 @@ def parity_report(p: dict) -> list[str]:
         for m, cell in row["modes"].items():
             it, wall = cell["iterations"], cell["wall_seconds"]
             rows.append(
-                [f"{row['fraction']:.0%} = {row['level']:+.4f}", m,
-                 f"{it['time']:.2f} {ci2(it['ci95'])}" if it["time"] != "inf" else "never",
-                 f"{wall['time']:.0f} {ci2(wall['ci95'], 0)}" if wall["time"] != "inf" else "never",
-                 sp(wall), f"{wall['replicates_never']:.1%}"]
+                [
+                    f"{row['fraction']:.0%} = {row['level']:+.4f}",
+                    m,
+                    f"{it['time']:.2f} {ci2(it['ci95'])}" if it["time"] != "inf" else "never",
+                    f"{wall['time']:.0f} {ci2(wall['ci95'], 0)}" if wall["time"] != "inf" else "never",
+                    sp(wall),
+                    f"{wall['replicates_never']:.1%}",
+                ]
             )
-    L += [C.md_table(["level", "mode", "iterations [95 %]", "wall seconds [95 %]", "wall-clock speed-up [95 %]", "replicates never reaching"], rows), ""]
+    L += [
+        C.md_table(
+            [
+                "level",
+                "mode",
+                "iterations [95 %]",
+                "wall seconds [95 %]",
+                "wall-clock speed-up [95 %]",
+                "replicates never reaching",
+            ],
+            rows,
+        ),
+        "",
+    ]
     L.append("### Projected GPU clock: speed-up vs naive_scaling by the low-precision forward's cost c\n")
     header = ["level", "mode"] + [f"c = {c:g}" for c in LOW_COSTS]
     rows = []
@@ -996,9 +1168,31 @@ def parity_report(p: dict) -> list[str]:
             rows.append([f"{row['fraction']:.0%}", m] + [sp(cell[f"gpu_{c:g}"]) for c in LOW_COSTS])
     L += [C.md_table(header, rows), ""]
     L.append("### Cost per iteration (median across runs and iterations)\n")
-    rows = [[m, f"{c['seconds_per_iteration_median']:.1f}", f"{c['seconds_per_iteration_max']:.1f}", f"{c['forwards_high_per_iteration']:.0f}",
-             f"{c['forwards_low_per_iteration']:.0f}", c["seeds"]] for m, c in p["cost"].items()]
-    L += [C.md_table(["mode", "wall s / iteration (median)", "max (stalls)", "high-precision forwards", "low-precision forwards", "seeds"], rows), ""]
+    rows = [
+        [
+            m,
+            f"{c['seconds_per_iteration_median']:.1f}",
+            f"{c['seconds_per_iteration_max']:.1f}",
+            f"{c['forwards_high_per_iteration']:.0f}",
+            f"{c['forwards_low_per_iteration']:.0f}",
+            c["seeds"],
+        ]
+        for m, c in p["cost"].items()
+    ]
+    L += [
+        C.md_table(
+            [
+                "mode",
+                "wall s / iteration (median)",
+                "max (stalls)",
+                "high-precision forwards",
+                "low-precision forwards",
+                "seeds",
+            ],
+            rows,
+        ),
+        "",
+    ]
     return L
 
 
@@ -1074,7 +1268,12 @@ def plot(res: dict, out: Path) -> list[Path]:
             for m, cell in row["modes"].items():
                 for clock in ("wall_seconds", "gpu_0.41", "gpu_0.83"):
                     c = cell[clock]
-                    if "speedup" not in c or c["speedup"] in (None, "inf") or not c["speedup_ci95"] or "inf" in c["speedup_ci95"]:
+                    if (
+                        "speedup" not in c
+                        or c["speedup"] in (None, "inf")
+                        or not c["speedup_ci95"]
+                        or "inf" in c["speedup_ci95"]
+                    ):
                         continue
                     labels.append(f"{m} {row['fraction']:.0%} {clock}")
                     pts.append(c["speedup"])
@@ -1098,9 +1297,13 @@ def main(argv=None) -> int:
     ap = C.parser(__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="runs -> pairs.parquet, audit.parquet, timings.parquet, runs.json")
-    ex.add_argument("--runs-root", required=True, help="the folder holding the study's <variant>-seed<s> runs (read only)")
+    ex.add_argument(
+        "--runs-root", required=True, help="the folder holding the study's <variant>-seed<s> runs (read only)"
+    )
     ex.add_argument("--out", required=True, help="where the Parquet and runs.json go")
-    an = sub.add_parser("analyse", help="the committed Parquet -> study.json, study.md, PNGs (the replot; reads no run)")
+    an = sub.add_parser(
+        "analyse", help="the committed Parquet -> study.json, study.md, PNGs (the replot; reads no run)"
+    )
     an.add_argument("--data", default="benchmarks/results/study", help="the folder export wrote")
     an.add_argument("--out", default=None, help="where study.json/.md and PNGs go (default: --data)")
     an.add_argument("--bootstrap", type=int, default=4000, help="bootstrap replicates (default 4000)")
@@ -1112,7 +1315,9 @@ def main(argv=None) -> int:
             export(args.runs_root, args.out)
             return 0
         if args.bootstrap < 100:
-            raise BadInput(f"--bootstrap {args.bootstrap} is too few replicates for a 95 % interval: give 100 or more (default 4000)")
+            raise BadInput(
+                f"--bootstrap {args.bootstrap} is too few replicates for a 95 % interval: give 100 or more (default 4000)"
+            )
         res = analyse(args.data, args.bootstrap, args.seed)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)

@@ -207,7 +207,9 @@ def test_parity_speedup_is_the_cost_ratio_when_curves_coincide(result):
         for c in S.LOW_COSTS:
             assert cell[f"gpu_{c:g}"]["speedup"] == pytest.approx(2500.0 / (500.0 + c * 1000.0), rel=1e-5)
         lo, hi = cell["wall_seconds"]["speedup_ci95"]
-        assert lo == pytest.approx(7.0 / 3.0, rel=1e-5) and hi == pytest.approx(7.0 / 3.0, rel=1e-5)  # paired replicates: the same crossing
+        assert lo == pytest.approx(7.0 / 3.0, rel=1e-5) and hi == pytest.approx(
+            7.0 / 3.0, rel=1e-5
+        )  # paired replicates: the same crossing
     assert p["cost"]["naive_scaling"]["seconds_per_iteration_max"] == pytest.approx(107.0)
 
 
@@ -239,7 +241,9 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
 
 
 def test_help():
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "study.py"), "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "study.py"), "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "export" in r.stdout and "analyse" in r.stdout
 
 
@@ -249,4 +253,6 @@ def test_committed_replot_reproduces_committed_outputs(tmp_path):
     out = tmp_path / "replot"
     assert S.main(["analyse", "--data", str(COMMITTED), "--out", str(out), "--no-plots"]) == 0
     for f in ("study.json", "study.md"):
-        assert filecmp.cmp(out / f, COMMITTED / f, shallow=False), f"{f} differs from the committed one: re-run the replot"
+        assert filecmp.cmp(out / f, COMMITTED / f, shallow=False), (
+            f"{f} differs from the committed one: re-run the replot"
+        )
