@@ -54,6 +54,10 @@ import numpy as np
 MODES = ("sol_rl", "naive_scaling", "diffusionnft", "naive_quant")
 DIFFS = (("sol_rl", "naive_scaling"), ("sol_rl", "diffusionnft"), ("naive_quant", "sol_rl"))
 LEVEL_FRACTIONS = (0.25, 0.5, 0.75)
+# the levels come from these modes' final gains: naive_quant (trained on low-precision samples) is
+# the ablation expected to lag, and a level it barely reaches would sit in the noise; its times to
+# the same levels are reported (or "never")
+LEVEL_MODES = ("sol_rl", "naive_scaling", "diffusionnft")
 LOW_COSTS = (0.41, 0.5, 0.83, 1.0)  # the paper's FP4 rollout ratio, 0.5, docs/cost.md's projection, no saving
 MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of the cost clocks
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
@@ -313,12 +317,12 @@ class Bootstrap:
             self._cache[k] = self.rng(f"runs:{n_runs}:{key}").integers(0, n_runs, size=(self.n, n_runs))
         return self._cache[k]
 
-    def pair_weights(self, set_name: str, seeds_per_prompt: np.ndarray) -> np.ndarray:
+    def pair_weights(self, design: str, seeds_per_prompt: np.ndarray) -> np.ndarray:
         """B × pairs weights (each row sums to 1): prompts drawn with replacement, then eval seeds
         within each drawn prompt with replacement; pairs ordered prompt by prompt."""
-        k = ("pairs", set_name, tuple(seeds_per_prompt))
+        k = ("pairs", design, tuple(seeds_per_prompt))
         if k not in self._cache:
-            rng = self.rng(f"pairs:{set_name}")
+            rng = self.rng(f"pairs:{design}")
             n_p = len(seeds_per_prompt)
             offsets = np.concatenate([[0], np.cumsum(seeds_per_prompt)[:-1]])
             n_pairs = int(seeds_per_prompt.sum())
@@ -410,36 +414,63 @@ class Data:
                 self.audit[c] = self.audit[c].astype(str)
         pairs = pairs.sort_values(["run", "iteration", "set", "prompt_id", "eval_seed"], kind="stable")
         self.sets = sorted(pairs["set"].unique(), key=lambda x: (x != "train", x != "held_out", x))
-        self.order: dict[str, list] = {}
-        self.seeds_per_prompt: dict[str, np.ndarray] = {}
-        base = pairs[pairs["iteration"] == -1]
-        first = base["run"].iloc[0]
-        for s in self.sets:
-            b = base[(base["run"] == first) & (base["set"] == s)]
-            self.order[s] = list(zip(b["prompt_id"].tolist(), b["eval_seed"].tolist(), strict=True))
-            self.seeds_per_prompt[s] = b.groupby("prompt_id", sort=True).size().to_numpy()
         self.reward: dict = {}
         self.strict: dict = {}
-        for (run, it, s), g in pairs.groupby(["run", "iteration", "set"], sort=True):
-            key = list(zip(g["prompt_id"].tolist(), g["eval_seed"].tolist(), strict=True))
-            if key != self.order[s]:
-                raise BadInput(
-                    f"pairs.parquet: run {run} iteration {it} set {s} does not hold the same (prompt, eval seed) "
-                    f"pairs as {first}'s baseline: re-export the study"
-                )
-            self.reward[(run, int(it), s)] = g["reward"].to_numpy(np.float64)
-            self.strict[(run, int(it), s)] = g["strict"].to_numpy(np.float64)
+        pair_list: dict = {}
+        for (run, it, st), g in pairs.groupby(["run", "iteration", "set"], sort=True):
+            pair_list[(run, int(it), st)] = list(zip(g["prompt_id"].tolist(), g["eval_seed"].tolist(), strict=True))
+            self.reward[(run, int(it), st)] = g["reward"].to_numpy(np.float64)
+            self.strict[(run, int(it), st)] = g["strict"].to_numpy(np.float64)
         base_runs = sorted({k[0] for k in self.reward if k[1] == -1})
-        self.baseline_identical = all(
-            np.array_equal(self.reward[(r, -1, s)], self.reward[(base_runs[0], -1, s)])
-            for r in base_runs
-            for s in self.sets
-        )
         self.runs_of: dict[str, list[str]] = {}
         for run in base_runs:
             self.runs_of.setdefault(self.meta[run]["variant"], []).append(run)
         for v in self.runs_of:
             self.runs_of[v].sort(key=lambda r: self.meta[r]["training_seed"])
+        self.variants = sorted(self.runs_of, key=lambda v: (MODES.index(v) if v in MODES else len(MODES), v))
+        # the evaluation design of each variant and set: its (prompt, eval seed) pairs, the same for
+        # every run of the variant and every iteration (a training pool of another size has another
+        # `train` set; the held-out set is the same for all)
+        self.order: dict[tuple[str, str], list] = {}
+        for (run, it, st), key in pair_list.items():
+            v = self.meta[run]["variant"]
+            ref = self.order.setdefault((v, st), pair_list.get((self.runs_of[v][0], -1, st), key))
+            if key != ref:
+                raise BadInput(
+                    f"pairs.parquet: run {run} iteration {it} set {st} does not hold the same (prompt, eval seed) "
+                    f"pairs as {self.runs_of[v][0]}'s baseline: re-export the study"
+                )
+        self.spp = {
+            k: np.unique(np.array([p for p, _ in o]), return_counts=True)[1] for k, o in self.order.items()
+        }  # seeds per prompt, prompts in order (the pairs are sorted by prompt)
+        self.baseline_identical = all(
+            np.array_equal(self.reward[(r, -1, st)], self.reward[(self.runs_of[v][0], -1, st)])
+            for v in self.variants
+            for r in self.runs_of[v]
+            for st in self.sets
+            if (r, -1, st) in self.reward
+        ) and all(
+            np.array_equal(self.reward[(self.runs_of[v][0], -1, st)], self.reward[(self.runs_of[w][0], -1, st)])
+            for v in self.variants
+            for w in self.variants
+            for st in self.sets
+            if self.same_design(v, w, st)
+        )
+
+    def design(self, v: str, s: str) -> tuple[str, np.ndarray]:
+        """(bootstrap key, seeds per prompt) of a variant's evaluation set: variants with the same
+        pairs share the key, hence the prompt/eval-seed draws."""
+        return f"{s}:{zlib.crc32(repr(self.order[(v, s)]).encode()):08x}", self.spp[(v, s)]
+
+    def same_design(self, a: str, b: str, s: str) -> bool:
+        return (a, s) in self.order and (b, s) in self.order and self.order[(a, s)] == self.order[(b, s)]
+
+    def weights(self, boot: Bootstrap, v: str, s: str) -> np.ndarray:
+        return boot.pair_weights(*self.design(v, s))
+
+    def size(self, v: str, s: str) -> tuple[int, int]:
+        """(prompts, pairs) of a variant's evaluation set."""
+        return len(self.spp[(v, s)]), int(self.spp[(v, s)].sum())
 
     def evaluated(self, run: str, s: str) -> list[int]:
         return sorted(k[1] for k in self.reward if k[0] == run and k[2] == s and k[1] >= 0)
@@ -462,25 +493,24 @@ class Data:
 # --- the analyses ----------------------------------------------------------------------------------------
 
 
-def estimate(data: Data, boot: Bootstrap, s: str, g: np.ndarray, run_key: str = "") -> dict:
-    """Mean over runs (rows of g) of the pair mean, with its two-level bootstrap."""
-    w = boot.pair_weights(s, data.seeds_per_prompt[s])
-    reps = resampled_mean(g, boot.runs(len(g), run_key), w)
-    return summary(float(g.mean()), reps, g.mean(axis=1), len(data.seeds_per_prompt[s]), g.shape[1])
+def estimate(data: Data, boot: Bootstrap, v: str, s: str, g: np.ndarray) -> dict:
+    """Mean over runs (rows of g) of the pair mean on variant v's set s, with its two-level bootstrap."""
+    reps = resampled_mean(g, boot.runs(len(g)), data.weights(boot, v, s))
+    return summary(float(g.mean()), reps, g.mean(axis=1), data.size(v, s)[0], g.shape[1])
 
 
 def curves(data: Data, boot: Bootstrap) -> dict:
     """Per set, variant and evaluated iteration (common to the variant's runs): gain and strict gain."""
     out: dict = {}
     for s in data.sets:
-        for v in data.runs_of:
+        for v in data.variants:
             runs = data.active(v, s)
             rows = []
             for it in data.horizon(v, s):
-                row = {"iteration": it, **estimate(data, boot, s, np.stack([data.gain(r, it, s) for r in runs]))}
+                row = {"iteration": it, **estimate(data, boot, v, s, np.stack([data.gain(r, it, s) for r in runs]))}
                 st = np.stack([data.gain(r, it, s, "strict") for r in runs])
                 if np.isfinite(st).all():
-                    row["strict_gain"] = estimate(data, boot, s, st)
+                    row["strict_gain"] = estimate(data, boot, v, s, st)
                     row["strict_base"] = rnd(np.mean([data.strict[(r, -1, s)].mean() for r in runs]))
                     row["strict"] = rnd(np.mean([data.strict[(r, it, s)].mean() for r in runs]))
                 rows.append(row)
@@ -490,7 +520,10 @@ def curves(data: Data, boot: Bootstrap) -> dict:
 
 
 def paired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> list[dict]:
-    """a − b per training seed on the same pairs, at every iteration both have evaluated."""
+    """a − b per training seed on the same pairs, at every iteration both have evaluated ([] when
+    the two variants' sets hold different pairs)."""
+    if not data.same_design(a, b, s):
+        return []
     seeds_a = {data.meta[r]["training_seed"]: r for r in data.active(a, s)}
     seeds_b = {data.meta[r]["training_seed"]: r for r in data.active(b, s)}
     seeds = sorted(set(seeds_a) & set(seeds_b))
@@ -503,7 +536,7 @@ def paired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> li
     for it in its:
         d = np.stack([data.gain(seeds_a[k], it, s) - data.gain(seeds_b[k], it, s) for k in seeds])
         gb = np.stack([data.gain(seeds_b[k], it, s) for k in seeds])
-        row = {"iteration": it, "training_seeds": seeds, **estimate(data, boot, s, d)}
+        row = {"iteration": it, "training_seeds": seeds, **estimate(data, boot, a, s, d)}
         row["b_gain"] = rnd(gb.mean())
         rows.append(row)
     return rows
@@ -512,10 +545,10 @@ def paired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> li
 def unpaired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> list[dict]:
     """a − b with each variant's training seeds resampled on their own (not paired), pairs shared."""
     ra, rb = data.active(a, s), data.active(b, s)
-    if not ra or not rb:
+    if not ra or not rb or not data.same_design(a, b, s):
         return []
     its = sorted(set(data.horizon(a, s)) & set(data.horizon(b, s)))
-    w = boot.pair_weights(s, data.seeds_per_prompt[s])
+    w = data.weights(boot, a, s)
     rows = []
     for it in its:
         ga = np.stack([data.gain(r, it, s) for r in ra])
@@ -539,8 +572,8 @@ def unpaired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> 
                 "ci90": rnd([lo90, hi90]),
                 "seeds": [len(ra), len(rb)],
                 "df": len(ra) + len(rb) - 2,
-                "prompts": len(data.seeds_per_prompt[s]),
-                "pairs": int(data.seeds_per_prompt[s].sum()),
+                "prompts": data.size(a, s)[0],
+                "pairs": data.size(a, s)[1],
                 "se_welch": rnd(se),
                 "a_gain": rnd(ga.mean()),
                 "b_gain": rnd(gb.mean()),
@@ -623,23 +656,23 @@ def iteration_costs(data: Data, runs: list[str], iterations: int) -> dict[str, n
 def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: str = "naive_scaling") -> dict:
     """Time for each mode to reach fixed gain levels, on the measured wall clock and the projected
     GPU clock (forwards, low-precision priced at each of LOW_COSTS); speed-up = reference's time / the mode's."""
-    modes = [m for m in MODES if m in crv.get(s, {})]
-    if reference not in modes:
+    if reference not in crv.get(s, {}):
         return {"skipped": f"no {reference} runs"}
+    modes = [m for m in MODES if m in crv[s] and data.same_design(m, reference, s)]
     its = sorted(set.intersection(*(set(data.horizon(m, s)) for m in modes)))
     if not its:
         return {"skipped": "no iteration evaluated by every mode"}
     last = its[-1]
     finals = {m: next(r for r in crv[s][m] if r["iteration"] == last) for m in modes}
-    lv = parity_levels({m: {"mean": f["mean"], "ci95": f["ci95"]} for m, f in finals.items()})
+    lv = parity_levels({m: {"mean": f["mean"], "ci95": f["ci95"]} for m, f in finals.items() if m in LEVEL_MODES})
     out = {"set": s, "last_iteration": last, "final_gains": {m: finals[m]["mean"] for m in modes}, **lv}
     if not lv["levels"]:
-        out["skipped"] = "no mode's final gain is resolved above 0"
+        out["skipped"] = f"no final gain of {', '.join(LEVEL_MODES)} is resolved above 0"
         return out
-    w = boot.pair_weights(s, data.seeds_per_prompt[s])
+    w = data.weights(boot, reference, s)
     x_it = np.array([0.0] + [it + 1.0 for it in its])  # completed iterations (eval at t follows t+1 updates)
     per_mode: dict = {}
-    for m in lv["compared"]:
+    for m in modes:
         runs = data.active(m, s)
         g = np.stack([np.stack([data.gain(r, it, s) for r in runs]) for it in its])  # T × runs × pairs
         idx = boot.runs(len(runs))
@@ -649,6 +682,7 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
             axis=1,
         )
         curve = np.concatenate([[0.0], g.mean(axis=(1, 2))])
+        per_run = np.concatenate([np.zeros((1, len(runs))), g.mean(axis=2)], axis=0).T  # runs × points
         cost = iteration_costs(data, runs, last + 1)
         if np.isnan(cost["seconds"]).any():
             out["skipped"] = f"{m}: stage timings missing for an iteration up to {last}"
@@ -667,6 +701,8 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
         per_mode[m] = {
             "curve": curve,
             "curve_b": curve_b,
+            "per_run": per_run,
+            "training_seeds": [data.meta[r]["training_seed"] for r in runs],
             "clocks": clocks,
             "seconds_per_iteration_median": rnd(float(np.median(cost["seconds"]))),
             "seconds_per_iteration_max": rnd(float(np.max(cost["seconds"]))),
@@ -685,6 +721,10 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
         u_point = {m: np.array([first_crossing(x_it, pm_["curve"], level)]) for m, pm_ in per_mode.items()}
         u_reps = {m: first_crossing(x_it, pm_["curve_b"], level) for m, pm_ in per_mode.items()}
         for m, pm_ in per_mode.items():
+            own = first_crossing(x_it, pm_["per_run"], level)
+            row.setdefault("per_seed_iterations", {})[m] = {
+                str(k): rnd(u) for k, u in zip(pm_["training_seeds"], own, strict=True)
+            }
             cell = {}
             for clock_name, clock in pm_["clocks"].items():
                 t_point = float(at_clock(u_point[m], clock)[0])
@@ -711,7 +751,8 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
         rows.append(row)
     out["rows"] = rows
     out["cost"] = {
-        m: {k: v for k, v in pm_.items() if k not in ("curve", "curve_b", "clocks")} for m, pm_ in per_mode.items()
+        m: {k: v for k, v in pm_.items() if k not in ("curve", "curve_b", "clocks", "per_run", "training_seeds")}
+        for m, pm_ in per_mode.items()
     }
     out["curves"] = {
         m: {
@@ -736,7 +777,8 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
         return {}
     a = data.audit[data.audit["proxy"] == "explore"]
     out = {}
-    for v, runs in sorted(data.runs_of.items()):
+    for v in data.variants:
+        runs = data.runs_of[v]
         runs = [r for r in runs if (a["run"] == r).any()]
         if not runs:
             continue
@@ -820,7 +862,11 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
         },
         "processes": processes(data),
         "sets": {
-            s: {"prompts": len(data.seeds_per_prompt[s]), "pairs": int(data.seeds_per_prompt[s].sum())}
+            s: {
+                v: dict(zip(("prompts", "pairs"), data.size(v, s), strict=True))
+                for v in data.variants
+                if (v, s) in data.order
+            }
             for s in data.sets
         },
         "curves": crv,
@@ -829,7 +875,7 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
         s: {
             f"{a} - {b}": paired_difference(data, boot, a, b, s)
             for a, b in DIFFS
-            if a in data.runs_of and b in data.runs_of
+            if a in data.runs_of and b in data.runs_of and data.same_design(a, b, s)
         }
         for s in data.sets
     }
@@ -887,6 +933,16 @@ def processes(data: Data) -> dict:
 # --- report ----------------------------------------------------------------------------------------------
 
 
+def set_label(res: dict, s: str) -> str:
+    """'8 prompts, 64 pairs' (and the variants whose set differs, e.g. a larger training pool)."""
+    sizes: dict = {}
+    for v, d in res["sets"][s].items():
+        sizes.setdefault((d["prompts"], d["pairs"]), []).append(v)
+    (main, _), *others = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+    text = f"{main[0]} prompts, {main[1]} pairs"
+    return text + "".join(f"; {', '.join(vs)}: {p} prompts, {n} pairs" for (p, n), vs in others)
+
+
 def ci(c) -> str:
     return "–" if not c else f"[{c[0]:+.4f}, {c[1]:+.4f}]"
 
@@ -916,8 +972,7 @@ def report(res: dict) -> str:
         + ".\n"
     )
     for s, cv in res["curves"].items():
-        info = res["sets"][s]
-        L.append(f"## Paired gain over the base model, `{s}` ({info['prompts']} prompts, {info['pairs']} pairs)\n")
+        L.append(f"## Paired gain over the base model, `{s}` ({set_label(res, s)})\n")
         its = sorted({r["iteration"] for rows in cv.values() for r in rows})
         rows = []
         for it in its:
@@ -1232,7 +1287,7 @@ def plot(res: dict, out: Path) -> list[Path]:
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"{s}: reward − base model (paired)")
-        ax.set_title(f"{s} ({res['sets'][s]['prompts']} prompts): band = bootstrap 95 %", fontsize=9)
+        ax.set_title(f"{s} ({set_label(res, s)}): band = bootstrap 95 %", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     pngs += C.save_figure(fig, out, "study_gain")

@@ -30,17 +30,28 @@ SEEDS, ITERATIONS, EVALS = (0, 1, 2, 3), 9, (0, 4, 8)
 SETS = {"train": (4, 4), "held_out": (6, 3)}  # prompts, eval seeds per prompt
 
 
-def synthetic(folder: Path) -> Path:
+EXTRA = {  # variant: (slope, explore_n, prompts_pool, train set (prompts, eval seeds))
+    "sol_rl_N32": (0.012, 32, 4, SETS["train"]),
+    "sol_rl_pool8": (0.012, 16, 8, (8, 4)),
+}
+
+
+def synthetic(folder: Path, extra: bool = False) -> Path:
     """Runs whose gain grows linearly with the iteration at SLOPE[variant]; naive_scaling's rewards
     are sol_rl's (same training seed) exactly; diffusionnft has the same mean curve with its own
     noise; one naive_scaling iteration stalls (100 s)."""
     rng = np.random.default_rng(7)
     base = {s: rng.uniform(0.3, 0.7, size=p * e) for s, (p, e) in SETS.items()}
+    base["train8"] = rng.uniform(0.3, 0.7, size=32)
     prompt_effect = {s: rng.normal(0, 0.01, size=p) for s, (p, e) in SETS.items()}
+    prompt_effect["train8"] = rng.normal(0, 0.01, size=8)
+    variants = {v: (SLOPE[v], 16, 4, SETS["train"]) for v in S.MODES}
+    if extra:
+        variants.update(EXTRA)
     pairs, timings, audit, meta = [], [], [], {}
     noise: dict = {}
-    for v in S.MODES:
-        for seed in SEEDS:
+    for v, (slope, n_explore, pool, train_set) in variants.items():
+        for seed in SEEDS if v in S.MODES else SEEDS[:3]:
             run = f"{v}-seed{seed}"
             src = "sol_rl" if v == "naive_scaling" else v  # naive_scaling: the very same rewards as sol_rl
             meta[run] = {
@@ -48,21 +59,22 @@ def synthetic(folder: Path) -> Path:
                 "mode": v,
                 "training_seed": seed,
                 "config_hash": "x",
-                "explore_n": 16,
+                "explore_n": n_explore,
                 "select_k": 8,
-                "prompts_pool": 4,
+                "prompts_pool": pool,
                 "iterations_complete": ITERATIONS,
                 "evaluated": list(EVALS),
             }
-            for s, (n_p, n_e) in SETS.items():
+            for s, (n_p, n_e) in (("train", train_set), ("held_out", SETS["held_out"])):
+                b = "train8" if n_p == 8 else s
                 for it in (-1, *EVALS):
                     key = (src, seed, s, it)
                     if key not in noise:
                         seed_shift = rng.normal(0, 0.003)
                         noise[key] = (
-                            seed_shift + np.repeat(prompt_effect[s], n_e) * (it >= 0) + rng.normal(0, 0.02, n_p * n_e)
+                            seed_shift + np.repeat(prompt_effect[b], n_e) * (it >= 0) + rng.normal(0, 0.02, n_p * n_e)
                         )
-                    r = base[s] + (0.0 if it < 0 else SLOPE[v] * (it + 1) + noise[key])
+                    r = base[b] + (0.0 if it < 0 else slope * (it + 1) + noise[key])
                     for j in range(n_p * n_e):
                         pairs.append(
                             {
@@ -80,9 +92,9 @@ def synthetic(folder: Path) -> Path:
                         )
             for it in range(ITERATIONS):
                 stall = 100.0 if (v == "naive_scaling" and seed == 1 and it == 3) else 0.0
-                hi, lo = FORWARDS[v]
+                hi, lo = FORWARDS.get(v, FORWARDS["sol_rl"])
                 for st, sec, fh, fl in (
-                    ("explore", SECONDS[v] + stall, hi, lo),
+                    ("explore", SECONDS.get(v, SECONDS["sol_rl"]) + stall, hi, lo),
                     ("update", 1.0, 500.0, 0.0),
                     ("eval", 50.0, 0.0, 0.0),
                 ):
@@ -98,7 +110,7 @@ def synthetic(folder: Path) -> Path:
                             "forwards_low": fl,
                         }
                     )
-                if v == "sol_rl":
+                if v.startswith("sol_rl"):
                     truth = rng.permutation(16)
                     for c in range(16):
                         t = int(truth[c]) + 1  # true rank
@@ -198,7 +210,11 @@ def test_parity_levels_come_from_the_smallest_resolved_final_gain():
 def test_parity_speedup_is_the_cost_ratio_when_curves_coincide(result):
     _, res = result
     p = res["parity"]
-    assert set(p["compared"]) == set(S.MODES)
+    # the levels come from the modes expected to learn; naive_quant (slope 0.004) is timed against them
+    assert p["compared"] == sorted(S.LEVEL_MODES) and p["base"] == pytest.approx(0.0857, abs=0.005)
+    top = p["rows"][-1]["modes"]["naive_quant"]["iterations"]
+    assert top["time"] == "inf" and top["replicates_never"] > 0.9
+    assert set(p["rows"][0]["per_seed_iterations"]["sol_rl"]) == {str(k) for k in SEEDS}
     per_it = {v: SECONDS[v] + 1.0 for v in S.MODES}  # explore + update; eval is measurement; the stall is a median away
     for row in p["rows"]:
         cell = row["modes"]["sol_rl"]
@@ -223,12 +239,33 @@ def test_winners_curse_from_the_audit_rows(result):
     assert wc["seeds"] == len(SEEDS) and wc["audited_iterations"] == ITERATIONS
 
 
+def test_pool_size_and_training_pool(tmp_path):
+    """N: paired by training seed; a training pool of 8 prompts has another `train` set (not compared
+    there) and the same held-out pairs (compared unpaired)."""
+    res = S.analyse(str(synthetic(tmp_path, extra=True)), n_boot=1000, seed=0)
+    n = row_at(res["pool_size_n"]["train"]["N32 - N16"], 8)
+    assert n["seeds"] == 3 and n["training_seeds"] == [0, 1, 2]
+    assert n["ci95"][0] < 0.018 < n["ci95"][1]
+    assert res["sets"]["train"]["sol_rl_pool8"] == {"prompts": 8, "pairs": 32}
+    assert "sol_rl_pool8" in res["curves"]["train"]
+    (p,) = res["training_pool"].values()
+    last = row_at(p, 8)
+    assert last["seeds"] == [3, 4] and last["prompts"] == SETS["held_out"][0]
+    assert last["ci95"][0] < 0.018 < last["ci95"][1]
+    assert res["parity"]["compared"] == sorted(S.LEVEL_MODES)  # the extra variants are not modes
+    assert S.paired_difference(S.Data(str(tmp_path)), S.Bootstrap(100, 0), "sol_rl_pool8", "sol_rl", "train") == []
+
+
 def test_replot_writes_json_md_and_plots(tmp_path, result):
     folder, _ = result
     out = tmp_path / "out"
     assert S.main(["analyse", "--data", str(folder), "--out", str(out), "--bootstrap", "500"]) == 0
     for f in ("study.json", "study.md", "study_gain.png", "study_differences.png", "study_parity.png"):
         assert (out / f).is_file(), f
+    again = tmp_path / "again"  # the replot is deterministic: byte for byte
+    assert S.main(["analyse", "--data", str(folder), "--out", str(again), "--bootstrap", "500", "--no-plots"]) == 0
+    for f in ("study.json", "study.md"):
+        assert filecmp.cmp(out / f, again / f, shallow=False), f
     text = (out / "study.md").read_text()
     assert "not resolved" in text and "c = 0.41" in text
 
