@@ -58,7 +58,10 @@ LEVEL_FRACTIONS = (0.25, 0.5, 0.75)
 # the ablation expected to lag, and a level it barely reaches would sit in the noise; its times to
 # the same levels are reported (or "never")
 LEVEL_MODES = ("sol_rl", "naive_scaling", "diffusionnft")
-LOW_COSTS = (0.41, 0.5, 0.83, 1.0)  # the paper's FP4 rollout ratio, 0.5, docs/cost.md's projection, no saving
+# the low-precision forward's cost in high-precision forwards: 0.41 the paper's measured FP4 rollout
+# ratio, 0.5, 0.83 benchmarks/results/cost's explore ÷ rollout (per sample: 6 explore steps vs 10, so
+# per forward it is 0.83 × 10/6), 1.0 no saving, 1.38 this CPU's emulated NVFP4 per step (cost.md's fit)
+LOW_COSTS = (0.41, 0.5, 0.83, 1.0, 1.38)
 MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of the cost clocks
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
@@ -826,8 +829,15 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
                     "mean": rnd(arr.mean() / chance),
                     "ci95": rnd(list(np.quantile(reps, [0.025, 0.975]) / chance)),
                 }
-        first, lastq = np.array(metrics["true_reward_mean"])[:, :1], np.array(metrics["true_reward_mean"])[:, -1:]
-        row["audited_prompt_reward_first_last"] = [rnd(first.mean()), rnd(lastq.mean())]
+        # the audited prompt's high-precision rewards over its N seeds: first and last audit (a
+        # different prompt each iteration: the first of that iteration's draw)
+        for m in ("true_reward_mean", "true_reward_sd"):
+            arr = np.array(metrics[m])
+            row[m] = {
+                "first": rnd(arr[:, 0].mean()),
+                "last": rnd(arr[:, -1].mean()),
+                "by_iteration": rnd(list(arr.mean(axis=0))),
+            }
         out[v] = row
     return out
 
@@ -1149,6 +1159,8 @@ def report(res: dict) -> str:
                     f"{r['chance_false_top']:.3f}",
                     f"{r['false_top_over_chance']['mean']:.2f} {ci(r['false_top_over_chance']['ci95'])}",
                     f"{r['spearman']['mean']:.3f} {ci(r['spearman']['ci95'])}",
+                    f"{r['true_reward_mean']['first']:.3f} → {r['true_reward_mean']['last']:.3f}",
+                    f"{r['true_reward_sd']['first']:.3f} → {r['true_reward_sd']['last']:.3f}",
                 ]
             )
         L += [
@@ -1162,10 +1174,14 @@ def report(res: dict) -> str:
                     "chance",
                     "ratio to chance",
                     "Spearman ρ",
+                    "audited prompt's reward, first → last audit",
+                    "its SD over the N seeds",
                 ],
                 rows,
             ),
             "",
+            "Chance: the share of a random pick of K/2 of the N seeds that is not in the true top K/2. The audited "
+            "prompt is the first of each iteration's draw, so its reward trend mixes prompts and policy.\n",
         ]
     return "\n".join(L)
 
@@ -1213,7 +1229,13 @@ def parity_report(p: dict) -> list[str]:
         ),
         "",
     ]
-    L.append("### Projected GPU clock: speed-up vs naive_scaling by the low-precision forward's cost c\n")
+    L.append(
+        "### Projected GPU clock: speed-up vs naive_scaling by the low-precision forward's cost c\n\n"
+        "c = the cost of one low-precision transformer forward in high-precision forwards: 0.41 the paper's measured FP4 "
+        "rollout ratio; 0.5; 0.83 benchmarks/results/cost's explore ÷ rollout on this CPU, which is per sample (6 explore "
+        "steps vs 10 rollout steps), so read as a per-forward cost it is optimistic; 1.0 no saving; 1.38 this CPU's "
+        "emulated NVFP4 forward per step (cost.md's linear fit). Training and regeneration forwards are high precision.\n"
+    )
     header = ["level", "mode"] + [f"c = {c:g}" for c in LOW_COSTS]
     rows = []
     for row in p["rows"]:
@@ -1271,6 +1293,13 @@ def sp(cell: dict) -> str:
 # --- plots -------------------------------------------------------------------------------------------------
 
 
+def color(v: str, variants: list[str]) -> str:
+    """The mode's colour; other variants (N, pool size) take the next ones, in their order."""
+    if v in COLORS:
+        return COLORS[v]
+    return f"C{len(COLORS) + [w for w in variants if w not in COLORS].index(v)}"
+
+
 def plot(res: dict, out: Path) -> list[Path]:
     plt = C.pyplot()
     pngs = []
@@ -1281,8 +1310,8 @@ def plot(res: dict, out: Path) -> list[Path]:
             x = np.array([r["iteration"] for r in rows])
             y = np.array([r["mean"] for r in rows])
             lo, hi = np.array([r["ci95"][0] for r in rows]), np.array([r["ci95"][1] for r in rows])
-            c = COLORS.get(v)
-            ax.plot(x, y, "o-", ms=3, color=c, label=f"{v} ({rows[-1]['seeds']} seeds)")
+            c = color(v, list(res["curves"][s]))
+            ax.plot(x, y, "o-" if v in MODES else "s--", ms=3, color=c, label=f"{v} ({rows[-1]['seeds']} seeds)")
             ax.fill_between(x, lo, hi, color=c, alpha=0.15)
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("iteration")
@@ -1342,6 +1371,34 @@ def plot(res: dict, out: Path) -> list[Path]:
             axes[1].grid(alpha=0.3)
         fig.suptitle("Time to fixed gain levels (dotted lines) that every compared mode reaches", fontsize=10)
         pngs += C.save_figure(fig, out, "study_parity")
+    sizes = [(k, res.get(k)) for k in ("pool_size_n",) if res.get(k)]
+    if sizes or res.get("training_pool"):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        labels, pts, errs = [], [], []
+        for s, d in (res.get("pool_size_n") or {}).items():
+            for name, rows in d.items():
+                if rows:
+                    r = rows[-1]
+                    labels.append(f"{name}, {s} (it. {r['iteration']}, {r['seeds']} seeds)")
+                    pts.append(r["mean"])
+                    errs.append([r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]])
+        for name, rows in (res.get("training_pool") or {}).items():
+            if rows:
+                r = rows[-1]
+                labels.append(f"{name}, held_out (it. {r['iteration']}, {r['seeds'][0]}+{r['seeds'][1]} seeds)")
+                pts.append(r["mean"])
+                errs.append([r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]])
+        if pts:
+            y = np.arange(len(pts))
+            ax.errorbar(pts, y, xerr=np.array(errs).T, fmt="o", capsize=3)
+            ax.set_yticks(y, labels, fontsize=7)
+            ax.axvline(0, color="0.5", lw=0.8)
+            ax.set_xlabel("difference of paired gains at the last common evaluation (bootstrap 95 %)")
+            ax.grid(alpha=0.3)
+            ax.set_title("sol_rl: pool size N and training-pool size", fontsize=9)
+            pngs += C.save_figure(fig, out, "study_sizes")
+        else:
+            plt.close(fig)
     return pngs
 
 

@@ -254,6 +254,7 @@ def test_pool_size_and_training_pool(tmp_path):
     assert last["ci95"][0] < 0.018 < last["ci95"][1]
     assert res["parity"]["compared"] == sorted(S.LEVEL_MODES)  # the extra variants are not modes
     assert S.paired_difference(S.Data(str(tmp_path)), S.Bootstrap(100, 0), "sol_rl_pool8", "sol_rl", "train") == []
+    assert "study_sizes.png" in [p.name for p in S.plot(res, tmp_path)]
 
 
 def test_replot_writes_json_md_and_plots(tmp_path, result):
