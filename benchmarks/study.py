@@ -792,17 +792,12 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
             "true_reward_mean": [],
             "true_reward_sd": [],
         }
-        units = None
-        for r in runs:
-            ar = a[a["run"] == r]
-            its = sorted(ar["iteration"].unique())
-            units = len(its) if units is None else min(units, len(its))
         n_, k_ = data.meta[runs[0]]["explore_n"], data.meta[runs[0]]["select_k"]
         half = k_ // 2
         for r in runs:
             ar = a[a["run"] == r]
             per = {m: [] for m in metrics}
-            for it in sorted(ar["iteration"].unique())[:units]:
+            for it in sorted(ar["iteration"].unique()):
                 u = ar[ar["iteration"] == it]
                 for pid in sorted(u["prompt_id"].unique()):
                     p = u[u["prompt_id"] == pid].sort_values(["reward", "seed"], ascending=[False, True], kind="stable")
@@ -815,7 +810,9 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
                     per["true_reward_mean"].append(float(p["reward"].mean()))
                     per["true_reward_sd"].append(float(p["reward"].std(ddof=1)))
             for m in metrics:
-                metrics[m].append(per[m][:units])
+                metrics[m].append(per[m])
+        units = min(len(x) for x in metrics["spearman"])  # audited prompts per run, the common part (lock-step)
+        metrics = {m: [x[:units] for x in vals] for m, vals in metrics.items()}
         chance = 1.0 - half / n_
         row = {"n": n_, "k": k_, "seeds": len(runs), "audited_iterations": units, "chance_false_top": rnd(chance)}
         ridx = boot.runs(len(runs), f"audit:{v}")
