@@ -786,6 +786,8 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
         if not runs:
             continue
         metrics: dict[str, list] = {
+            "rank_error_bottom": [],
+            "false_bottom": [],
             "rank_error_top": [],
             "false_top": [],
             "spearman": [],
@@ -806,6 +808,11 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
                     top = proxy_rank <= half
                     per["rank_error_top"].append(float(np.mean(np.abs(proxy_rank[top] - true_rank[top]) / len(p))))
                     per["false_top"].append(float(np.mean(true_rank[top] > half)))
+                    bottom = proxy_rank > len(p) - half
+                    per["rank_error_bottom"].append(
+                        float(np.mean(np.abs(proxy_rank[bottom] - true_rank[bottom]) / len(p)))
+                    )
+                    per["false_bottom"].append(float(np.mean(true_rank[bottom] <= len(p) - half)))
                     per["spearman"].append(float(stats.spearmanr(p["proxy_reward"], p["reward"]).statistic))
                     per["true_reward_mean"].append(float(p["reward"].mean()))
                     per["true_reward_sd"].append(float(p["reward"].std(ddof=1)))

@@ -235,6 +235,8 @@ def test_winners_curse_from_the_audit_rows(result):
     assert wc["n"] == 16 and wc["k"] == 8 and wc["chance_false_top"] == pytest.approx(0.75)
     # proxy ranks 1..4 are the true ranks: no rank error, no false top seed
     assert wc["rank_error_top"]["mean"] == 0.0 and wc["false_top"]["mean"] == 0.0
+    # the bottom 4 reversed: ranks off by 3, 1, 1, 3 of 16, still all in the true bottom 4
+    assert wc["rank_error_bottom"]["mean"] == pytest.approx(0.125) and wc["false_bottom"]["mean"] == 0.0
     assert 0.0 < wc["spearman"]["mean"] < 1.0
     assert wc["seeds"] == len(SEEDS) and wc["audited_iterations"] == ITERATIONS
 
