@@ -935,12 +935,18 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
 
 
 def processes(data: Data) -> dict:
-    """Which process (host:pid of the stage records) ran which variants: the wall clock compares
-    modes fairly only within one process (alternated iteration by iteration)."""
+    """Which process (host:pid of the stage records) ran which variants, and in what order it ran
+    its runs' iterations (the runs of the earliest iteration it ran, by start time): the wall clock
+    compares modes fairly only within one process."""
     t = data.timings[data.timings["iteration"] >= 0]
     out: dict = {}
     for w, g in t.groupby("worker", sort=True):
-        out[w] = sorted({data.meta[r]["variant"] for r in g["run"].unique() if r in data.meta})
+        first = g[g["iteration"] == g["iteration"].min()].groupby("run")["started_at"].min().sort_values(kind="stable")
+        out[w] = {
+            "variants": sorted({data.meta[r]["variant"] for r in g["run"].unique() if r in data.meta}),
+            "iterations": [int(g["iteration"].min()), int(g["iteration"].max())],
+            "order_in_a_round": list(first.index),
+        }
     return out
 
 
@@ -981,8 +987,12 @@ def report(res: dict) -> str:
     )
     L.append(f"Baseline rows identical across runs: {res['baseline_identical_across_runs']}.\n")
     L.append(
-        "Processes (host:pid of the stage records) and the variants each ran: "
-        + "; ".join(f"`{w}`: {', '.join(v)}" for w, v in res["processes"].items())
+        "Processes (host:pid of the stage records), the variants each ran and the order of its runs within one "
+        "iteration round: "
+        + "; ".join(
+            f"`{w}` (iterations {p['iterations'][0]}–{p['iterations'][1]}): {', '.join(p['order_in_a_round'])}"
+            for w, p in res["processes"].items()
+        )
         + ".\n"
     )
     for s, cv in res["curves"].items():
