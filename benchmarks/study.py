@@ -97,6 +97,16 @@ def stage_forwards(cfg, plan, stage: str, eval_pairs: int = 0) -> tuple[float, f
     return 0.0, 0.0
 
 
+def priced(learning, cfg, plan, c: float) -> float:
+    """learning.denoiser_cost with the low-precision forward at c (its module-level price restored)."""
+    saved = learning.FP4_COST[0]
+    learning.FP4_COST[0] = c
+    try:
+        return learning.denoiser_cost(cfg, plan)
+    finally:
+        learning.FP4_COST[0] = saved
+
+
 def _float_column(values):
     """float32 when that is lossless (the rewards are computed in float32), else float64."""
     import pyarrow as pa
@@ -196,10 +206,10 @@ def export(runs_root: str, out: str) -> dict:
                     }
                 )
             for c in (0.0, 1.0):  # the split must price exactly as learning.denoiser_cost does
-                L.FP4_COST[0] = c
-                if abs(L.denoiser_cost(cfg, plan) - (high_sum + c * low_sum)) > 1e-6:
-                    raise AssertionError(f"{name} iteration {i}: forwards split disagrees with learning.denoiser_cost")
-            L.FP4_COST[0] = 0.5
+                if abs(priced(L, cfg, plan, c) - (high_sum + c * low_sum)) > 1e-6:
+                    raise RuntimeError(
+                        f"{name} iteration {i}: the forwards split disagrees with learning.denoiser_cost"
+                    )
             if run.stage(i, "audit").record is not None:
                 rows = read_stage(
                     run.store,
