@@ -5,6 +5,7 @@ and the replot of the committed study data reproducing its committed outputs byt
 from __future__ import annotations
 
 import filecmp
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -278,6 +279,81 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pairs.parquet" in err and "export" in err and err.count("\n") == 1
     assert S.main(["export", "--runs-root", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, one_torch_thread):
+    """Two real runs (sol_rl with its audit, naive_scaling), one iteration of a tiny config, through
+    the pipeline's own steps (benchmarks/learning.py), evaluated after it."""
+    import learning as L
+
+    from solrl.config import load_config
+
+    root = tmp_path_factory.mktemp("study_runs")
+    base = load_config(str(REPO / "configs" / "shapes.yaml")).with_overrides(
+        **{
+            "prompts.pool": 2,
+            "prompts.per_iteration": 2,
+            "explore.n": 8,
+            "select.k": 4,
+            "rollout.steps": 3,
+            "explore.steps": 2,
+            "eval.every": 1,
+            "eval.steps": 2,
+            "eval.seeds_per_prompt": 2,
+            "eval.held_out_prompts": 2,
+            "nft.micro_batch": 8,
+        }
+    )
+    spec = type(
+        "Args",
+        (),
+        {
+            "variant": ["sol_rl:run.mode=sol_rl", "naive_scaling:run.mode=naive_scaling,explore.precision=high"],
+            "seeds": [0],
+            "iterations": 1,
+            "runs_root": str(root),
+        },
+    )
+    runs = L.open_runs(spec, base, None)
+    L.advance(runs, 1)
+    return root, {k: r["run"] for k, r in runs.items()}
+
+
+def test_export_of_real_runs(tiny_runs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from storage.queries import paired_gains
+
+    root, runs = tiny_runs
+    out = tmp_path / "data"
+    assert S.main(["export", "--runs-root", str(root), "--out", str(out)]) == 0
+    pairs = pq.read_table(out / "pairs.parquet").to_pandas()
+    # 2 runs × (baseline + iteration 0) × (2 train prompts + 2 held-out) × 2 eval seeds
+    assert len(pairs) == 2 * 2 * 4 * 2 and set(pairs["iteration"]) == {-1, 0}
+    assert pairs["strict"].notna().all() and str(pairs["reward"].dtype) == "float32"
+    for name, run in runs.items():  # the exported pairs give the run's own paired gain
+        mine = pairs[pairs["run"] == name]
+        for s, g in paired_gains(run.store, 0).items():
+            ev = mine[(mine["iteration"] == 0) & (mine["set"] == s)].reset_index()
+            base = mine[(mine["iteration"] == -1) & (mine["set"] == s)].reset_index()
+            assert (ev["prompt_id"] == base["prompt_id"]).all() and (ev["eval_seed"] == base["eval_seed"]).all()
+            assert (ev["reward"] - base["reward"]).mean() == pytest.approx(g["gain"], abs=1e-6)
+    t = pq.read_table(out / "timings.parquet").to_pandas()
+    sol = t[(t["run"] == "sol_rl-seed0") & (t["iteration"] == 0)].set_index("stage")
+    ns = t[(t["run"] == "naive_scaling-seed0") & (t["iteration"] == 0)].set_index("stage")
+    assert {"explore", "select", "regenerate", "update", "audit", "eval"} <= set(sol.index)
+    assert (sol["seconds"] > 0).all() and sol.loc["explore", "forwards_low"] == 2 * 8 * 2  # P · N · explore steps
+    assert ns.loc["explore", "forwards_high"] == 2 * 8 * 3 and ns["forwards_low"].sum() == 0  # rollout steps
+    audit = pq.read_table(out / "audit.parquet").to_pandas()
+    assert len(audit) == 8 and set(audit["run"]) == {"sol_rl-seed0"}  # every explored seed of one prompt
+    info = json.loads((out / "runs.json").read_text())
+    assert info["runs"]["sol_rl-seed0"]["config_hash"] == runs["sol_rl-seed0"].hash
+    assert info["host"]["cpu_model"]
+    assert S.main(["analyse", "--data", str(out), "--bootstrap", "200", "--no-plots"]) == 0
+    res = json.loads((out / "study.json").read_text())
+    d = res["differences"]["train"]["sol_rl - naive_scaling"][0]
+    assert d["seeds"] == 1 and d["prompts"] == 2 and res["baseline_identical_across_runs"] is True
 
 
 def test_help():
