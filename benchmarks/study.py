@@ -1300,7 +1300,7 @@ def parity_report(p: dict) -> list[str]:
 def ci2(c, digits: int = 2) -> str:
     if not c:
         return "[never]"
-    f = lambda x: "never" if x == "inf" else f"{x:.{digits}f}"  # noqa: E731
+    f = lambda x: "∞" if x == "inf" else f"{x:.{digits}f}"  # noqa: E731
     return f"[{f(c[0])}, {f(c[1])}]"
 
 
@@ -1310,7 +1310,7 @@ def sp(cell: dict) -> str:
     s = cell["speedup"]
     if s is None:
         return "never / never"
-    s_txt = "∞ (mode only)" if s == "inf" else f"{s:.2f}×"
+    s_txt = "∞ (naive_scaling never)" if s == "inf" else ("0 (mode never)" if s == 0 else f"{s:.2f}×")
     return f"{s_txt} {ci2(cell['speedup_ci95'])}"
 
 
