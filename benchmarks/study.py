@@ -941,6 +941,7 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
         }
     res["parity"] = parity(data, boot, crv)
     res["winners_curse"] = winners_curse(data, boot)
+    res["verdicts"] = verdicts(res)
     return res
 
 
@@ -986,8 +987,74 @@ def verdict(row: dict, a: str, b: str) -> str:
     return "not resolved"
 
 
+def verdicts(res: dict) -> list[str]:
+    """One sentence per question the study answers, each with its interval, seeds and prompts."""
+    out = []
+
+    def diff_line(name, r, s, a, b):
+        sd = (
+            f"{r['seeds']} training seeds"
+            if isinstance(r["seeds"], int)
+            else f"{r['seeds'][0]} + {r['seeds'][1]} training seeds"
+        )
+        return (
+            f"{name}, `{s}`, iteration {r['iteration']}: {r['mean']:+.4f}, 95 % {ci(r['ci95'])} "
+            f"({sd}, {r['prompts']} prompts): {verdict(r, a, b)}."
+        )
+
+    for s, diffs in res["differences"].items():
+        for name, rows in diffs.items():
+            if rows:
+                a, b = name.split(" - ")
+                line = diff_line(name, rows[-1], s, a, b)
+                if name == "sol_rl - naive_scaling":
+                    e = next(x for x in res["equivalence"][name][s] if x["iteration"] == rows[-1]["iteration"])
+                    share = e["margin_share_of_reference_gain"]
+                    line += (
+                        f" Equivalence (TOST, α = 0.05): within ±{e['margin']:.4f}"
+                        + (
+                            f" = ±{share:.0%} of naive_scaling's gain ({e['reference_gain']:+.4f})"
+                            if share is not None
+                            else ""
+                        )
+                        + ", and no narrower margin."
+                    )
+                out.append(line)
+    for s, d in (res.get("pool_size_n") or {}).items():
+        for name, rows in d.items():
+            if rows:
+                a, b = name.split(" - ")
+                out.append(diff_line(f"sol_rl {name}", rows[-1], s, a, b))
+    for name, rows in (res.get("training_pool") or {}).items():
+        if rows:
+            a, b = name.split(" - ")
+            out.append(diff_line(f"sol_rl training {name} (not paired)", rows[-1], "held_out", a, b))
+    p = res.get("parity") or {}
+    for row in p.get("rows", []):
+        for m, cell in row["modes"].items():
+            if m == "naive_scaling":
+                continue
+            out.append(
+                f"Time to gain {row['level']:+.4f} ({row['fraction']:.0%} of {p['base']:+.4f}), {m} vs naive_scaling: "
+                f"wall clock {sp(cell['wall_seconds'])}; projected GPU clock "
+                + ", ".join(f"c = {c:g}: {sp(cell[f'gpu_{c:g}'])}" for c in LOW_COSTS)
+                + f"; iterations {sp(cell['iterations'])}."
+            )
+    for v, r in (res.get("winners_curse") or {}).items():
+        out.append(
+            f"Winner's curse, {v} (N {r['n']}, {r['seeds']} seeds × {r['audited_iterations']} audits): "
+            f"{r['false_top']['mean']:.3f} {ci(r['false_top']['ci95'])} of the proxy's top K/2 are not in the true top K/2 "
+            f"(chance {r['chance_false_top']:.3f}; ratio {r['false_top_over_chance']['mean']:.2f} "
+            f"{ci(r['false_top_over_chance']['ci95'])}); Spearman ρ {r['spearman']['mean']:.3f} {ci(r['spearman']['ci95'])}."
+        )
+    return out
+
+
 def report(res: dict) -> str:
     L = ["# The four-mode study (benchmarks/study.py, from the committed Parquet)\n"]
+    if res.get("verdicts"):
+        L.append("## Verdicts (95 % bootstrap intervals; 'not resolved' where the interval includes 0)\n")
+        L += [f"* {v}" for v in res["verdicts"]] + [""]
     b = res["bootstrap"]
     L.append(
         f"Intervals: two-level bootstrap, {b['replicates']} replicates (seed {b['seed']}): training seeds with replacement; "

@@ -272,6 +272,7 @@ def test_replot_writes_json_md_and_plots(tmp_path, result):
         assert filecmp.cmp(out / f, again / f, shallow=False), f
     text = (out / "study.md").read_text()
     assert "not resolved" in text and "c = 0.41" in text
+    assert "* naive_quant - sol_rl, `train`, iteration 8: " in text and "sol_rl ahead." in text  # the verdicts
 
 
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
