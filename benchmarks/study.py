@@ -838,6 +838,13 @@ def winners_curse(data: Data, boot: Bootstrap) -> dict:
             arr = np.array(vals)  # runs × units
             reps = arr[ridx[:, :, None], uidx].mean(axis=(1, 2))
             row[m] = {"mean": rnd(arr.mean()), "ci95": rnd(list(np.quantile(reps, [0.025, 0.975])))}
+            if m in ("spearman", "false_top"):  # per audit (iteration), over training seeds
+                per_unit = arr[ridx].mean(axis=1)  # B × units
+                row[m]["by_audit"] = {
+                    "mean": rnd(list(arr.mean(axis=0))),
+                    "ci95_low": rnd(list(np.quantile(per_unit, 0.025, axis=0))),
+                    "ci95_high": rnd(list(np.quantile(per_unit, 0.975, axis=0))),
+                }
             if m == "false_top":
                 row["false_top_over_chance"] = {
                     "mean": rnd(arr.mean() / chance),
@@ -1462,6 +1469,29 @@ def plot(res: dict, out: Path) -> list[Path]:
             axes[1].grid(alpha=0.3)
         fig.suptitle("Time to fixed gain levels (dotted lines) that every compared mode reaches", fontsize=10)
         pngs += C.save_figure(fig, out, "study_parity")
+    wc = res.get("winners_curse") or {}
+    if wc:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+        for ax, m, label in (
+            (axes[0], "spearman", "Spearman ρ, proxy vs high precision"),
+            (axes[1], "false_top", "share of the proxy's top K/2 not in the true top K/2"),
+        ):
+            for v, r in wc.items():
+                b = r[m]["by_audit"]
+                x = np.arange(len(b["mean"]))
+                c = color(v, list(wc))
+                ax.plot(x, b["mean"], "o-", ms=3, color=c, label=f"{v} (N {r['n']}, {r['seeds']} seeds)")
+                ax.fill_between(x, b["ci95_low"], b["ci95_high"], color=c, alpha=0.15)
+                if m == "false_top":
+                    ax.axhline(r["chance_false_top"], color=c, ls=":", lw=0.8)
+            ax.set_xlabel("audit (one per iteration, the iteration's first prompt)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(
+            "Proxy fidelity while training (band: bootstrap 95 % over training seeds; dotted: chance)", fontsize=10
+        )
+        pngs += C.save_figure(fig, out, "study_fidelity")
     sizes = [(k, res.get(k)) for k in ("pool_size_n",) if res.get(k)]
     if sizes or res.get("training_pool"):
         fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -264,7 +264,14 @@ def test_replot_writes_json_md_and_plots(tmp_path, result):
     folder, _ = result
     out = tmp_path / "out"
     assert S.main(["analyse", "--data", str(folder), "--out", str(out), "--bootstrap", "500"]) == 0
-    for f in ("study.json", "study.md", "study_gain.png", "study_differences.png", "study_parity.png"):
+    for f in (
+        "study.json",
+        "study.md",
+        "study_gain.png",
+        "study_differences.png",
+        "study_parity.png",
+        "study_fidelity.png",
+    ):
         assert (out / f).is_file(), f
     again = tmp_path / "again"  # the replot is deterministic: byte for byte
     assert S.main(["analyse", "--data", str(folder), "--out", str(again), "--bootstrap", "500", "--no-plots"]) == 0
