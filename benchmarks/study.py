@@ -1485,7 +1485,7 @@ def plot(res: dict, out: Path) -> list[Path]:
                 if m == "false_top":
                     ax.axhline(r["chance_false_top"], color=c, ls=":", lw=0.8)
             ax.set_xlabel("audit (one per iteration, the iteration's first prompt)")
-            ax.set_ylabel(label)
+            ax.set_ylabel(label, fontsize=8)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(
