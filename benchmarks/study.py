@@ -532,6 +532,31 @@ def curves(data: Data, boot: Bootstrap) -> dict:
     return out
 
 
+def per_run(data: Data, boot: Bootstrap) -> dict:
+    """Each run's own paired gain at each evaluated iteration, its interval from the evaluation
+    pairs alone (prompts, then eval seeds within prompt): what one run can say by itself."""
+    out: dict = {}
+    for v in data.variants:
+        for r in data.runs_of[v]:
+            for s in data.sets:
+                rows = []
+                for it in data.evaluated(r, s):
+                    g = data.gain(r, it, s)[None, :]
+                    reps = resampled_mean(g, np.zeros((boot.n, 1), dtype=np.int64), data.weights(boot, v, s))
+                    rows.append(
+                        {
+                            "iteration": it,
+                            "mean": rnd(g.mean()),
+                            "ci95": rnd(list(np.quantile(reps, [0.025, 0.975]))),
+                            "strict_base": rnd(data.strict[(r, -1, s)].mean()),
+                            "strict": rnd(data.strict[(r, it, s)].mean()),
+                        }
+                    )
+                if rows:
+                    out.setdefault(r, {})[s] = rows
+    return out
+
+
 def paired_difference(data: Data, boot: Bootstrap, a: str, b: str, s: str) -> list[dict]:
     """a − b per training seed on the same pairs, at every iteration both have evaluated ([] when
     the two variants' sets hold different pairs)."""
@@ -902,6 +927,7 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
         },
         "curves": crv,
     }
+    res["per_run"] = per_run(data, boot)
     res["differences"] = {
         s: {
             f"{a} - {b}": paired_difference(data, boot, a, b, s)
@@ -1123,6 +1149,26 @@ def report(res: dict) -> str:
             ),
             "",
         ]
+    L.append(
+        "## Every run at its last evaluation (its own paired gain; 95 % interval from the pairs alone: prompts, "
+        "then eval seeds)\n"
+    )
+    rows = []
+    for r, per_set in res["per_run"].items():
+        cells = [r]
+        for s in res["curves"]:
+            x = per_set.get(s, [None])[-1]
+            cells += (
+                ["–", "–"]
+                if x is None
+                else [
+                    f"{x['mean']:+.4f} {ci(x['ci95'])} (it. {x['iteration']})",
+                    f"{x['strict_base']:.3f} → {x['strict']:.3f}" if x["strict"] is not None else "–",
+                ]
+            )
+        rows.append(cells)
+    header = ["run"] + [h for s in res["curves"] for h in (f"`{s}` gain", f"`{s}` strict")]
+    L += [C.md_table(header, rows), ""]
     for s, diffs in res["differences"].items():
         L.append(f"## Mode differences, `{s}` (paired by training seed, same pairs)\n")
         rows = []

@@ -159,6 +159,10 @@ def test_bootstrap_covers_a_known_effect_and_zero(result):
     # per-variant gain: 0.09 after 9 iterations, covered; strict accuracy carried along
     g = row_at(res["curves"]["train"]["sol_rl"], 8)
     assert g["ci95"][0] < 0.09 < g["ci95"][1] and "strict_gain" in g
+    # one run by itself: its interval from the pairs alone, around its own gain
+    (last,) = res["per_run"]["sol_rl-seed0"]["train"][-1:]
+    assert last["iteration"] == 8 and last["ci95"][0] < last["mean"] < last["ci95"][1]
+    assert [r["iteration"] for r in res["per_run"]["naive_quant-seed3"]["held_out"]] == list(EVALS)
     # deterministic: the same seed gives the same replicates
     assert S.analyse(str(folder), n_boot=2000, seed=0)["differences"] == res["differences"]
 
