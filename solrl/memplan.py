@@ -169,7 +169,7 @@ def _plan_dtype(cfg: RunConfig, device_type: str) -> str:
         return cfg.model.dtype
     if device_type == "cuda":
         return "bfloat16"
-    from .models.base import cpu_has_bf16_matmul
+    from .cpu import cpu_has_bf16_matmul
 
     return "bfloat16" if cpu_has_bf16_matmul() else "float32"
 

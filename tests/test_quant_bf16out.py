@@ -14,7 +14,7 @@ import torch
 from test_reliability import micro
 
 from solrl.config import RunConfig
-from solrl.models.base import cpu_has_bf16_matmul
+from solrl.cpu import cpu_has_bf16_matmul
 from solrl.quant import EmulatedLinear, NVFP4Config, emulation_output, int8_engine, nvfp4_factors, quantize_
 from solrl.quant.numerics import bf16_epilogue
 from tasks.run import open_run

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Resolved, RunConfig
+from ..cpu import cpu_has_bf16_matmul  # noqa: F401 - re-exported: model.dtype auto reads it here
 from ..errors import ConfigError, MissingInput
 from ..quant import QuantConfig, QuantReport, quantize_
 from ..sampling import solve
@@ -89,20 +90,6 @@ class SharedSampler:
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has bf16 matrix instructions (x86 avx512_bf16 or AMX-BF16) and torch
-    may use them: held to AVX2 (ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2, how an AVX2
-    host is measured on a larger one) its bf16 kernels are ~10-30x slower than float32, as on an
-    AVX2-only host."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
-        return False
-    return ("avx512_bf16" in flags or "amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pick_device(device: str) -> torch.device:

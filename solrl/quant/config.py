@@ -116,7 +116,7 @@ def emulation_output(setting: str, dtype: str, device: str) -> str:
         return "float32"
     if device.split(":")[0] != "cpu":
         return "bfloat16"
-    from ..models.base import cpu_has_bf16_matmul  # lazy: models imports this package
+    from ..cpu import cpu_has_bf16_matmul
 
     return "bfloat16" if cpu_has_bf16_matmul() else "float32"
 
