@@ -26,6 +26,29 @@ NOT_HASHED = {"run": ("iterations",), "model": ("memory_check",), "storage": "*"
 # Keys added after runs existed: hashed only when set away from this default, so a run made
 # before the key existed keeps its hash (and resumes).
 HASHED_UNLESS_DEFAULT = {"explore": {"emulation_output": "float32"}}
+# Keys removed from the config, each with the value that made it a no-op. A run made before the
+# removal with that value computed what the current code computes: its run.json still opens and
+# the run resumes under the hash it was made with (tasks/run.py). A key added to the config must
+# likewise default to what the code did before it existed.
+REMOVED = {"fidelity": {"proxy_noise": 0.0}}
+
+
+def split_removed(data: dict) -> tuple[dict, dict]:
+    """(a stored config without the removed keys, the removed keys it had). A removed key with
+    another value than its no-op one is refused: the run computed something this version cannot."""
+    data = json.loads(json.dumps(data))
+    legacy: dict = {}
+    for section, keys in REMOVED.items():
+        for k, noop in keys.items():
+            if k in data.get(section, {}):
+                value = data[section].pop(k)
+                if value != noop:
+                    raise ConfigError(
+                        f"this run was made with {section}.{k} = {value!r}, which this version no longer has "
+                        f"(only {noop!r} is the same computation): open it with the version that made it"
+                    )
+                legacy.setdefault(section, {})[k] = value
+    return data, legacy
 
 
 def _one_of(v: str, known, what: str) -> str:
@@ -342,7 +365,8 @@ class RunConfig(_Strict):
 
     def hash(self, resolved: Resolved | None = None) -> str:
         """sha256 of the canonical JSON of the hashed settings (and what `auto` resolved to):
-        what resume compares and every commit records."""
+        what a new run records in run.json and its commits. (A run keeps the hash it was made
+        with: tasks/run.py compares configs, not hashes, when a version added or removed keys.)"""
         data = {"config": self.hashed(), "resolved": resolved.model_dump(mode="json") if resolved else None}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

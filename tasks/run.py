@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from solrl import __version__
-from solrl.config import Resolved, RunConfig, diff_keys
+from solrl.config import Resolved, RunConfig, diff_keys, split_removed
 from solrl.errors import MissingInput
 from solrl.settings import settings
 from storage.lease import Lease
@@ -42,10 +42,13 @@ class Run:
     resolved: Resolved
     run_id: str
     lease: Lease | None = field(default=None, repr=False)
+    # The hash the run was made with (run.json), kept when a later version added or removed config
+    # keys without changing what the run computes; None for a new run.
+    made_with: str | None = None
 
     @property
     def hash(self) -> str:
-        return self.cfg.hash(self.resolved)
+        return self.made_with or self.cfg.hash(self.resolved)
 
     @property
     def uri(self) -> str:
@@ -98,6 +101,7 @@ def _read_meta(store: RunStore, run_id: str) -> tuple[dict | None, str | None]:
         return None, None
     try:
         meta = json.loads(store.read_bytes(path))
+        meta["config"], _ = split_removed(meta["config"])  # made before a key was removed
         RunConfig.model_validate(meta["config"])
         Resolved.model_validate(meta["resolved"])
         return meta, None
@@ -132,7 +136,13 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
                     f"run.json of {uri} cannot be read ({damaged}): resume the run with its config (`sol-rl run CONFIG --run-id {run_id}`) to rebuild it"
                 )
             raise MissingInput(f"no run at {uri} (no run.json): start it with `sol-rl run CONFIG --run-id {run_id}`")
-        return Run(store, RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"]), run_id)
+        return Run(
+            store,
+            RunConfig.model_validate(meta["config"]),
+            Resolved.model_validate(meta["resolved"]),
+            run_id,
+            made_with=meta["config_hash"],
+        )
     remember_s3_options(
         uri, cfg.storage.s3_endpoint, cfg.storage.s3_region
     )  # for this process's later stores of the run
@@ -142,7 +152,11 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
     meta, damaged = _read_meta(store, run_id)
     if meta is not None:
         stored_cfg, stored_res = RunConfig.model_validate(meta["config"]), Resolved.model_validate(meta["resolved"])
-        if cfg.hash(resolved) != meta["config_hash"]:
+        same = cfg.hash(resolved) == meta["config_hash"] or (
+            # made by a version with other config keys: the same computation if the settings agree
+            stored_cfg.hashed() == cfg.hashed() and stored_res == resolved
+        )
+        if not same:
             keys = diff_keys(
                 {"config": stored_cfg.hashed(), "resolved": stored_res.model_dump(mode="json")},
                 {"config": cfg.hashed(), "resolved": resolved.model_dump(mode="json")},
@@ -152,7 +166,7 @@ def open_run(uri: str, cfg: RunConfig | None = None) -> Run:
                 f"run {run_id} at {uri} was made with a different config (differing keys: {', '.join(keys)}): "
                 "resume with the original config (and on a machine that resolves `auto` alike), or start a new run id"
             )
-        return Run(store, cfg, resolved, run_id)
+        return Run(store, cfg, resolved, run_id, made_with=meta["config_hash"])
     if damaged:
         others = _committed_hashes(store) - {cfg.hash(resolved)}
         if others:

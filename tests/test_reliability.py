@@ -401,3 +401,45 @@ def test_bf16_runs_are_bit_identical_and_a_resume_after_sigkill_with_two_steps_t
     faults.reset()
     run_all(str(tmp_path / "k"), cfg)
     assert fingerprint(str(tmp_path / "k")) == fp
+
+
+def _as_made_by_an_older_version(root: Path, proxy_noise: float) -> None:
+    """Rewrite a run's run.json and commit records as a version before `fidelity.proxy_noise` was
+    removed (and before `explore.emulation_output` existed) wrote them: the key in run.json, a
+    config hash computed by that version's rules."""
+    meta = json.loads((root / "run.json").read_text())
+    meta["config"]["fidelity"]["proxy_noise"] = proxy_noise
+    meta["config"]["explore"].pop("emulation_output", None)
+    meta["config_hash"] = "0" * 64  # whatever that version computed: not what this one computes
+    (root / "run.json").write_text(json.dumps(meta))
+    for rec in root.rglob("_COMMITTED.json"):
+        r = json.loads(rec.read_text())
+        r["config_hash"] = "0" * 64
+        rec.write_text(json.dumps(r))
+
+
+def test_a_run_made_before_a_config_key_was_removed_opens_verifies_and_resumes(tmp_path):
+    """Upgrading sol-rl must not strand runs: a run whose run.json has a removed key at its no-op
+    value (and lacks a newer key) opens read-only, verifies clean and resumes under the hash it
+    was made with, recomputing nothing; a removed key at another value is refused in a sentence."""
+    cfg = micro(**{"eval.every": 0, "fidelity.audit_prompts": 0})
+    uri = str(tmp_path / "old")
+    run_all(uri, cfg)
+    files = {p: p.read_bytes() for p in Path(uri).rglob("*") if p.is_file() and p.name != "_LEASE.json"}
+    _as_made_by_an_older_version(Path(uri), 0.0)
+    old = open_run(uri)
+    assert old.hash == "0" * 64
+    checked, problems = verify(old)
+    assert checked > 0 and problems == []
+    resumed = open_run(uri, cfg)  # the same computation: resumes, nothing stale
+    assert resumed.hash == "0" * 64
+    assert all(stages.is_done(resumed, resumed.stage(0, name)) for name in stages.plan_of(resumed, 0).stages)
+    run_all(uri, cfg)  # a resume: every stage already committed
+    for p, data in files.items():
+        if p.name not in ("run.json", "_COMMITTED.json"):
+            assert p.read_bytes() == data, p  # nothing recomputed
+    with pytest.raises(ConfigMismatch, match="differing keys: explore.n"):
+        open_run(uri, cfg.with_overrides(**{"explore.n": 6}))
+    _as_made_by_an_older_version(Path(uri), 0.3)
+    with pytest.raises(RunDamaged, match=r"fidelity.proxy_noise = 0.3, which this version no longer has"):
+        open_run(uri)
