@@ -384,3 +384,31 @@ def test_committed_replot_reproduces_committed_outputs(tmp_path):
         assert filecmp.cmp(out / f, COMMITTED / f, shallow=False), (
             f"{f} differs from the committed one: re-run the replot"
         )
+
+
+def test_the_readmes_make_run_lines_are_the_committed_pairs():
+    """README.md shows a `make run` (benchmarks/results/make-run/, exported from that run): every
+    evaluation figure its lines print is recomputed here from the committed pairs alone."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    pairs = pq.read_table(REPO / "benchmarks/results/make-run/pairs.parquet").to_pylist()
+    base = {(r["set"], r["prompt_id"], r["eval_seed"]): r for r in pairs if r["iteration"] == -1}
+    readme = (REPO / "README.md").read_text()
+    lines = re.findall(r"^iteration (\d+) \|.*$", readme, flags=re.M)
+    assert lines, "README.md shows no `make run` output"
+    checked = 0
+    for line in re.findall(r"^iteration \d+ \|.*$", readme, flags=re.M):
+        it = int(line.split()[1])
+        for name, gain, se, n, s0, s1 in re.findall(
+            r"(train|held_out) ([+-]\d\.\d{4}) ± (\d\.\d{4}) \(n (\d+)\), strict (\d\.\d\d)→(\d\.\d\d)", line
+        ):
+            rows = [r for r in pairs if r["iteration"] == it and r["set"] == name]
+            d = np.array([r["reward"] - base[(name, r["prompt_id"], r["eval_seed"])]["reward"] for r in rows])
+            assert len(d) == int(n), (it, name)
+            assert f"{d.mean():+.4f}" == gain and f"{d.std(ddof=1) / np.sqrt(len(d)):.4f}" == se, (it, name)
+            strict_base = np.mean([base[(name, r["prompt_id"], r["eval_seed"])]["strict"] for r in rows])
+            assert (f"{strict_base:.2f}", f"{np.mean([r['strict'] for r in rows]):.2f}") == (s0, s1), (it, name)
+            checked += 1
+    assert checked >= 6  # every evaluated iteration (0, 2, 4, 6), both sets
