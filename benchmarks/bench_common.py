@@ -177,6 +177,36 @@ def memory_iteration(run, iteration: int):
     return time.perf_counter() - t, iteration_data(run, iteration)
 
 
+def shuffled_ratios(fns: dict, repeats: int, ref: str, per: int, log: str) -> dict[str, dict]:
+    """Each function once to warm up (compiled kernels compile), then `repeats` rounds in a shuffled
+    order (seeded by the round); per function: ms per item (`per` items a call, median) and its time
+    ÷ `ref`'s in the same round (median, min, max, all)."""
+    import random
+
+    for fn in fns.values():
+        fn()
+    secs = {k: [] for k in fns}
+    for r in range(repeats):
+        order = list(fns)
+        random.Random(r).shuffle(order)
+        for k in order:
+            t = time.perf_counter()
+            fns[k]()
+            secs[k].append(time.perf_counter() - t)
+        print(f"[{log}] sampling repeat {r + 1}/{repeats}", flush=True)
+    rows = {}
+    for k, v in secs.items():
+        ratios = [x / y for x, y in zip(v, secs[ref])]
+        rows[k] = {
+            "ms_per_candidate": 1000 * median(v) / per,
+            "over_rollout": median(ratios),
+            "over_rollout_min": min(ratios),
+            "over_rollout_max": max(ratios),
+            "over_rollout_all": ratios,
+        }
+    return rows
+
+
 def rotated(items: list, k: int) -> list:
     """`items` rotated by k: the order of interleaved variants changes from repeat to repeat, so
     no variant always runs first (after a pause) or last."""

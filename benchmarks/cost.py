@@ -1036,27 +1036,7 @@ def cpu_explore_sampling(args, cfg, policy, prompt) -> dict:
     fns[f"rollout/{R}"] = lambda: policy.sample(
         copies["high"][0], [prompt] * B, seeds, R, cfg.rollout.solver, cond=cond
     )
-    for fn in fns.values():  # warm-up (a compiled quantiser compiles here)
-        fn()
-    secs = {k: [] for k in fns}
-    for r in range(args.repeats):
-        order = list(fns)
-        random.Random(r).shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            fns[k]()
-            secs[k].append(time.perf_counter() - t)
-        print(f"[cost] cpu-explore sampling repeat {r + 1}/{args.repeats}", flush=True)
-    ref = secs[f"rollout/{R}"]
-    rows = {
-        k: {
-            "ms_per_candidate": 1000 * C.median(v) / B,
-            "over_rollout": C.median([x / y for x, y in zip(v, ref)]),
-            "over_rollout_min": min(x / y for x, y in zip(v, ref)),
-            "over_rollout_max": max(x / y for x, y in zip(v, ref)),
-        }
-        for k, v in secs.items()
-    }
+    rows = C.shuffled_ratios(fns, args.repeats, f"rollout/{R}", B, "cost cpu-explore")
     return {
         "batch": B,
         "explore_steps": e,

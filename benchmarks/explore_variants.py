@@ -23,7 +23,6 @@ Writes explore_variants-<kind>.json and .md (kind: avx512 or avx2).
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -64,29 +63,9 @@ def sampling(args, cfg, policy, prompt) -> dict:
         f"{n}/{e}": (lambda m=copies[n][0]: policy.sample(m, prompts, seeds, e, solver, cond=cond)) for n in VARIANTS
     }
     fns[f"rollout/{R}"] = lambda: policy.sample(copies["high"][0], prompts, seeds, R, solver, cond=cond)
-    for fn in fns.values():  # warm-up: the compiled quantisers and epilogue compile here
-        fn()
-    secs = {k: [] for k in fns}
-    for r in range(args.repeats):
-        order = list(fns)
-        random.Random(r).shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            fns[k]()
-            secs[k].append(time.perf_counter() - t)
-        print(f"[explore_variants] sampling repeat {r + 1}/{args.repeats}", flush=True)
-    ref = secs[f"rollout/{R}"]
-    rows = {
-        k: {
-            "ms_per_candidate": 1000 * C.median(v) / B,
-            "over_rollout": C.median([x / y for x, y in zip(v, ref)]),
-            "over_rollout_min": min(x / y for x, y in zip(v, ref)),
-            "over_rollout_max": max(x / y for x, y in zip(v, ref)),
-            "over_rollout_all": [x / y for x, y in zip(v, ref)],
-        }
-        for k, v in secs.items()
-    }
-    bf, f32 = secs[f"nvfp4-bf16out/{e}"], secs[f"nvfp4-f32out/{e}"]
+    rows = C.shuffled_ratios(fns, args.repeats, f"rollout/{R}", B, "explore_variants")
+    # per round: (bf16out / rollout) / (f32out / rollout) = bf16out / f32out
+    bf, f32 = rows[f"nvfp4-bf16out/{e}"]["over_rollout_all"], rows[f"nvfp4-f32out/{e}"]["over_rollout_all"]
     return {
         "batch": B,
         "explore_steps": e,

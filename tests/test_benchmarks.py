@@ -418,3 +418,27 @@ def test_cost_cpu_explore_quick(tmp_path):
     assert {"float32", "bf16", "linear_dynamic[fbgemm]", "linear_dynamic[onednn]", "_int_mm per-token"} <= set(
         k[0]["ms"]
     )
+
+
+def test_explore_variants_quick(tmp_path):
+    """explore_variants.py --quick: NVFP4 with float32 and bf16 output, int8 and high precision
+    against the rollout on this host kind, in its smoke mode."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    kind = "avx512" if cap.upper().startswith("AVX512") else cap.lower()
+    p = subprocess.run(
+        [sys.executable, "benchmarks/explore_variants.py", "--quick", "--threads", "1", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=dict(os.environ, SOLRL_NO_COMPILE="1", MPLBACKEND="Agg"),
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = load(tmp_path, f"explore_variants-{kind}")
+    rows = d["sampling"]["rows"]
+    assert {k.split("/")[0] for k in rows} == {"nvfp4-f32out", "nvfp4-bf16out", "int8", "high", "rollout"}
+    assert all(r["over_rollout"] > 0 and r["ms_per_candidate"] > 0 for r in rows.values())
+    assert next(r for k, r in rows.items() if k.startswith("rollout"))["over_rollout"] == 1.0
+    assert d["sampling"]["bf16out_over_f32out"] > 0 and d["kind"] == kind
