@@ -227,6 +227,10 @@ def status(
             cells.append(f"[{colour}]{state}[/]" + (f" {secs:.1f}s" if secs is not None else ""))
         t.add_row(str(row["iteration"]), *cells, row["headline"])
     console.print(t)
+    engine = r.store.read_json(r.store.path("run.json")).get("explore_engine")
+    if engine:  # what `auto` and the CPU turned the explore into where the run was made (not hashed)
+        keys = ["precision", *sorted(k for k in engine if k != "precision")]
+        console.print("explore engine: " + ", ".join(f"{k} {engine[k]}" for k in keys), highlight=False)
     for stage in stages:  # which processes (this one, or Dask workers) computed each stage
         workers = sorted({w for row in rows for w in row[stage][2] if w})
         if workers:

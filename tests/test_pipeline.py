@@ -52,6 +52,7 @@ def test_uninterrupted_run(baseline):
     assert "OK" in out
     status = cli("status", "base", "--run-root", root).stdout
     assert status.count("ok") >= 3 * 5 + 2
+    assert "explore engine: precision nvfp4, backend emulated, output float32" in status  # run.json's record
     ranking = cli("inspect", "base", "-i", "1", "--run-root", root).stdout
     assert "top" in ranking and "bottom" in ranking and "proxy rank" in ranking
 
