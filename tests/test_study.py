@@ -375,7 +375,6 @@ def test_help():
     assert r.returncode == 0 and "export" in r.stdout and "analyse" in r.stdout
 
 
-@pytest.mark.skipif(not (COMMITTED / "pairs.parquet").is_file(), reason="no committed study data")
 def test_committed_replot_reproduces_committed_outputs(tmp_path):
     """The committed study.json and study.md come from the committed Parquet alone, deterministically."""
     out = tmp_path / "replot"
