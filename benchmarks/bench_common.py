@@ -153,6 +153,21 @@ def median(xs) -> float:
     return float(statistics.median(xs))
 
 
+# --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY), evaluation included
+QUICK_ITERATION = {
+    "prompts.per_iteration": 2,
+    "explore.n": 8,
+    "explore.steps": 3,
+    "select.k": 4,
+    "rollout.steps": 5,
+    "nft.micro_batch": 8,
+    "eval.train_prompts": 2,
+    "eval.held_out_prompts": 2,
+    "eval.seeds_per_prompt": 1,
+    "eval.steps": 4,
+}
+
+
 def timed(fn, *args, **kw) -> tuple[float, object]:
     """(seconds, result) of one call."""
     t = time.perf_counter()

@@ -57,19 +57,6 @@ import bench_common as C
 PRECISIONS = ("nvfp4", "fp8", "high")
 GOAL_EXPLORE_OVER_ROLLOUT = 0.9
 GOAL_FP32_OVER_BF16_ITERATION = 2.0
-# --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY)
-QUICK_ITERATION = {
-    "prompts.per_iteration": 2,
-    "explore.n": 8,
-    "explore.steps": 3,
-    "select.k": 4,
-    "rollout.steps": 5,
-    "nft.micro_batch": 8,
-    "eval.train_prompts": 2,
-    "eval.held_out_prompts": 2,
-    "eval.seeds_per_prompt": 1,
-    "eval.steps": 4,
-}
 
 
 @contextmanager
@@ -988,7 +975,7 @@ def main(argv=None) -> dict:
     }
     del copies, policies
     if args.iteration_repeats:
-        res["iteration"] = time_iterations(args, cfg.with_overrides(**QUICK_ITERATION) if q else cfg)
+        res["iteration"] = time_iterations(args, cfg.with_overrides(**C.QUICK_ITERATION) if q else cfg)
     res["selection"] = time_selection(args, cfg, cfg_prompts(cfg))
     res["wall_seconds"] = time.perf_counter() - t_start
     text = summary(res)
@@ -1290,7 +1277,7 @@ def cpu_explore_main(args) -> dict:
     res["sampling"] = cpu_explore_sampling(args, cfg, policy, prompt)
     del policy
     if args.iteration_repeats:
-        res["iterations"] = cpu_explore_iterations(args, cfg.with_overrides(**QUICK_ITERATION) if args.quick else cfg)
+        res["iterations"] = cpu_explore_iterations(args, cfg.with_overrides(**C.QUICK_ITERATION) if args.quick else cfg)
     res["wall_seconds"] = time.perf_counter() - t0
     return C.finish(out, f"cpu_explore-{kind}", res, cpu_explore_summary(res), [])
 

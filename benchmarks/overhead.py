@@ -38,19 +38,6 @@ import bench_common as C
 
 STAGES = ("baseline", "plan", "explore", "select", "regenerate", "update", "eval")
 VARIANTS = ("flow", "steps", "memory")
-# --quick: the pipeline tests' tiny iteration (tests/pipeline_helpers.py TINY), eval on
-QUICK = {
-    "prompts.per_iteration": 2,
-    "explore.n": 8,
-    "explore.steps": 3,
-    "select.k": 4,
-    "rollout.steps": 5,
-    "nft.micro_batch": 8,
-    "eval.train_prompts": 2,
-    "eval.held_out_prompts": 2,
-    "eval.seeds_per_prompt": 1,
-    "eval.steps": 4,
-}
 
 
 def stage_seconds(run_uri: str) -> dict[str, float]:
@@ -100,7 +87,7 @@ def run(args) -> dict:
     machine = C.machine()
     root = Path(tempfile.mkdtemp(prefix="solrl-bench-runs-"))
     config_path = str(args.config)
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = dict(C.QUICK_ITERATION) if args.quick else {}
     if args.weights:
         overrides["model.weights"] = str(Path(args.weights).resolve())
     one_time = {}

@@ -19,15 +19,6 @@ from pathlib import Path
 
 import bench_common as C
 
-QUICK_ITERATION = {
-    "prompts.per_iteration": 2,
-    "explore.n": 8,
-    "explore.steps": 3,
-    "select.k": 4,
-    "rollout.steps": 5,
-    "nft.micro_batch": 8,
-}
-
 
 def run(args) -> dict:
     import torch
@@ -38,7 +29,7 @@ def run(args) -> dict:
     from solrl.plan import primary_explore
     from tasks.in_memory import memory_run
 
-    base = C.base_config(args, **{"eval.every": 0, **(QUICK_ITERATION if args.quick else {})})
+    base = C.base_config(args, **{"eval.every": 0, **(C.QUICK_ITERATION if args.quick else {})})
     dtypes = args.dtypes or [resolve(base).dtype]
     combos = {}
     for m in args.models:

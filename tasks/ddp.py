@@ -282,9 +282,8 @@ def distributed_update(run: Run, iteration: int, started: float, seconds: dict[s
                     failed = [r for r, f in enumerate(futures) if f.status == "error"]
                     gone = _gone(client, workers, futures)
                     if failed or gone:
-                        time.sleep(
-                            1.0
-                        )  # a rank's error is often its peer's death: give the scheduler a second to notice it
+                        # a rank's error is often its peer's death: give the scheduler a second to notice it
+                        time.sleep(1.0)
                         gone = _gone(client, workers, futures)
                     if gone:
                         raise UpdateRankFailed(
