@@ -64,6 +64,19 @@ LEVEL_MODES = ("sol_rl", "naive_scaling", "diffusionnft")
 LOW_COSTS = (0.41, 0.5, 0.83, 1.0, 1.38)
 MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of the cost clocks
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
+# The study's full design (issue: four modes x >= 5 training seeds x >= 20 iterations; pool size N
+# 24 / 48 / 96 and a training pool of 32 prompts x >= 3 seeds), as variants of study.yaml. The
+# sol_rl runs are N 48 and pool 8 (the preset's own), so the N and pool comparisons pair with them.
+DESIGN = {
+    "sol_rl": ("run.mode=sol_rl", (0, 1, 2, 3, 4)),
+    "naive_scaling": ("run.mode=naive_scaling,explore.precision=high", (0, 1, 2, 3, 4)),
+    "diffusionnft": ("run.mode=diffusionnft", (0, 1, 2, 3, 4)),
+    "naive_quant": ("run.mode=naive_quant", (0, 1, 2, 3, 4)),
+    "sol_rl_N24": ("run.mode=sol_rl,explore.n=24", (0, 1, 2)),
+    "sol_rl_N96": ("run.mode=sol_rl,explore.n=96", (0, 1, 2)),
+    "sol_rl_pool32": ("run.mode=sol_rl,prompts.pool=32", (0, 1, 2)),
+}
+PRESET = "benchmarks/results/study/study.yaml"
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
 
@@ -116,8 +129,18 @@ def _float_column(values):
     return pa.array(a.astype(np.float32) if ok.all() else a)
 
 
-def export(runs_root: str, out: str) -> dict:
-    """Read every run under runs_root (read-only) and write pairs/audit/timings Parquet + runs.json."""
+def host_label(m: dict) -> str:
+    """A short name for the machine kind a run ran on: CPU model and torch's kernel capability."""
+    return f"{m.get('cpu_model') or 'unknown CPU'}, {m.get('aten_cpu_capability') or '?'}"
+
+
+def export(runs_root: str, out: str, merge: bool = False, partial: bool = True, preset: str = PRESET) -> dict:
+    """Read every run under runs_root (read-only) and write pairs/audit/timings Parquet + runs.json.
+
+    merge: the study is run in pieces (whole runs, in several sessions or on several machines):
+    the rows already in `out` are kept for every run this export does not bring, and replaced for
+    the runs it does. partial: also export runs that have not completed their configured
+    iterations (without it, a run still running is left out and its committed rows, if any, kept)."""
     import learning as L
 
     from storage.queries import read_stage
@@ -132,6 +155,7 @@ def export(runs_root: str, out: str) -> dict:
     if not names:
         raise BadInput(f"no runs named <variant>-seed<s> with a run.json under {runs_root}: give the study's runs root")
     pairs, audit, timings, meta = [], [], [], {}
+    host = C.machine()
     for name in names:
         run = open_run(str(root / name))
         cfg, m = run.cfg, RUN_NAME.match(name)
@@ -218,8 +242,18 @@ def export(runs_root: str, out: str) -> dict:
                     "prompt_id, candidate, seed, proxy, proxy_precision, proxy_steps, proxy_reward, proxy_rank, selected, reward",
                 ).to_pylist()
                 audit += [{"run": name, "iteration": i, **r} for r in rows]
+        if not partial and len(done) < cfg.run.iterations:
+            pairs = [r for r in pairs if r["run"] != name]
+            audit = [r for r in audit if r["run"] != name]
+            timings = [r for r in timings if r["run"] != name]
+            print(
+                f"{name}: {len(done)} of {cfg.run.iterations} iterations complete, not exported (--partial exports it)"
+            )
+            continue
         meta[name] = {
             **{k: v for k, v in common.items() if k != "run"},
+            "host": host_label(host),
+            "design": in_design(cfg, variant, seed, preset),
             "config_hash": run.hash,
             "explore_n": cfg.explore.n,
             "explore_precision": cfg.explore.precision,
@@ -233,8 +267,51 @@ def export(runs_root: str, out: str) -> dict:
             "iterations_complete": len(done),
             "evaluated": evaluated,
         }
-    info = {"runs_root": str(runs_root), "host": C.machine(), "runs": meta}
+    info = {"runs_root": str(runs_root), "host": host, "runs": meta}
+    if merge and (Path(out) / "runs.json").is_file():
+        kept = read_committed(out, exclude=set(meta), preset=preset)
+        pairs, audit, timings = pairs + kept["pairs"], audit + kept["audit"], timings + kept["timings"]
+        info["runs"] = {**kept["runs"], **meta}
+        info["runs_root"] = sorted({*kept["runs_roots"], str(runs_root)})
     return write_tables(out, pairs, audit, timings, info)
+
+
+def in_design(cfg, variant: str, seed: int, preset: str) -> bool:
+    """Whether a run's settings are exactly DESIGN's variant of the preset (pieces run in different
+    sessions must be the same experiment; a preset changed since is another one)."""
+    import learning as L
+
+    from solrl.config import load_config
+
+    if variant not in DESIGN:
+        return False
+    over = {k: L.parse_value(v) for k, v in (kv.split("=", 1) for kv in DESIGN[variant][0].split(","))}
+    return cfg.hashed() == load_config(preset).with_overrides(**over, **{"run.seed": seed}).hashed()
+
+
+def read_committed(folder: str, exclude: set[str], preset: str) -> dict:
+    """The rows and run entries already exported to folder, less the runs in exclude and less the
+    runs that are not the current design (an older preset's runs: they would mix two experiments)."""
+    import pyarrow.parquet as pq
+
+    f = Path(folder)
+    info = json.loads((f / "runs.json").read_text())
+    stale = sorted(k for k, v in info["runs"].items() if k not in exclude and not v.get("design"))
+    if stale:
+        print(f"dropped {len(stale)} committed runs that are not the current design of {preset}: {', '.join(stale)}")
+    exclude = exclude | set(stale)
+    keep = lambda rows: [r for r in rows if r["run"] not in exclude]  # noqa: E731
+    runs = {k: v for k, v in info["runs"].items() if k not in exclude}
+    for v in runs.values():  # exports before pieces recorded one host for the whole export
+        v.setdefault("host", host_label(info.get("host") or {}))
+    roots = info["runs_root"] if isinstance(info["runs_root"], list) else [info["runs_root"]]
+    return {
+        "pairs": keep(pq.read_table(f / "pairs.parquet").to_pylist()),
+        "audit": keep(pq.read_table(f / "audit.parquet").to_pylist()),
+        "timings": keep(pq.read_table(f / "timings.parquet").to_pylist()),
+        "runs": runs,
+        "runs_roots": roots,
+    }
 
 
 def write_tables(out: str, pairs: list[dict], audit: list[dict], timings: list[dict], info: dict) -> dict:
@@ -899,6 +976,10 @@ def analyse(folder: str, n_boot: int = 4000, seed: int = 0) -> dict:
             "levels": "training seeds; prompts, then eval seeds within prompt",
         },
         "host": data.info.get("host"),
+        "hosts": {
+            h: sorted(r for r in data.meta if data.meta[r].get("host") == h)
+            for h in sorted({m["host"] for m in data.meta.values() if m.get("host")})
+        },
         "baseline_identical_across_runs": data.baseline_identical,
         "runs": {
             r: {
@@ -982,9 +1063,15 @@ def processes(data: Data) -> dict:
     """Which process (host:pid of the stage records) ran which variants, and in what order it ran
     its runs' iterations (the runs of the earliest iteration it ran, by start time): the wall clock
     compares modes fairly only within one process."""
-    t = data.timings[data.timings["iteration"] >= 0]
+    t = data.timings[data.timings["iteration"] >= 0].copy()
+    # a pid recurs on another machine or in another session: a process is (worker, the run's host)
+    host = {r: m.get("host") for r, m in data.meta.items()}
+    t["process"] = [
+        w if len(set(host.values())) <= 1 else f"{w} ({host.get(r)})"
+        for w, r in zip(t["worker"], t["run"], strict=True)
+    ]
     out: dict = {}
-    for w, g in t.groupby("worker", sort=True):
+    for w, g in t.groupby("process", sort=True):
         first = g[g["iteration"] == g["iteration"].min()].groupby("run")["started_at"].min().sort_values(kind="stable")
         out[w] = {
             "variants": sorted({data.meta[r]["variant"] for r in g["run"].unique() if r in data.meta}),
@@ -1096,6 +1183,12 @@ def report(res: dict) -> str:
         "Beside it, the plain mean ± SE over training seeds (t interval, df = seeds − 1).\n"
     )
     L.append(f"Baseline rows identical across runs: {res['baseline_identical_across_runs']}.\n")
+    if res.get("hosts"):
+        L.append(
+            "Hosts (CPU, torch kernel capability) and how many runs each ran: "
+            + "; ".join(f"{h}: {len(rs)}" for h, rs in res["hosts"].items())
+            + ".\n"
+        )
     L.append(
         "Processes (host:pid of the stage records), the variants each ran and the order of its runs within one "
         "iteration round: "
@@ -1340,7 +1433,7 @@ def parity_report(p: dict) -> list[str]:
         "interpolated between evaluations (x = completed iterations; the eval at iteration t follows t + 1 updates). Clocks: "
         "completed iterations × the mean over training seeds of each run's median cost per iteration (a stall moves no "
         "clock; every iteration does the same work by design); wall = stage seconds (eval and audit excluded) on "
-        "the export's host, one torch thread per process; GPU "
+        "each run's host (runs.json), one torch thread per process; GPU "
         "projection = transformer forwards, a low-precision forward priced at c high-precision forwards. Speed-up = "
         "naive_scaling's time / the mode's; bootstrap over training seeds and evaluation pairs ('never' when a replicate's "
         "curve does not reach the level within the run).\n"
@@ -1569,6 +1662,63 @@ def plot(res: dict, out: Path) -> list[Path]:
     return pngs
 
 
+# --- the design and what is left of it -------------------------------------------------------------------
+
+
+def remaining(folder: str, iterations: int) -> dict:
+    """Per training seed, the design's variants whose run is not committed complete in folder."""
+    f = Path(folder) / "runs.json"
+    runs = json.loads(f.read_text())["runs"] if f.is_file() else {}
+    done = {r for r, m in runs.items() if m.get("design") and m.get("iterations_complete", 0) >= iterations}
+    left: dict[int, list[str]] = {}
+    for v, (_, seeds) in DESIGN.items():
+        for seed in seeds:
+            if f"{v}-seed{seed}" not in done:
+                left.setdefault(seed, []).append(v)
+    return {"done": sorted(done), "left": dict(sorted(left.items())), "runs": runs}
+
+
+def status(folder: str, runs_root: str, preset: str = PRESET) -> str:
+    """What the committed data cover, what is left, and the commands that run the rest."""
+    from solrl.config import load_config
+
+    iterations = load_config(preset).run.iterations
+    st = remaining(folder, iterations)
+    lines = [f"The study's design: {len(DESIGN)} variants of {preset}, {iterations} iterations each."]
+    by_host: dict[str, list[str]] = {}
+    for r, m in st["runs"].items():
+        by_host.setdefault(m.get("host", "unknown") if m.get("design") else "", []).append(r)
+    stale = by_host.pop("", [])
+    for v, (_, seeds) in DESIGN.items():
+        cells = []
+        for seed in seeds:
+            m = st["runs"].get(f"{v}-seed{seed}")
+            n = m.get("iterations_complete", 0) if m and m.get("design") else 0
+            cells.append(f"seed {seed}: " + ("done" if n >= iterations else f"{n}/{iterations}" if n else "-"))
+        lines.append(f"  {v:<15} " + ", ".join(cells))
+    for h, rs in sorted(by_host.items()):
+        lines.append(f"committed runs from {h}: {len(rs)}")
+    if stale:
+        lines.append(f"committed runs of an older preset (dropped by the next export --merge): {len(stale)}")
+    if not st["left"]:
+        return "\n".join(lines + ["Nothing left: every run of the design is committed complete."])
+    lines.append(
+        "Left, one process per training seed (its variants interleaved, one iteration each in turn, so that "
+        "their wall clocks compare), one torch thread each; when a process ends, export its runs with --merge:"
+    )
+    for seed, vs in st["left"].items():
+        specs = " ".join(f"--variant {v}:{DESIGN[v][0]}" for v in vs)
+        lines.append(
+            f"  OMP_NUM_THREADS=1 python benchmarks/learning.py --config {preset} --threads 1 --seeds {seed} "
+            f"{specs} --runs-root {runs_root} --out {Path(runs_root).parent / f'progress-seed{seed}'}"
+        )
+    lines.append(
+        f"  python benchmarks/study.py export --merge --runs-root {runs_root} --out {folder}"
+        f" && python benchmarks/study.py analyse --data {folder}"
+    )
+    return "\n".join(lines)
+
+
 # --- command line -------------------------------------------------------------------------------------------
 
 
@@ -1580,6 +1730,20 @@ def main(argv=None) -> int:
         "--runs-root", required=True, help="the folder holding the study's <variant>-seed<s> runs (read only)"
     )
     ex.add_argument("--out", required=True, help="where the Parquet and runs.json go")
+    ex.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows already in --out for runs not under --runs-root (a study run in pieces); "
+        "runs not yet complete are left out unless --partial",
+    )
+    ex.add_argument("--partial", action="store_true", help="with --merge: export incomplete runs too")
+    for sp in (
+        ex,
+        stp := sub.add_parser("status", help="which runs of the design are committed, and the commands for the rest"),
+    ):
+        sp.add_argument("--preset", default=PRESET, help=f"the study's config (default {PRESET})")
+    stp.add_argument("--data", default="benchmarks/results/study", help="the folder export wrote")
+    stp.add_argument("--runs-root", default="/tmp/study/runs", help="where the commands it prints put new runs")
     an = sub.add_parser(
         "analyse", help="the committed Parquet -> study.json, study.md, PNGs (the replot; reads no run)"
     )
@@ -1591,7 +1755,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "export":
-            export(args.runs_root, args.out)
+            export(
+                args.runs_root, args.out, merge=args.merge, partial=args.partial or not args.merge, preset=args.preset
+            )
+            return 0
+        if args.command == "status":
+            print(status(args.data, args.runs_root, args.preset))
             return 0
         if args.bootstrap < 100:
             raise BadInput(

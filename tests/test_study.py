@@ -411,3 +411,44 @@ def test_the_readmes_make_run_lines_are_the_committed_pairs():
             assert (f"{strict_base:.2f}", f"{np.mean([r['strict'] for r in rows]):.2f}") == (s0, s1), (it, name)
             checked += 1
     assert checked >= 6  # every evaluated iteration (0, 2, 4, 6), both sets
+
+
+def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_runs, tmp_path):
+    """export --merge: a second piece adds its runs and keeps the committed ones; a re-export of the
+    same runs changes nothing; runs of another preset (an older design) are dropped, not mixed in;
+    status lists what is left and the commands for it."""
+    import shutil
+
+    import yaml
+
+    root, runs = tiny_runs
+    preset = tmp_path / "preset.yaml"  # the tiny runs' own config: they are this design's runs
+    cfg = runs["sol_rl-seed0"].cfg.with_overrides(**{"run.mode": "sol_rl"})
+    preset.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    older = synthetic(tmp_path / "data")  # committed rows of another preset
+    piece1, piece2 = tmp_path / "piece1", tmp_path / "piece2"
+    shutil.copytree(root / "sol_rl-seed0", piece1 / "sol_rl-seed0")
+    shutil.copytree(root / "naive_scaling-seed0", piece2 / "naive_scaling-seed0")
+    common = ["--out", str(older), "--preset", str(preset)]
+    unfinished = tmp_path / "unfinished"  # a run whose last update never committed
+    shutil.copytree(root / "sol_rl-seed0", unfinished / "sol_rl-seed0")
+    (unfinished / "sol_rl-seed0" / "iter=00000" / "update" / "_COMMITTED.json").unlink()
+    assert S.main(["export", "--merge", "--runs-root", str(unfinished), *common]) == 0
+    assert "sol_rl-seed0" not in json.loads((older / "runs.json").read_text())["runs"]
+    assert S.main(["export", "--merge", "--runs-root", str(piece1), *common]) == 0
+    info = json.loads((older / "runs.json").read_text())
+    assert set(info["runs"]) == {"sol_rl-seed0"}  # the synthetic runs are not this design: dropped
+    assert info["runs"]["sol_rl-seed0"]["design"] is True and "," in info["runs"]["sol_rl-seed0"]["host"]
+    assert S.main(["export", "--merge", "--runs-root", str(piece2), *common]) == 0
+    merged = {f: (older / f).read_bytes() for f in ("pairs.parquet", "audit.parquet", "timings.parquet")}
+    whole = tmp_path / "whole"  # the same runs exported at once: the same rows
+    assert S.main(["export", "--runs-root", str(root), "--out", str(whole), "--preset", str(preset)]) == 0
+    for f, b in merged.items():
+        assert (whole / f).read_bytes() == b, f
+    assert S.main(["export", "--merge", "--runs-root", str(piece2), *common]) == 0  # idempotent
+    assert all((older / f).read_bytes() == b for f, b in merged.items())
+    text = S.status(str(older), "/x/runs", str(preset))
+    assert "sol_rl          seed 0: done" in text and "naive_quant     seed 0: -" in text
+    seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
+    assert "--variant diffusionnft:run.mode=diffusionnft --variant naive_quant:" in seed0 and "sol_rl:" not in seed0
+    assert "--seeds 4 --variant sol_rl:run.mode=sol_rl" in text and "sol_rl_N24" not in text.split("--seeds 4")[1]
