@@ -64,9 +64,9 @@ LEVEL_MODES = ("sol_rl", "naive_scaling", "diffusionnft")
 LOW_COSTS = (0.41, 0.5, 0.83, 1.0, 1.38)
 MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of the cost clocks
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
-# The study's full design (issue: four modes x >= 5 training seeds x >= 20 iterations; pool size N
-# 24 / 48 / 96 and a training pool of 32 prompts x >= 3 seeds), as variants of study.yaml. The
-# sol_rl runs are N 48 and pool 8 (the preset's own), so the N and pool comparisons pair with them.
+# The study's whole design (four modes x 5 training seeds; pool size N 24 / 48 / 96 and a training
+# pool of 32 prompts x 3 seeds), as variants of the preset: sol_rl itself is N 48 with the pool of
+# 8, so the N and pool comparisons pair with its seeds 0-2.
 DESIGN = {
     "sol_rl": ("run.mode=sol_rl", (0, 1, 2, 3, 4)),
     "naive_scaling": ("run.mode=naive_scaling,explore.precision=high", (0, 1, 2, 3, 4)),
