@@ -407,16 +407,21 @@ class Bootstrap:
             self._cache[k] = self.rng(f"runs:{n_runs}:{key}").integers(0, n_runs, size=(self.n, n_runs))
         return self._cache[k]
 
-    def pair_weights(self, design: str, seeds_per_prompt: np.ndarray) -> np.ndarray:
+    def pair_weights(self, design: str, seeds_per_prompt: np.ndarray, fixed_prompts: bool = False) -> np.ndarray:
         """B × pairs weights (each row sums to 1): prompts drawn with replacement, then eval seeds
-        within each drawn prompt with replacement; pairs ordered prompt by prompt."""
-        k = ("pairs", design, tuple(seeds_per_prompt))
+        within each drawn prompt with replacement; pairs ordered prompt by prompt. fixed_prompts:
+        every prompt once in every replicate (the inference is about these prompts), eval seeds
+        still drawn within each."""
+        k = ("pairs", design, tuple(seeds_per_prompt), fixed_prompts)
         if k not in self._cache:
-            rng = self.rng(f"pairs:{design}")
+            rng = self.rng(f"pairs{'-fixed' if fixed_prompts else ''}:{design}")
             n_p = len(seeds_per_prompt)
             offsets = np.concatenate([[0], np.cumsum(seeds_per_prompt)[:-1]])
             n_pairs = int(seeds_per_prompt.sum())
-            prompts = rng.integers(0, n_p, size=(self.n, n_p))
+            if fixed_prompts:
+                prompts = np.broadcast_to(np.arange(n_p), (self.n, n_p))
+            else:
+                prompts = rng.integers(0, n_p, size=(self.n, n_p))
             m = int(seeds_per_prompt.max())
             u = rng.random(size=(self.n, n_p, m))
             within = np.floor(u * seeds_per_prompt[prompts][..., None]).astype(np.int64)
@@ -555,8 +560,8 @@ class Data:
     def same_design(self, a: str, b: str, s: str) -> bool:
         return (a, s) in self.order and (b, s) in self.order and self.order[(a, s)] == self.order[(b, s)]
 
-    def weights(self, boot: Bootstrap, v: str, s: str) -> np.ndarray:
-        return boot.pair_weights(*self.design(v, s))
+    def weights(self, boot: Bootstrap, v: str, s: str, fixed_prompts: bool = False) -> np.ndarray:
+        return boot.pair_weights(*self.design(v, s), fixed_prompts=fixed_prompts)
 
     def size(self, v: str, s: str) -> tuple[int, int]:
         """(prompts, pairs) of a variant's evaluation set."""
@@ -586,7 +591,11 @@ class Data:
 def estimate(data: Data, boot: Bootstrap, v: str, s: str, g: np.ndarray) -> dict:
     """Mean over runs (rows of g) of the pair mean on variant v's set s, with its two-level bootstrap."""
     reps = resampled_mean(g, boot.runs(len(g)), data.weights(boot, v, s))
-    return summary(float(g.mean()), reps, g.mean(axis=1), data.size(v, s)[0], g.shape[1])
+    out = summary(float(g.mean()), reps, g.mean(axis=1), data.size(v, s)[0], g.shape[1])
+    # the same with the evaluation set's prompts held fixed: about these prompts, not prompts like them
+    fixed = resampled_mean(g, boot.runs(len(g)), data.weights(boot, v, s, fixed_prompts=True))
+    out["ci95_fixed_prompts"] = rnd(list(np.quantile(fixed, [0.025, 0.975])))
+    return out
 
 
 def curves(data: Data, boot: Bootstrap) -> dict:
@@ -1117,10 +1126,16 @@ def verdicts(res: dict) -> list[str]:
             if isinstance(r["seeds"], int)
             else f"{r['seeds'][0]} + {r['seeds'][1]} training seeds"
         )
-        return (
+        line = (
             f"{name}, `{s}`, iteration {r['iteration']}: {r['mean']:+.4f}, 95 % {ci(r['ci95'])} "
             f"({sd}, {r['prompts']} prompts): {verdict(r, a, b)}."
         )
+        fx = r.get("ci95_fixed_prompts")
+        if fx:
+            line += f" These {r['prompts']} prompts held fixed: {ci(fx)}" + (
+                " (resolved)." if fx[0] > 0 or fx[1] < 0 else " (not resolved)."
+            )
+        return line
 
     for s, diffs in res["differences"].items():
         for name, rows in diffs.items():
@@ -1180,7 +1195,9 @@ def report(res: dict) -> str:
         f"Intervals: two-level bootstrap, {b['replicates']} replicates (seed {b['seed']}): training seeds with replacement; "
         "within the evaluation set, prompts with replacement, then eval seeds within each drawn prompt (one draw shared by all runs: "
         "the pairs are the same for every run). 95 % percentile intervals; 'not resolved' where the interval includes 0. "
-        "Beside it, the plain mean ± SE over training seeds (t interval, df = seeds − 1).\n"
+        "Beside it, the same bootstrap with the evaluation set's prompts held fixed (every prompt in every replicate, "
+        "eval seeds and training seeds resampled: a statement about these prompts, not prompts like them), and the plain "
+        "mean ± SE over training seeds (t interval, df = seeds − 1).\n"
     )
     L.append(f"Baseline rows identical across runs: {res['baseline_identical_across_runs']}.\n")
     if res.get("hosts"):
@@ -1219,6 +1236,7 @@ def report(res: dict) -> str:
                     r["iteration"],
                     f"{r['mean']:+.4f}",
                     ci(r["ci95"]),
+                    ci(r["ci95_fixed_prompts"]),
                     f"{r['mean']:+.4f} ± {r['se_seeds']:.4f} (df {r['df']})" if r["se_seeds"] is not None else "–",
                     ci(r["t95_seeds"]) if r["t95_seeds"][0] is not None else "–",
                     f"{r['strict_base']:.3f} → {r['strict']:.3f}, {sg['mean']:+.3f} {ci(sg['ci95'])}" if sg else "–",
@@ -1233,6 +1251,7 @@ def report(res: dict) -> str:
                     "iteration",
                     "gain",
                     "bootstrap 95 %",
+                    "95 %, these prompts fixed",
                     "mean ± SE over seeds",
                     "t 95 %",
                     "strict: base → run, gain [95 %]",
