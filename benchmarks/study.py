@@ -445,6 +445,14 @@ def resampled_mean(g: np.ndarray, run_idx: np.ndarray, w: np.ndarray) -> np.ndar
     return np.take_along_axis(pm, run_idx, axis=1).mean(axis=1)
 
 
+def quantiles(x: np.ndarray, q: list[float]) -> np.ndarray:
+    """np.quantile, except that where replicates are infinite (a level never reached, a ratio over
+    0) the quantile is a replicate's value, not an interpolation between inf and a number (nan)."""
+    if np.isfinite(x).all():
+        return np.quantile(x, q)
+    return np.quantile(x, q, method="inverted_cdf")
+
+
 def rnd(x, digits: int = 6):
     """Floats rounded for the JSON (a replot must reproduce it byte for byte)."""
     if x is None:
@@ -868,7 +876,7 @@ def parity(data: Data, boot: Bootstrap, crv: dict, s: str = "train", reference: 
                         sp_point = tr_point / t_point
                     ok = ~np.isnan(sp)  # never/never: no ratio
                     entry["speedup"] = rnd(sp_point) if np.isfinite(t_point) or np.isfinite(tr_point) else None
-                    entry["speedup_ci95"] = rnd(list(np.quantile(sp[ok], [0.025, 0.975]))) if ok.any() else None
+                    entry["speedup_ci95"] = rnd(list(quantiles(sp[ok], [0.025, 0.975]))) if ok.any() else None
                     entry["speedup_replicates_undefined"] = rnd(1.0 - ok.mean(), 4)
                 cell[clock_name] = entry
             row["modes"][m] = cell

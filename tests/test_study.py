@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,9 @@ def test_bootstrap_covers_a_known_effect_and_zero(result):
     # per-variant gain: 0.09 after 9 iterations, covered; strict accuracy carried along
     g = row_at(res["curves"]["train"]["sol_rl"], 8)
     assert g["ci95"][0] < 0.09 < g["ci95"][1] and "strict_gain" in g
+    # these prompts held fixed: the prompt effect leaves the interval, which narrows
+    fx = g["ci95_fixed_prompts"]
+    assert fx[1] - fx[0] < g["ci95"][1] - g["ci95"][0] and fx[0] < g["mean"] < fx[1]
     # one run by itself: its interval from the pairs alone, around its own gain
     (last,) = res["per_run"]["sol_rl-seed0"]["train"][-1:]
     assert last["iteration"] == 8 and last["ci95"][0] < last["mean"] < last["ci95"][1]
@@ -177,6 +181,10 @@ def test_bootstrap_resamples_both_levels():
     assert (per_prompt == 0).any(axis=1).mean() > 0.5
     # seed-level: within a drawn prompt, its seeds are not all weighted alike
     assert (w[:, :4].std(axis=1) > 0).mean() > 0.5
+    # prompts held fixed: every prompt carries its own share in every replicate, its seeds still drawn
+    f = boot.pair_weights("x", spp, fixed_prompts=True)
+    fixed_share = np.stack([f[:, :4].sum(1), f[:, 4:8].sum(1), f[:, 8:].sum(1)], axis=1)
+    assert np.allclose(fixed_share, [0.4, 0.4, 0.2]) and (f[:, :4].std(axis=1) > 0).mean() > 0.5
     idx = boot.runs(5)
     assert idx.shape == (3000, 5) and idx.min() == 0 and idx.max() == 4
     assert np.array_equal(idx, S.Bootstrap(3000, 1).runs(5))
@@ -452,3 +460,42 @@ def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_run
     seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
     assert "--variant diffusionnft:run.mode=diffusionnft --variant naive_quant:" in seed0 and "sol_rl:" not in seed0
     assert "--seeds 4 --variant sol_rl:run.mode=sol_rl" in text and "sol_rl_N24" not in text.split("--seeds 4")[1]
+
+
+STUDY_BLOCK = re.compile(r"<!-- figures: study\.json -->(.*?)<!-- /figures -->", re.S)
+INTERVAL = re.compile(r"([+−-]?\d+\.\d+)×? \[([+−-]?\d+\.\d+)×?, ([+−-]?\d+\.\d+)×?\]")
+
+
+def study_intervals(node, out=None) -> list[tuple[float, float, float]]:
+    """Every (estimate, 95 % low, 95 % high) in study.json."""
+    out = [] if out is None else out
+    if isinstance(node, dict):
+        for est, ci in (("mean", "ci95"), ("speedup", "speedup_ci95"), ("difference", "ci95")):
+            if isinstance(node.get(est), float) and isinstance(node.get(ci), list) and len(node[ci]) == 2:
+                out.append((node[est], *node[ci]))
+        for v in node.values():
+            study_intervals(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            study_intervals(v, out)
+    return out
+
+
+def test_the_readmes_study_figures_are_the_replots():
+    """Every interval quoted in the READMEs' study passages (between `<!-- figures: study.json -->`
+    markers) is an estimate of the committed study.json, which the replot test above reproduces
+    from the committed Parquet: the words cannot drift from the data."""
+    known = study_intervals(json.loads((COMMITTED / "study.json").read_text()))
+    files = ("README.md", "docs/benchmarks.md", "benchmarks/results/README.md", "benchmarks/results/study/README.md")
+    quoted = 0
+    for f in files:
+        for block in STUDY_BLOCK.findall((REPO / f).read_text()):
+            for m in INTERVAL.finditer(block):
+                vals = [float(x.replace("−", "-")) for x in m.groups()]
+                digits = [len(x.split(".")[1]) for x in m.groups()]
+                hit = any(
+                    all(round(k, d) == v for k, v, d in zip(triple, vals, digits, strict=True)) for triple in known
+                )
+                assert hit, f"{f}: '{m.group(0)}' is no estimate of benchmarks/results/study/study.json"
+                quoted += 1
+    assert quoted >= 6, "the READMEs quote no study figures between the markers"
