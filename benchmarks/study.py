@@ -45,6 +45,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one BLAS thread: the study proc
 import json
 import re
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -157,6 +158,8 @@ def export(runs_root: str, out: str, merge: bool = False, partial: bool = True, 
         raise BadInput(f"no runs named <variant>-seed<s> with a run.json under {runs_root}: give the study's runs root")
     pairs, audit, timings, meta = [], [], [], {}
     host = C.machine()
+    # which export brought a run: a process is a pid of one machine at one time, and pids recur
+    exported_at = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     for name in names:
         run = open_run(str(root / name))
         cfg, m = run.cfg, RUN_NAME.match(name)
@@ -254,6 +257,7 @@ def export(runs_root: str, out: str, merge: bool = False, partial: bool = True, 
         meta[name] = {
             **{k: v for k, v in common.items() if k != "run"},
             "host": host_label(host),
+            "exported_at": exported_at,
             "design": in_design(cfg, variant, seed, preset),
             "config_hash": run.hash,
             "explore_n": cfg.explore.n,
@@ -1082,10 +1086,11 @@ def processes(data: Data) -> dict:
     its runs' iterations (the runs of the earliest iteration it ran, by start time): the wall clock
     compares modes fairly only within one process."""
     t = data.timings[data.timings["iteration"] >= 0].copy()
-    # a pid recurs on another machine or in another session: a process is (worker, the run's host)
-    host = {r: m.get("host") for r, m in data.meta.items()}
+    # a pid recurs on another machine or in another session: a process is (worker, the run's host
+    # and the export that brought it)
+    piece = {r: f"{m.get('host')}, exported {m.get('exported_at')}" for r, m in data.meta.items()}
     t["process"] = [
-        w if len(set(host.values())) <= 1 else f"{w} ({host.get(r)})"
+        w if len(set(piece.values())) <= 1 else f"{w} ({piece.get(r)})"
         for w, r in zip(t["worker"], t["run"], strict=True)
     ]
     out: dict = {}
@@ -1624,7 +1629,8 @@ def plot(res: dict, out: Path) -> list[Path]:
                     # an interval open to infinity (some replicates of the mode never reach the level,
                     # or naive_scaling's never does) is drawn to the axis edge with an arrow
                     hi = SPEEDUP_AXIS if c["speedup_ci95"][1] == "inf" else min(c["speedup_ci95"][1], SPEEDUP_AXIS)
-                    errs.append([c["speedup"] - c["speedup_ci95"][0], hi - c["speedup"]])
+                    lo = 0.0 if c["speedup_ci95"][0] == "inf" else c["speedup_ci95"][0]
+                    errs.append([max(0.0, c["speedup"] - lo), max(0.0, hi - c["speedup"])])
                     if hi == SPEEDUP_AXIS:
                         axes[1].annotate("→ ∞", (SPEEDUP_AXIS, len(pts) - 1), fontsize=6, va="center", ha="right")
         if pts:
