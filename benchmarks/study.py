@@ -1666,9 +1666,46 @@ def plot(res: dict, out: Path) -> list[Path]:
             "Proxy fidelity while training (band: bootstrap 95 % over training seeds; dotted: chance)", fontsize=10
         )
         pngs += C.save_figure(fig, out, "study_fidelity")
-    sizes = [(k, res.get(k)) for k in ("pool_size_n",) if res.get(k)]
-    if sizes or res.get("training_pool"):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+    if res.get("pool_size_n") or res.get("training_pool"):
+        fig, (ax_n, ax) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
+        # left: each N's gain at the N comparison's last common evaluation, per eval set
+        n_of = {
+            int(res["runs"][r]["explore_n"]): res["runs"][r]["variant"]
+            for r in res["runs"]
+            if res["runs"][r]["variant"] == "sol_rl" or re.fullmatch(r"sol_rl_N\d+", res["runs"][r]["variant"])
+        }
+        drawn = False
+        for k, (s, d) in enumerate((res.get("pool_size_n") or {}).items()):
+            its = [rows[-1]["iteration"] for rows in d.values() if rows]
+            if not its:
+                continue
+            it = min(its)
+            xs, ms, lo, hi = [], [], [], []
+            for n in sorted(n_of):
+                pt = next((p for p in res["curves"][s].get(n_of[n], []) if p["iteration"] == it), None)
+                if pt:
+                    xs.append(n)
+                    ms.append(pt["mean"])
+                    lo.append(pt["mean"] - pt["ci95"][0])
+                    hi.append(pt["ci95"][1] - pt["mean"])
+            if xs:
+                off = (k - 0.5) * 0.04  # side by side on the log axis
+                ax_n.errorbar(
+                    np.array(xs) * (1 + off), ms, yerr=[lo, hi], fmt="o-", capsize=3, label=f"{s}, iteration {it}"
+                )
+                drawn = True
+        if drawn:
+            ax_n.set_xscale("log", base=2)
+            ax_n.set_xticks(sorted(n_of), [str(n) for n in sorted(n_of)])
+            ax_n.axhline(0, color="0.5", lw=0.8)
+            ax_n.set_xlabel("explore pool size N (K fixed)")
+            ax_n.set_ylabel("paired gain over the base model")
+            ax_n.set_title("gain per N (each N's own training seeds; bootstrap 95 %)", fontsize=9)
+            ax_n.legend(fontsize=7)
+            ax_n.grid(alpha=0.3)
+        else:
+            ax_n.set_axis_off()
+        # right: the differences, paired by training seed (N) or not (training pool)
         labels, pts, errs = [], [], []
         for s, d in (res.get("pool_size_n") or {}).items():
             for name, rows in d.items():
@@ -1680,7 +1717,9 @@ def plot(res: dict, out: Path) -> list[Path]:
         for name, rows in (res.get("training_pool") or {}).items():
             if rows:
                 r = rows[-1]
-                labels.append(f"{name}, held_out (it. {r['iteration']}, {r['seeds'][0]}+{r['seeds'][1]} seeds)")
+                labels.append(
+                    f"{name.replace(' - pool ', ' - ')}, held_out, unpaired (it. {r['iteration']}, {r['seeds'][0]}+{r['seeds'][1]} seeds)"
+                )
                 pts.append(r["mean"])
                 errs.append([r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]])
         if pts:
@@ -1688,12 +1727,13 @@ def plot(res: dict, out: Path) -> list[Path]:
             ax.errorbar(pts, y, xerr=np.array(errs).T, fmt="o", capsize=3)
             ax.set_yticks(y, labels, fontsize=7)
             ax.axvline(0, color="0.5", lw=0.8)
-            ax.set_xlabel("difference of paired gains at the last common evaluation (bootstrap 95 %)")
+            ax.set_xlabel("difference of gains (bootstrap 95 %)")
             ax.grid(alpha=0.3)
-            ax.set_title("sol_rl: pool size N and training-pool size", fontsize=9)
-            pngs += C.save_figure(fig, out, "study_sizes")
+            ax.set_title("differences: pool size N and training-pool size", fontsize=9)
         else:
-            plt.close(fig)
+            ax.set_axis_off()
+        fig.suptitle("sol_rl: explore pool size N and training-pool size", fontsize=10)
+        pngs += C.save_figure(fig, out, "study_sizes")
     return pngs
 
 
