@@ -1667,7 +1667,7 @@ def plot(res: dict, out: Path) -> list[Path]:
         )
         pngs += C.save_figure(fig, out, "study_fidelity")
     if res.get("pool_size_n") or res.get("training_pool"):
-        fig, (ax_n, ax) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
+        fig, (ax_n, ax) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [1, 1.3]})
         # left: each N's gain at the N comparison's last common evaluation, per eval set
         n_of = {
             int(res["runs"][r]["explore_n"]): res["runs"][r]["variant"]
@@ -1711,14 +1711,14 @@ def plot(res: dict, out: Path) -> list[Path]:
             for name, rows in d.items():
                 if rows:
                     r = rows[-1]
-                    labels.append(f"{name}, {s} (it. {r['iteration']}, {r['seeds']} seeds)")
+                    labels.append(f"{name}, {s} ({r['seeds']} seeds, it. {r['iteration']})")
                     pts.append(r["mean"])
                     errs.append([r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]])
         for name, rows in (res.get("training_pool") or {}).items():
             if rows:
                 r = rows[-1]
                 labels.append(
-                    f"{name.replace(' - pool ', ' - ')}, held_out, unpaired (it. {r['iteration']}, {r['seeds'][0]}+{r['seeds'][1]} seeds)"
+                    f"{name.replace(' - pool ', ' - ')}, held_out\n(unpaired, {r['seeds'][0]}+{r['seeds'][1]} seeds, it. {r['iteration']})"
                 )
                 pts.append(r["mean"])
                 errs.append([r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]])
