@@ -1144,6 +1144,11 @@ def verdicts(res: dict) -> list[str]:
             f"{name}, `{s}`, iteration {r['iteration']}: {r['mean']:+.4f}, 95 % {ci(r['ci95'])} "
             f"({sd}, {r['prompts']} prompts): {verdict(r, a, b)}."
         )
+        t = r.get("t95_seeds")
+        resolved = r["ci95"][0] > 0 or r["ci95"][1] < 0
+        if resolved and t and t[0] is not None and t[0] <= 0 <= t[1]:
+            # a bootstrap over few seeds understates their spread; the t interval is the check
+            line += f" The t interval over the training seeds, {ci(t)}, includes 0: not counted as resolved."
         fx = r.get("ci95_fixed_prompts")
         if fx:
             line += f" These {r['prompts']} prompts held fixed: {ci(fx)}" + (
@@ -1369,15 +1374,27 @@ def report(res: dict) -> str:
                             r["iteration"],
                             f"{r['mean']:+.4f}",
                             ci(r["ci95"]),
+                            ci(r["t95_seeds"]) if r["t95_seeds"][0] is not None else "–",
                             f"{r['seeds']} / {r['prompts']}",
                             verdict(r, a, bb),
                         ]
                     )
         L += [
             C.md_table(
-                ["set", "difference", "iteration", "mean", "bootstrap 95 %", "seeds / prompts", "verdict"], rows
+                [
+                    "set",
+                    "difference",
+                    "iteration",
+                    "mean",
+                    "bootstrap 95 %",
+                    "t over seeds, 95 %",
+                    "seeds / prompts",
+                    "verdict (bootstrap)",
+                ],
+                rows,
             ),
-            "",
+            "Where the t interval over training seeds includes 0 and the bootstrap's does not, the "
+            "bootstrap's resampling of few seeds understates their spread: read it as not resolved.\n",
         ]
     if res.get("training_pool"):
         L.append("## Training pool size, held-out gain (not paired by training seed; the held-out pairs are shared)\n")
