@@ -281,6 +281,31 @@ def export(runs_root: str, out: str, merge: bool = False, partial: bool = True, 
     return write_tables(out, pairs, audit, timings, info)
 
 
+def merge_pieces(pieces: list[str], out: str, preset: str = PRESET) -> dict:
+    """Merge folders that `export` wrote (pieces exported where the runs were, on another day or
+    machine, and committed before their analysis) into `out`: a piece's runs replace `out`'s rows
+    of the same runs, the rest are kept, as `export --merge` does with a runs folder. Runs that are
+    not the current design are dropped from both, never mixed in."""
+    for folder in (*pieces, out):
+        if not (Path(folder) / "runs.json").is_file():
+            raise BadInput(f"{folder} holds no runs.json: give folders that `study.py export` wrote")
+    if any(Path(p).resolve() == Path(out).resolve() for p in pieces):
+        raise BadInput(f"{out} is both a piece and --out: give the piece folders and the study's data folder")
+    got = [read_committed(p, exclude=set(), preset=preset) for p in pieces]
+    brought = {r for g in got for r in g["runs"]}
+    kept = read_committed(out, exclude=brought, preset=preset)
+    pairs, audit, timings = kept["pairs"], kept["audit"], kept["timings"]
+    runs, roots = dict(kept["runs"]), set(kept["runs_roots"])
+    for g in got:  # a later piece wins over an earlier one for a run both hold
+        later = set(g["runs"])
+        drop = lambda rows: [r for r in rows if r["run"] not in later]  # noqa: E731
+        pairs, audit, timings = drop(pairs) + g["pairs"], drop(audit) + g["audit"], drop(timings) + g["timings"]
+        runs.update(g["runs"])
+        roots.update(g["runs_roots"])
+    host = json.loads((Path(pieces[-1]) / "runs.json").read_text()).get("host")
+    return write_tables(out, pairs, audit, timings, {"runs_root": sorted(roots), "host": host, "runs": runs})
+
+
 def in_design(cfg, variant: str, seed: int, preset: str) -> bool:
     """Whether a run's settings are exactly DESIGN's variant of the preset (pieces run in different
     sessions must be the same experiment; a preset changed since is another one)."""
@@ -1829,8 +1854,16 @@ def main(argv=None) -> int:
         "runs not yet complete are left out unless --partial",
     )
     ex.add_argument("--partial", action="store_true", help="with --merge: export incomplete runs too")
+    mg = sub.add_parser(
+        "merge",
+        help="folders export wrote (pieces committed before their analysis) -> the study's data, "
+        "their runs replacing the same runs' rows",
+    )
+    mg.add_argument("pieces", nargs="+", help="folders that `export` wrote")
+    mg.add_argument("--out", default="benchmarks/results/study", help="the study's data folder")
     for sp in (
         ex,
+        mg,
         stp := sub.add_parser("status", help="which runs of the design are committed, and the commands for the rest"),
     ):
         sp.add_argument("--preset", default=PRESET, help=f"the study's config (default {PRESET})")
@@ -1850,6 +1883,9 @@ def main(argv=None) -> int:
             export(
                 args.runs_root, args.out, merge=args.merge, partial=args.partial or not args.merge, preset=args.preset
             )
+            return 0
+        if args.command == "merge":
+            merge_pieces(args.pieces, args.out, preset=args.preset)
             return 0
         if args.command == "status":
             print(status(args.data, args.runs_root, args.preset))

@@ -447,6 +447,8 @@ def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_run
     info = json.loads((older / "runs.json").read_text())
     assert set(info["runs"]) == {"sol_rl-seed0"}  # the synthetic runs are not this design: dropped
     assert info["runs"]["sol_rl-seed0"]["design"] is True and "," in info["runs"]["sol_rl-seed0"]["host"]
+    after1 = tmp_path / "after1"
+    shutil.copytree(older, after1)
     assert S.main(["export", "--merge", "--runs-root", str(piece2), *common]) == 0
     merged = {f: (older / f).read_bytes() for f in ("pairs.parquet", "audit.parquet", "timings.parquet")}
     whole = tmp_path / "whole"  # the same runs exported at once: the same rows
@@ -455,6 +457,17 @@ def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_run
         assert (whole / f).read_bytes() == b, f
     assert S.main(["export", "--merge", "--runs-root", str(piece2), *common]) == 0  # idempotent
     assert all((older / f).read_bytes() == b for f, b in merged.items())
+    # a piece exported where its runs were and committed unanalysed, merged later: the same rows
+    exported2 = tmp_path / "exported2"
+    assert S.main(["export", "--runs-root", str(piece2), "--out", str(exported2), "--preset", str(preset)]) == 0
+    assert S.main(["merge", str(exported2), "--out", str(after1), "--preset", str(preset)]) == 0
+    assert all((after1 / f).read_bytes() == b for f, b in merged.items())
+    assert set(json.loads((after1 / "runs.json").read_text())["runs"]) == {"sol_rl-seed0", "naive_scaling-seed0"}
+    again = tmp_path / "again"  # two pieces holding the same run: the later one's rows, once
+    shutil.copytree(exported2, again)
+    assert S.main(["merge", str(exported2), str(again), "--out", str(after1), "--preset", str(preset)]) == 0
+    assert all((after1 / f).read_bytes() == b for f, b in merged.items())
+    assert S.main(["merge", str(piece2), "--out", str(after1), "--preset", str(preset)]) == 2  # a runs folder
     text = S.status(str(older), "/x/runs", str(preset))
     assert "sol_rl          seed 0: done" in text and "naive_quant     seed 0: -" in text
     seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
