@@ -281,6 +281,9 @@ def export(runs_root: str, out: str, merge: bool = False, partial: bool = True, 
     return write_tables(out, pairs, audit, timings, info)
 
 
+PENDING = "pending"  # <data>/pending/<piece>/: pieces exported and committed before their analysis
+
+
 def merge_pieces(pieces: list[str], out: str, preset: str = PRESET) -> dict:
     """Merge folders that `export` wrote (pieces exported where the runs were, on another day or
     machine, and committed before their analysis) into `out`: a piece's runs replace `out`'s rows
@@ -1782,17 +1785,30 @@ def plot(res: dict, out: Path) -> list[Path]:
 # --- the design and what is left of it -------------------------------------------------------------------
 
 
+def pending_pieces(folder: str) -> dict[str, dict]:
+    """The pieces exported to <folder>/pending/<name>/ and committed before their analysis:
+    name -> that piece's runs.json entries."""
+    root = Path(folder) / PENDING
+    out = {}
+    for f in sorted(root.glob("*/runs.json")) if root.is_dir() else []:
+        out[f.parent.name] = json.loads(f.read_text())["runs"]
+    return out
+
+
 def remaining(folder: str, iterations: int) -> dict:
-    """Per training seed, the design's variants whose run is not committed complete in folder."""
+    """Per training seed, the design's variants whose run is neither committed complete in folder
+    nor waiting complete in one of its pending pieces."""
     f = Path(folder) / "runs.json"
     runs = json.loads(f.read_text())["runs"] if f.is_file() else {}
-    done = {r for r, m in runs.items() if m.get("design") and m.get("iterations_complete", 0) >= iterations}
+    complete = lambda m: m.get("design") and m.get("iterations_complete", 0) >= iterations  # noqa: E731
+    done = {r for r, m in runs.items() if complete(m)}
+    pending = {r for piece in pending_pieces(folder).values() for r, m in piece.items() if complete(m)} - done
     left: dict[int, list[str]] = {}
     for v, (_, seeds) in DESIGN.items():
         for seed in seeds:
-            if f"{v}-seed{seed}" not in done:
+            if f"{v}-seed{seed}" not in done | pending:
                 left.setdefault(seed, []).append(v)
-    return {"done": sorted(done), "left": dict(sorted(left.items())), "runs": runs}
+    return {"done": sorted(done), "pending": sorted(pending), "left": dict(sorted(left.items())), "runs": runs}
 
 
 def status(folder: str, runs_root: str, preset: str = PRESET) -> str:
@@ -1811,14 +1827,28 @@ def status(folder: str, runs_root: str, preset: str = PRESET) -> str:
         for seed in seeds:
             m = st["runs"].get(f"{v}-seed{seed}")
             n = m.get("iterations_complete", 0) if m and m.get("design") else 0
-            cells.append(f"seed {seed}: " + ("done" if n >= iterations else f"{n}/{iterations}" if n else "-"))
+            state = "done" if n >= iterations else f"{n}/{iterations}" if n else "-"
+            if f"{v}-seed{seed}" in st["pending"]:
+                state = "pending"
+            cells.append(f"seed {seed}: {state}")
         lines.append(f"  {v:<15} " + ", ".join(cells))
     for h, rs in sorted(by_host.items()):
         lines.append(f"committed runs from {h}: {len(rs)}")
     if stale:
         lines.append(f"committed runs of an older preset (dropped by the next export --merge): {len(stale)}")
+    pieces = pending_pieces(folder)
+    merge_cmd = (
+        f"python benchmarks/study.py merge {' '.join(f'{folder}/{PENDING}/{n}' for n in pieces)} --out {folder}"
+        f" && git rm -r -q {folder}/{PENDING}"
+    )
+    if pieces:
+        lines.append(
+            f"exported and committed, not yet merged ({folder}/{PENDING}/; merge them before the next analyse): "
+            + ", ".join(f"{n} ({len(rs)} runs)" for n, rs in pieces.items())
+        )
     if not st["left"]:
-        return "\n".join(lines + ["Nothing left: every run of the design is committed complete."])
+        tail = [f"  {merge_cmd} && python benchmarks/study.py analyse --data {folder}"] if pieces else []
+        return "\n".join(lines + ["Nothing left to run: every run of the design is committed complete.", *tail])
     lines.append(
         "Left, one process per training seed (its variants interleaved, one iteration each in turn, so that "
         "their wall clocks compare), one torch thread each; when a process ends, export its runs with --merge:"
@@ -1831,7 +1861,8 @@ def status(folder: str, runs_root: str, preset: str = PRESET) -> str:
         )
     lines.append(
         f"  python benchmarks/study.py export --merge --runs-root {runs_root} --out {folder}"
-        f" && python benchmarks/study.py analyse --data {folder}"
+        + (f" && {merge_cmd}" if pieces else "")
+        + f" && python benchmarks/study.py analyse --data {folder}"
     )
     return "\n".join(lines)
 

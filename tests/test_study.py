@@ -468,6 +468,17 @@ def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_run
     assert S.main(["merge", str(exported2), str(again), "--out", str(after1), "--preset", str(preset)]) == 0
     assert all((after1 / f).read_bytes() == b for f, b in merged.items())
     assert S.main(["merge", str(piece2), "--out", str(after1), "--preset", str(preset)]) == 2  # a runs folder
+    # a piece waiting under <data>/pending/: status counts its runs as run and prints the merge
+    waiting = tmp_path / "waiting"
+    assert S.main(["export", "--runs-root", str(piece1), "--out", str(waiting), "--preset", str(preset)]) == 0
+    shutil.copytree(exported2, waiting / "pending" / "seed0b")
+    text = S.status(str(waiting), "/x/runs", str(preset))
+    assert "sol_rl          seed 0: done" in text and "naive_scaling   seed 0: pending" in text
+    assert "not yet merged" in text and f"merge {waiting}/pending/seed0b --out {waiting}" in text
+    seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
+    assert "naive_scaling:" not in seed0 and "sol_rl:" not in seed0 and "diffusionnft:" in seed0
+    assert S.main(["merge", str(waiting / "pending" / "seed0b"), "--out", str(waiting), "--preset", str(preset)]) == 0
+    assert all((waiting / f).read_bytes() == b for f, b in merged.items())
     text = S.status(str(older), "/x/runs", str(preset))
     assert "sol_rl          seed 0: done" in text and "naive_quant     seed 0: -" in text
     seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
