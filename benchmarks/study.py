@@ -67,16 +67,16 @@ SPEEDUP_AXIS = 4.0  # the parity plot's speed-up axis ends here; wider intervals
 MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of the cost clocks
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
 # The study's whole design (four modes x 5 training seeds; pool size N 24 / 48 / 96 and a training
-# pool of 32 prompts x 3 seeds), as variants of the preset: sol_rl itself is N 48 with the pool of
-# 8, so the N and pool comparisons pair with its seeds 0-2.
+# pool of 32 prompts x 5 seeds), as variants of the preset: sol_rl itself is N 48 with the pool of
+# 8, so the N and pool comparisons pair with its seeds.
 DESIGN = {
     "sol_rl": ("run.mode=sol_rl", (0, 1, 2, 3, 4)),
     "naive_scaling": ("run.mode=naive_scaling,explore.precision=high", (0, 1, 2, 3, 4)),
     "diffusionnft": ("run.mode=diffusionnft", (0, 1, 2, 3, 4)),
     "naive_quant": ("run.mode=naive_quant", (0, 1, 2, 3, 4)),
-    "sol_rl_N24": ("run.mode=sol_rl,explore.n=24", (0, 1, 2)),
-    "sol_rl_N96": ("run.mode=sol_rl,explore.n=96", (0, 1, 2)),
-    "sol_rl_pool32": ("run.mode=sol_rl,prompts.pool=32", (0, 1, 2)),
+    "sol_rl_N24": ("run.mode=sol_rl,explore.n=24", (0, 1, 2, 3, 4)),
+    "sol_rl_N96": ("run.mode=sol_rl,explore.n=96", (0, 1, 2, 3, 4)),
+    "sol_rl_pool32": ("run.mode=sol_rl,prompts.pool=32", (0, 1, 2, 3, 4)),
 }
 PRESET = "benchmarks/results/study/study.yaml"
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")

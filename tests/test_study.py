@@ -483,7 +483,8 @@ def test_a_study_in_pieces_merges_by_run_and_drops_another_presets_runs(tiny_run
     assert "sol_rl          seed 0: done" in text and "naive_quant     seed 0: -" in text
     seed0 = next(line for line in text.splitlines() if "--seeds 0 " in line)
     assert "--variant diffusionnft:run.mode=diffusionnft --variant naive_quant:" in seed0 and "sol_rl:" not in seed0
-    assert "--seeds 4 --variant sol_rl:run.mode=sol_rl" in text and "sol_rl_N24" not in text.split("--seeds 4")[1]
+    seed4 = next(line for line in text.splitlines() if "--seeds 4 " in line)  # every variant of the design
+    assert "--seeds 4 --variant sol_rl:run.mode=sol_rl" in seed4 and "--variant sol_rl_N24:" in seed4
 
 
 STUDY_BLOCK = re.compile(r"<!-- figures: study\.json -->(.*?)<!-- /figures -->", re.S)
