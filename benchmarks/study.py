@@ -68,7 +68,7 @@ MEASURE_STAGES = ("eval", "audit", "baseline")  # measurement only: kept out of 
 COLORS = {"sol_rl": "C0", "diffusionnft": "C1", "naive_scaling": "C2", "naive_quant": "C3"}
 # The study's whole design (four modes x 5 training seeds; pool size N 24 / 48 / 96 and a training
 # pool of 32 prompts x 5 seeds), as variants of the preset: sol_rl itself is N 48 with the pool of
-# 8, so the N and pool comparisons pair with its seeds.
+# 8, so the N comparisons pair with its seeds (the pool comparison is unpaired: other prompts).
 DESIGN = {
     "sol_rl": ("run.mode=sol_rl", (0, 1, 2, 3, 4)),
     "naive_scaling": ("run.mode=naive_scaling,explore.precision=high", (0, 1, 2, 3, 4)),
@@ -1743,8 +1743,8 @@ def plot(res: dict, out: Path) -> list[Path]:
                 drawn = True
         if drawn:
             ax_n.set_xscale("log", base=2)
-            # N 48 is the four-mode study's sol_rl, with more seeds than N 24 / 96: say so on the axis,
-            # since the points are unpaired (the paired differences are on the right)
+            # N 48 is the four-mode study's sol_rl, whose seeds need not be N 24 / 96's: each point's seed
+            # count goes on the axis, as the points are unpaired (the paired differences are on the right)
             ax_n.set_xticks(
                 sorted(n_of),
                 [f"{n}\n({'/'.join(map(str, sorted(seeds_of.get(n, ()))))} seeds)" for n in sorted(n_of)],
